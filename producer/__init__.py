@@ -1,0 +1,1 @@
+"""The producer: the `nightshift` CLI, input readers, job submission and the read side."""

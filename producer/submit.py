@@ -1,0 +1,92 @@
+"""Create a job: validate every row, write job, items and chunks in one transaction, enqueue.
+
+A job is all or nothing: a bad row (reported with its line number) rolls the whole
+job back, unless the caller asked to skip invalid rows. Rows are written in
+batches as they stream in, so memory stays flat whatever the file's size.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert
+
+from producer import broker, readers
+from schemas import db
+from schemas.errors import InputError
+from schemas.settings import Settings
+from schemas.spec import JobSpec
+from schemas.tables import Chunk, Item, Job, JobState
+
+BATCH = 2_000
+SHOWN_ERRORS = 20
+
+
+@dataclass
+class Submitted:
+    job_id: str
+    items: int
+    chunks: int
+    invalid: list[readers.RowError] = field(default_factory=list)
+    invalid_count: int = 0
+
+
+def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
+           skip_invalid: bool = False,
+           on_invalid: Callable[[readers.RowError], None] | None = None) -> Submitted:
+    db.upgrade(settings.database_url)
+    broker.check_reachable(settings.broker_url)
+    input_format = readers.detect_format(path) if fmt == "auto" else fmt
+    job_id = uuid.uuid4().hex
+    result = Submitted(job_id, 0, 0)
+    with db.session(settings.database_url) as s, s.begin():
+        s.add(Job(id=job_id, state=JobState.QUEUED, kind=spec.kind, model=spec.model,
+                  spec=spec.model_dump(mode="json"), source=str(path),
+                  input_format=input_format))
+        s.flush()
+        batch: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for row in readers.read(path, input_format, spec.template):
+            if isinstance(row, readers.Row) and row.key in seen:
+                row = readers.RowError(row.line, f"duplicate id {row.key!r}")
+            if isinstance(row, readers.RowError):
+                result.invalid_count += 1
+                if len(result.invalid) < SHOWN_ERRORS:
+                    result.invalid.append(row)
+                if on_invalid:
+                    on_invalid(row)
+                continue
+            seen.add(row.key)
+            seq = result.items
+            batch.append({"job_id": job_id, "seq": seq, "key": row.key,
+                          "chunk": seq // spec.chunk_size, "payload": row.payload})
+            result.items += 1
+            if len(batch) >= BATCH:
+                s.execute(insert(Item), batch)
+                batch.clear()
+        if batch:
+            s.execute(insert(Item), batch)
+        _refuse_if_invalid(path, result, skip_invalid)
+        result.chunks = -(-result.items // spec.chunk_size)
+        sizes = [min(spec.chunk_size, result.items - c * spec.chunk_size)
+                 for c in range(result.chunks)]
+        s.execute(insert(Chunk), [{"job_id": job_id, "seq": c, "size": n}
+                                  for c, n in enumerate(sizes)])
+        s.get_one(Job, job_id).total, s.get_one(Job, job_id).chunks = result.items, result.chunks
+    broker.enqueue(settings.broker_url, spec.model, job_id, range(result.chunks))
+    return result
+
+
+def _refuse_if_invalid(path: Path, result: Submitted, skip_invalid: bool) -> None:
+    if result.invalid_count and not skip_invalid:
+        first = result.invalid[0]
+        more = f" (and {result.invalid_count - 1} more invalid rows)" \
+            if result.invalid_count > 1 else ""
+        raise InputError(f"{path}: {first}{more}; no job was created "
+                         "(fix the rows, or pass --skip-invalid to leave them out)")
+    if result.items == 0:
+        raise InputError(f"{path}: no valid rows; no job was created")

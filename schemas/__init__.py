@@ -1,0 +1,1 @@
+"""Contracts shared by the producer and the workers: settings, job specs, rows, tables."""

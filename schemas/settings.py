@@ -1,0 +1,60 @@
+"""One settings object, read once: CLI options > environment > `nightshift.toml` > defaults."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEMO_MODEL = "smollm2-135m-instruct"
+
+
+class Settings(BaseSettings):
+    """Where the broker, the database and the model are.
+
+    Every field is also a `NIGHTSHIFT_*` environment variable and a key of
+    `nightshift.toml` (or the file `NIGHTSHIFT_CONFIG` names).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="NIGHTSHIFT_", extra="ignore")
+
+    broker_url: str = "redis://localhost:6379/0"
+    database_url: str = "sqlite:///nightshift.db"
+    model: str = DEMO_MODEL
+    # Where materialized models (the demo model) are cached between runs.
+    model_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "nightshift")
+    # A worker that stops heartbeating loses its chunk after this long.
+    lease_seconds: float = 30.0
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(
+            settings_cls, toml_file=os.environ.get("NIGHTSHIFT_CONFIG", "nightshift.toml")
+        )
+        return (init_settings, env_settings, toml)
+
+
+def load(**overrides: Any) -> Settings:
+    """Settings with CLI values (None means "not given") laid over env and file."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def redact(url: str) -> str:
+    """A URL fit for logs and status output: the password replaced by ***."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)

@@ -1,0 +1,75 @@
+"""The job spec: what to ask, of which model, how to sample. Validated once, at submit."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from jinja2 import TemplateSyntaxError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.render import compile_template
+from schemas.settings import DEMO_MODEL
+
+
+class Sampling(BaseModel):
+    """Sampling parameters; a row of an OpenAI batch file may override them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # 0.7 / 0.9: varied enough that a retry can differ, steady enough to stay on topic.
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
+    # The job's seed; each item samples with a seed derived from it and the item's id.
+    seed: int = 0
+    n: int = Field(1, ge=1, le=16)
+    stop: list[str] | None = None
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+
+
+class Example(BaseModel):
+    """A few-shot example, sent before each item as a user turn and an assistant turn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str
+    output: str
+
+
+class JobSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["generate", "classify"] = "generate"
+    model: str = DEMO_MODEL
+    system: str | None = None
+    template: str | None = None
+    examples: list[Example] = []
+    labels: list[str] = []
+    sampling: Sampling = Sampling()
+    # Items per broker message: large enough to amortize a lease, small enough to rebalance.
+    chunk_size: int = Field(64, ge=1, le=10_000)
+
+    @field_validator("template")
+    @classmethod
+    def _template_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                compile_template(value)
+            except TemplateSyntaxError as exc:
+                where = f"(line {exc.lineno})"
+                raise ValueError(f"template does not compile: {exc.message} {where}") from None
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value) or any(not label.strip() for label in value):
+            raise ValueError("labels must be distinct and non-empty")
+        return value
+
+    @model_validator(mode="after")
+    def _classify_needs_labels(self) -> JobSpec:
+        if self.kind == "classify" and len(self.labels) < 2:
+            raise ValueError("a classify job needs at least two --label values")
+        return self

@@ -1,0 +1,121 @@
+"""The SQL tables: the source of truth for every job, item, chunk and result.
+
+Items and chunks are keyed by (job_id, seq) so that the producer can write them in
+bulk without reading ids back, and a broker message is just (job_id, chunk seq).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class JobState:
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    FINAL = (COMPLETED, CANCELLED, FAILED)
+
+
+class ItemStatus:
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    FINAL = (SUCCEEDED, FAILED, CANCELLED)
+
+
+class ChunkStatus:
+    PENDING = "pending"
+    LEASED = "leased"
+    DONE = "done"
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)
+    kind: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(512))
+    spec: Mapped[dict[str, Any]]
+    # Where the items came from and in which format (jsonl, openai, csv, documents).
+    source: Mapped[str] = mapped_column(Text, default="")
+    input_format: Mapped[str] = mapped_column(String(16), default="jsonl")
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    chunks: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class Item(Base):
+    __tablename__ = "items"
+    __table_args__ = (
+        Index("ix_items_job_key", "job_id", "key", unique=True),
+        Index("ix_items_job_chunk", "job_id", "chunk"),
+        Index("ix_items_job_status", "job_id", "status"),
+    )
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The input's own id (`id`, `custom_id`, a file name); unique within its job.
+    key: Mapped[str] = mapped_column(String(512))
+    chunk: Mapped[int] = mapped_column(Integer)
+    # What the worker sends: {"messages": [...]} or {"prompt": "..."}, plus overrides.
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default=ItemStatus.PENDING)
+
+
+class Chunk(Base):
+    __tablename__ = "chunks"
+    __table_args__ = (Index("ix_chunks_status_lease", "status", "lease_expires_at"),)
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=ChunkStatus.PENDING)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
+    # How many times a worker has taken this chunk; bounds poison chunks.
+    deliveries: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Result(Base):
+    """One final outcome per item, written by upsert so a re-run chunk adds no rows."""
+
+    __tablename__ = "results"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    item_seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    output: Mapped[str | None] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(String(256))
+    probabilities: Mapped[dict[str, Any] | None]
+    # All n samples when a job asks for more than one; `output` is the first.
+    samples: Mapped[list[str] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    # The prompt exactly as the engine saw it, and the sampling that produced the output.
+    prompt: Mapped[str | None] = mapped_column(Text)
+    sampling: Mapped[dict[str, Any] | None]
+    worker: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# `make demo`: the main job on the embedded defaults. SQLite at ./nightshift.db, the
+# Redis at the default URL, the demo model; a worker is started and stopped here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NS=.venv/bin/nightshift
+mkdir -p .demo
+
+$NS db upgrade
+$NS worker --loglevel WARNING > .demo/worker.log 2>&1 &
+WORKER=$!
+trap 'kill -TERM $WORKER 2>/dev/null; wait $WORKER 2>/dev/null || true' EXIT
+
+JOB=$($NS submit producer/examples/questions.jsonl --max-tokens 96 --json \
+      | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["job_id"])')
+echo "submitted job $JOB; the worker loads the model first (about a minute on a CPU)"
+$NS watch "$JOB"
+$NS status "$JOB"
+echo
+echo "a few results, read back from SQL ($NS results $JOB):"
+$NS results "$JOB" | head -n 5 | .venv/bin/python -c '
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    print(f"[{r[\"id\"]}] {r[\"status\"]}: {(r[\"output\"] or r[\"error\"] or \"\").strip()[:200]}\n")'

@@ -1,0 +1,42 @@
+"""The Celery app: the broker contract both sides share.
+
+Only JSON crosses the broker (a pickled message is refused before anything runs);
+a message is acknowledged after its chunk ran (acks late), one at a time
+(prefetch 1), and a chunk message names ids only: (job id, chunk seq).
+"""
+
+from __future__ import annotations
+
+import re
+
+from celery import Celery
+
+RUN_CHUNK = "nightshift.run_chunk"
+
+celery_app = Celery("nightshift", set_as_current=True)
+celery_app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_ignore_result=True,
+    broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=3,
+    worker_hijack_root_logger=False,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    # Leases in SQL bound a lost chunk's delay; Redis's own redelivery is only a backstop.
+    broker_transport_options={"visibility_timeout": 3600},
+)
+
+
+def configure(broker_url: str) -> Celery:
+    celery_app.conf.broker_url = broker_url
+    return celery_app
+
+
+def queue_for(model: str) -> str:
+    """Workers are grouped by model: a job only reaches workers that hold its model."""
+    return "nightshift." + re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_")

@@ -1,0 +1,150 @@
+"""The engine host: one vLLM engine per worker process, kept full.
+
+Every chunk the worker runs hands its requests to the same host, which feeds them
+into one running batch and steps the engine from a single thread. A chunk never
+waits for another chunk to drain: while one chunk's long answers finish, the next
+chunk's requests are already decoding beside them (continuous batching).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+log = logging.getLogger(__name__)
+
+
+class EngineOptions(BaseModel):
+    """vLLM engine arguments a worker exposes; None means "the platform's default"."""
+
+    gpu_memory_utilization: float | None = Field(None, gt=0.0, le=1.0)
+    enforce_eager: bool | None = None
+    max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    enable_prefix_caching: bool | None = None
+    tensor_parallel_size: int = 1
+    dtype: str = "auto"
+
+    def for_platform(self, on_cpu: bool) -> dict[str, Any]:
+        """Engine kwargs: on the CPU build, eager mode and a KV share that starts beside
+        another engine's; on a GPU, vLLM's own defaults unless overridden."""
+        chosen = self.model_dump(exclude_none=True)
+        if on_cpu:
+            chosen.setdefault("enforce_eager", True)
+            chosen.setdefault("gpu_memory_utilization", 0.5)
+            if chosen["dtype"] == "auto" and not cpu_has_bf16():
+                chosen["dtype"] = "float32"  # bf16 is emulated without AVX512-BF16/AMX: ~5x slower
+        return chosen
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt_token_ids: list[int]
+    params: Any  # vllm.SamplingParams
+    future: Future[Any]
+
+
+class EngineDead(RuntimeError):
+    """The engine (or its core process) is gone; the worker must restart."""
+
+
+class EngineHost:
+    def __init__(self, model: str, options: EngineOptions, seed: int = 0) -> None:
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        self.on_cpu = current_platform.is_cpu()
+        self.engine_kwargs = options.for_platform(self.on_cpu)
+        self.llm = LLM(model=model, seed=seed, **self.engine_kwargs)
+        self.engine = self.llm.llm_engine
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len: int = self.engine.model_config.max_model_len
+        self.model = model
+        self._inbox: queue.Queue[Request] = queue.Queue()
+        self._pending: dict[str, Future[Any]] = {}
+        self._dead: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine-host", daemon=True)
+        self._thread.start()
+
+    def submit(self, request_id: str, prompt_token_ids: list[int], params: Any) -> Future[Any]:
+        """Queue one request; its future resolves to the finished vLLM RequestOutput."""
+        future: Future[Any] = Future()
+        if self._dead is not None:
+            future.set_exception(EngineDead(str(self._dead)))
+            return future
+        self._inbox.put(Request(request_id, prompt_token_ids, params, future))
+        return future
+
+    @property
+    def alive(self) -> bool:
+        return self._dead is None and self._thread.is_alive()
+
+    def in_flight(self) -> int:
+        return len(self._pending) + self._inbox.qsize()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._admit(block=not self.engine.has_unfinished_requests())
+                if self.engine.has_unfinished_requests():
+                    self._step()
+        except BaseException as exc:  # the engine is unusable: fail everything in flight
+            log.exception("engine died")
+            self._dead = exc
+            for future in self._pending.values():
+                future.set_exception(EngineDead(f"engine died: {exc!r}"))
+            self._pending.clear()
+            while not self._inbox.empty():
+                self._inbox.get_nowait().future.set_exception(EngineDead(repr(exc)))
+
+    def _admit(self, block: bool) -> None:
+        try:
+            request = self._inbox.get(timeout=0.05) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._add(request)
+            try:
+                request = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _add(self, request: Request) -> None:
+        if request.future.cancelled():
+            return
+        try:
+            prompt = {"prompt_token_ids": request.prompt_token_ids}
+            self.engine.add_request(request.request_id, prompt, request.params)
+        except (ValueError, TypeError) as exc:  # this request only: bad length, bad params
+            request.future.set_exception(exc)
+            return
+        self._pending[request.request_id] = request.future
+
+    def _step(self) -> None:
+        for output in self.engine.step():
+            if output.finished:
+                future = self._pending.pop(output.request_id, None)
+                if future is not None and not future.cancelled():
+                    future.set_result(output)

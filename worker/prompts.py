@@ -1,0 +1,76 @@
+"""From an item's payload to the exact tokens the engine sees, checked against the context.
+
+Length is checked here, per item, because one over-long prompt handed to vLLM fails
+every request in the same call; here it fails alone, with a reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.spec import JobSpec, Sampling
+
+
+class PromptTooLong(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str
+    token_ids: list[int]
+    max_tokens: int
+
+
+def classify_instruction(labels: list[str]) -> str:
+    return "Answer with exactly one of these labels: " + ", ".join(labels) + "."
+
+
+def messages_for(spec: JobSpec, payload: dict[str, Any]) -> list[dict[str, str]]:
+    """System prompt, few-shot turns, then the item's own turns."""
+    own: list[dict[str, str]] = payload.get("messages") or [
+        {"role": "user", "content": payload["prompt"]}
+    ]
+    system = [m["content"] for m in own if m["role"] == "system"] or [spec.system or ""]
+    if spec.kind == "classify":
+        system = [(system[0] + "\n\n" + classify_instruction(spec.labels)).strip()]
+    head = [{"role": "system", "content": system[0]}] if system[0] else []
+    shots: list[dict[str, str]] = []
+    for example in spec.examples:
+        shots += [
+            {"role": "user", "content": example.input},
+            {"role": "assistant", "content": example.output},
+        ]
+    return head + shots + [m for m in own if m["role"] != "system"]
+
+
+def build(tokenizer: Any, spec: JobSpec, payload: dict[str, Any], max_model_len: int,
+          max_tokens: int) -> Prompt:
+    """Render through the model's chat template (or take a raw completion prompt)."""
+    if "prompt" in payload and payload.get("raw"):
+        text = payload["prompt"]
+        ids = tokenizer.encode(text)
+    else:
+        messages = messages_for(spec, payload)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) >= max_model_len:
+        raise PromptTooLong(
+            f"prompt is {len(ids)} tokens; the model's context is {max_model_len} tokens "
+            "(shorten the input or start the worker with a larger --max-model-len)"
+        )
+    return Prompt(text, ids, min(max_tokens, max_model_len - len(ids)))
+
+
+def item_seed(job_seed: int, key: str, attempt: int = 0) -> int:
+    """A seed stable across runs and machines: the same job seed and id sample the same."""
+    digest = hashlib.blake2b(f"{job_seed}:{key}:{attempt}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
+def sampling_for(spec: JobSpec, payload: dict[str, Any]) -> Sampling:
+    """The job's sampling with the row's own overrides (OpenAI batch bodies carry them)."""
+    overrides = payload.get("sampling") or {}
+    return spec.sampling.model_copy(update=overrides) if overrides else spec.sampling

@@ -1,0 +1,64 @@
+"""`nightshift worker`: load the engine once, then consume chunk messages for its model."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+
+from schemas import db
+from schemas.settings import Settings, redact
+from worker import leases, models, tasks
+from worker.app import configure, queue_for
+from worker.chunks import Runtime
+from worker.engine import EngineHost, EngineOptions
+
+log = logging.getLogger(__name__)
+
+EXIT_ENGINE_DEAD = 70
+
+
+def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str = "INFO",
+          name: str | None = None) -> int:
+    """Runs until SIGTERM/SIGINT; returns the process exit code."""
+    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    db.check_reachable(settings.database_url)
+    model_path = models.resolve(settings.model, settings.model_dir)
+    owner = f"{name or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    log.info("loading %s (%s) for %s, database %s", settings.model, model_path, owner,
+             redact(settings.database_url))
+    host = EngineHost(model_path, options)
+    heartbeat = leases.Heartbeat(settings.database_url, owner, settings.lease_seconds)
+    tasks.runtime = Runtime(host, settings.database_url, owner, settings.lease_seconds, heartbeat)
+    app = configure(settings.broker_url)
+    stop = threading.Event()
+    threading.Thread(target=_reconcile_every, args=(settings, stop), daemon=True,
+                     name="reconcile").start()
+    # Threads, not prefork: vLLM's engine core is a spawned child that daemonic pool
+    # processes cannot start; `slots` chunks share the one engine, so it never drains.
+    argv = ["worker", "--pool=threads", f"--concurrency={slots}", "-Q",
+            queue_for(settings.model), "-n", f"{owner.replace(':', '-')}@%h",
+            f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]
+    try:
+        app.worker_main(argv)
+    finally:
+        stop.set()
+        heartbeat.stop()
+        alive = host.alive
+        host.stop()
+    return 0 if alive else EXIT_ENGINE_DEAD
+
+
+def _reconcile_every(settings: Settings, stop: threading.Event) -> None:
+    """Workers heal lost messages themselves: no one has to run `nightshift reconcile`."""
+    from producer.reconcile import reconcile
+
+    while not stop.wait(settings.lease_seconds):
+        try:
+            sent = reconcile(settings.database_url, settings.broker_url)
+            if any(sent.values()):
+                log.warning("reconcile enqueued lost chunks again: %s", sent)
+        except Exception:
+            log.exception("reconcile failed; trying again later")
