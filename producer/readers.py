@@ -166,7 +166,7 @@ def _documents(folder: Path, template: str) -> Iterator[Row | RowError]:
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            yield RowError(number, f"{relative}: not UTF-8 ({exc.reason})") from None
+            yield RowError(number, f"{relative}: not UTF-8 ({exc.reason})")
             continue
         if not text.strip():
             yield RowError(number, f"{relative}: empty document")

@@ -22,3 +22,5 @@ def render(source: str, fields: dict[str, Any]) -> str:
         return compile_template(source).render(**fields)
     except UndefinedError as exc:
         raise ValueError(f"template: {exc.message}; the row has {sorted(fields)}") from None
+    except Exception as exc:  # any runtime error of a user's template is that row's error
+        raise ValueError(f"template: {type(exc).__name__}: {exc}") from None

@@ -70,6 +70,9 @@ def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
 def write(db_url: str, job_id: str, seq: int, owner: str, outcomes: list[Outcome]) -> None:
     """Results upserted (one row per item however often the chunk ran), statuses, chunk done."""
     with session(db_url) as db, db.begin():
+        # Chunks of one job finish one at a time, so the last one sees every other's items
+        # final and marks the job completed (PostgreSQL; SQLite already serializes writers).
+        db.execute(select(Job.id).where(Job.id == job_id).with_for_update())
         dialect = db.get_bind().dialect.name
         if outcomes:
             rows = [o.row(job_id, owner) for o in outcomes]

@@ -73,4 +73,6 @@ def item_seed(job_seed: int, key: str, attempt: int = 0) -> int:
 def sampling_for(spec: JobSpec, payload: dict[str, Any]) -> Sampling:
     """The job's sampling with the row's own overrides (OpenAI batch bodies carry them)."""
     overrides = payload.get("sampling") or {}
-    return spec.sampling.model_copy(update=overrides) if overrides else spec.sampling
+    if not overrides:
+        return spec.sampling
+    return Sampling.model_validate({**spec.sampling.model_dump(), **overrides})

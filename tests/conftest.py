@@ -1,0 +1,164 @@
+"""Real services for the tests: Redis, SQLite, PostgreSQL, and `nightshift worker`
+processes hosting the real vLLM engine on the demo model.
+
+Each backend gets a Redis database of its own, flushed around the session, so a
+worker never sees another backend's messages. Engine-hosting workers are started
+once per session (both at once, each with a quarter of the memory) and shared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from schemas import db
+
+REDIS = os.environ.get("NIGHTSHIFT_TEST_REDIS", "redis://127.0.0.1:6379")
+PG_ADMIN = os.environ.get("NIGHTSHIFT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+NIGHTSHIFT = str(Path(sys.executable).with_name("nightshift"))
+REDIS_DBS = {"sqlite": 11, "postgres": 12, "unit": 13}
+WORKER_START_TIMEOUT = 400.0
+
+
+@dataclass
+class Stack:
+    """One database and one broker (and, for engine tests, a worker) that belong together."""
+
+    name: str
+    db_url: str
+    broker_url: str
+    workdir: Path
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "NIGHTSHIFT_DATABASE_URL": self.db_url,
+                "NIGHTSHIFT_BROKER_URL": self.broker_url}
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([NIGHTSHIFT, *args], env=self.env(), cwd=self.workdir,
+                              capture_output=True, text=True, timeout=300)
+        if check and done.returncode != 0:
+            raise AssertionError(f"nightshift {' '.join(args)} exited {done.returncode}:\n"
+                                 f"{done.stderr}")
+        return done
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args).stdout)
+
+    def wait_final(self, job_id: str, timeout: float = 300.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.cli_json("status", job_id, "--json")
+            if status["state"] in ("completed", "cancelled", "failed"):
+                return status
+            time.sleep(1.0)
+        raise AssertionError(f"job {job_id} did not finish in {timeout}s: {status}")
+
+
+def _flush(broker_url: str) -> None:
+    redis.Redis.from_url(broker_url).flushdb()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    name = f"nightshift_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    yield url
+    db.engine_for(url).dispose()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("nightshift")
+
+
+def _stack(name: str, session_dir: Path, pg_url: str) -> Stack:
+    workdir = session_dir / name
+    workdir.mkdir(exist_ok=True)
+    url = pg_url if name == "postgres" else f"sqlite:///{workdir / 'nightshift.db'}"
+    return Stack(name, url, f"{REDIS}/{REDIS_DBS[name]}", workdir)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def stack(request: pytest.FixtureRequest, session_dir: Path, pg_url: str) -> Iterator[Stack]:
+    """A database (schema applied) and a flushed broker; no worker."""
+    unit_dir = session_dir / "unit"
+    unit_dir.mkdir(exist_ok=True)
+    db_url = pg_url if request.param == "postgres" else f"sqlite:///{unit_dir / uuid.uuid4().hex}.db"
+    s = Stack(request.param, db_url, f"{REDIS}/{REDIS_DBS['unit']}", unit_dir)
+    db.upgrade(s.db_url)
+    _flush(s.broker_url)
+    yield s
+    _flush(s.broker_url)
+
+
+class Worker:
+    def __init__(self, stack: Stack, name: str, extra: list[str]) -> None:
+        self.stack = stack
+        self.log = stack.workdir / f"worker-{name}.log"
+        args = [NIGHTSHIFT, "worker", "--name", name, "--gpu-memory-utilization", "0.25",
+                "--max-model-len", "2048", "--loglevel", "INFO", *extra]
+        env = {**stack.env(), "NIGHTSHIFT_LEASE_SECONDS": "6"}
+        self.proc = subprocess.Popen(args, env=env, cwd=stack.workdir, start_new_session=True,
+                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = WORKER_START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in self.log.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(1.0)
+        tail = self.log.read_text(errors="replace")[-3000:]
+        raise AssertionError(f"worker did not become ready (exit {self.proc.poll()}):\n{tail}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def engine_stacks(session_dir: Path, pg_url: str) -> Iterator[dict[str, Stack]]:
+    """One engine-hosting worker per backend, started together and shared by all tests."""
+    stacks = {name: _stack(name, session_dir, pg_url) for name in ("sqlite", "postgres")}
+    workers = []
+    for s in stacks.values():
+        db.upgrade(s.db_url)
+        _flush(s.broker_url)
+        workers.append(Worker(s, f"test-{s.name}", []))
+    try:
+        for w in workers:
+            w.wait_ready()
+        yield stacks
+    finally:
+        for w in workers:
+            w.stop()
+        for s in stacks.values():
+            _flush(s.broker_url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine_stack(request: pytest.FixtureRequest, engine_stacks: dict[str, Stack]) -> Stack:
+    return engine_stacks[request.param]

@@ -1,0 +1,143 @@
+"""The whole loop on real parts: CLI → Redis → `nightshift worker` (vLLM) → SQL → CLI.
+
+Every test runs once against SQLite and once against PostgreSQL, each with its own
+worker process hosting the real engine on the demo model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from conftest import Stack
+from producer import broker
+from schemas import db
+from schemas.tables import Chunk, ChunkStatus, Result
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _result_rows(stack: Stack, job_id: str) -> int:
+    with db.session(stack.db_url) as s:
+        return s.scalar(select(func.count()).select_from(Result).where(Result.job_id == job_id))
+
+
+def test_openai_batch_file_gives_one_result_per_custom_id(engine_stack: Stack,
+                                                           tmp_path: Path) -> None:
+    questions = ["What is the capital of France?", "Name a primary color.",
+                 "What is 2 plus 2?", "Say hello in Spanish."]
+    rows = [{"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": "gpt-4o-mini", "max_tokens": 12, "temperature": 0,
+                      "messages": [{"role": "user", "content": questions[i % 4]}]}}
+            for i in range(30)]
+    rows += [{"custom_id": f"cmpl-{i}", "method": "POST", "url": "/v1/completions",
+              "body": {"model": "smollm2-135m-instruct", "prompt": "Once upon a time",
+                       "max_tokens": 8}} for i in range(2)]
+    path = _write_jsonl(tmp_path / "batch.jsonl", rows)
+
+    submitted = engine_stack.cli_json("submit", str(path), "--json", "--chunk-size", "8")
+    assert submitted["items"] == 32
+    status = engine_stack.wait_final(submitted["job_id"])
+
+    assert status["state"] == "completed"
+    assert status["succeeded"] == 32 and status["failed"] == 0
+    assert _result_rows(engine_stack, submitted["job_id"]) == 32
+    out = engine_stack.cli("results", submitted["job_id"], "--format", "openai").stdout
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert sorted(line["custom_id"] for line in lines) == sorted(r["custom_id"] for r in rows)
+    for line in lines:
+        response = line["response"]
+        assert line["error"] is None and response["status_code"] == 200
+        body = response["body"]
+        assert body["usage"]["completion_tokens"] > 0
+        if line["custom_id"].startswith("req-"):
+            assert body["object"] == "chat.completion"
+            assert body["choices"][0]["message"]["role"] == "assistant"
+            assert body["choices"][0]["message"]["content"].strip()
+            assert body["usage"]["completion_tokens"] <= 12
+        else:
+            assert body["object"] == "text_completion"
+            assert body["choices"][0]["text"]
+
+
+def test_classification_returns_only_labels_each_with_probabilities(engine_stack: Stack,
+                                                                      tmp_path: Path) -> None:
+    reviews = ["I loved it, a wonderful film!", "Terrible. I want my money back.",
+               "Great acting and a beautiful story.", "Boring, slow and far too long.",
+               "The best meal I have had this year.", "Awful service, cold food."]
+    path = tmp_path / "reviews.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "text"])
+        writer.writerows([f"r{i}", text] for i, text in enumerate(reviews))
+    labels = ["positive", "negative"]
+
+    job = engine_stack.cli_json("submit", str(path), "--json", "--kind", "classify",
+                                "--label", "positive", "--label", "negative",
+                                "--template", "Review: {{ text }}\nIs this review positive "
+                                "or negative?")["job_id"]
+    assert engine_stack.wait_final(job)["succeeded"] == len(reviews)
+
+    out = engine_stack.cli("results", job, "--format", "jsonl").stdout
+    results = [json.loads(line) for line in out.splitlines()]
+    assert len(results) == len(reviews)
+    for r in results:
+        assert r["label"] in labels and r["output"] == r["label"]
+        assert set(r["probabilities"]) == set(labels)
+        assert abs(sum(r["probabilities"].values()) - 1.0) < 1e-3
+        assert r["probabilities"][r["label"]] >= 0.5 - 1e-6
+
+
+def test_overlong_prompt_fails_alone_and_malformed_line_is_named(engine_stack: Stack,
+                                                                  tmp_path: Path) -> None:
+    good = [{"id": f"ok{i}", "prompt": f"Count to {i + 2}."} for i in range(5)]
+    long = {"id": "too-long", "prompt": "word " * 4000}
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join([json.dumps(good[0]), json.dumps(long), '{"id": "bad", "prompt":',
+                               *map(json.dumps, good[1:])]) + "\n")
+
+    refused = engine_stack.cli("submit", str(path), "--max-tokens", "8", check=False)
+    assert refused.returncode != 0
+    assert "line 3: malformed JSON" in refused.stderr and "no job was created" in refused.stderr
+
+    job = engine_stack.cli_json("submit", str(path), "--json", "--max-tokens", "8",
+                                "--skip-invalid")
+    assert job["items"] == 6
+    status = engine_stack.wait_final(job["job_id"])
+    assert (status["succeeded"], status["failed"]) == (5, 1)
+    out = engine_stack.cli("results", job["job_id"]).stdout
+    by_id = {r["id"]: r for r in map(json.loads, out.splitlines())}
+    assert by_id["too-long"]["status"] == "failed"
+    assert "tokens; the model's context is 2048" in by_id["too-long"]["error"]
+    assert all(by_id[g["id"]]["status"] == "succeeded" for g in good)
+
+
+def test_redelivered_and_rerun_chunks_leave_one_result_per_item(engine_stack: Stack,
+                                                                  tmp_path: Path) -> None:
+    path = _write_jsonl(tmp_path / "p.jsonl", [{"id": i, "prompt": f"Say the number {i}."}
+                                                for i in range(6)])
+    job = engine_stack.cli_json("submit", str(path), "--json", "--max-tokens", "6",
+                                "--chunk-size", "3")["job_id"]
+    engine_stack.wait_final(job)
+
+    broker.enqueue(engine_stack.broker_url, "smollm2-135m-instruct", job, [0, 0, 1])
+    with db.session(engine_stack.db_url) as s, s.begin():  # force a real second run of chunk 1
+        s.get_one(Chunk, (job, 1)).status = ChunkStatus.PENDING
+    broker.enqueue(engine_stack.broker_url, "smollm2-135m-instruct", job, [1])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with db.session(engine_stack.db_url) as s:
+            if s.get_one(Chunk, (job, 1)).status == ChunkStatus.DONE:
+                break
+        time.sleep(0.5)
+    time.sleep(2)
+
+    assert _result_rows(engine_stack, job) == 6
+    assert engine_stack.cli_json("status", job, "--json")["succeeded"] == 6

@@ -1,0 +1,91 @@
+"""Settings: CLI overrides > NIGHTSHIFT_* environment > nightshift.toml > defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from schemas.settings import DEMO_MODEL, load, redact
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No NIGHTSHIFT_* variable and no nightshift.toml leak in from the machine."""
+    for name in list(os.environ):
+        if name.startswith("NIGHTSHIFT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def write_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    config = tmp_path / "conf" / "custom.toml"
+    config.parent.mkdir()
+    config.write_text(text)
+    monkeypatch.setenv("NIGHTSHIFT_CONFIG", str(config))
+
+
+def test_defaults_without_env_or_file() -> None:
+    settings = load()
+    assert settings.broker_url == "redis://localhost:6379/0"
+    assert settings.database_url == "sqlite:///nightshift.db"
+    assert settings.model == DEMO_MODEL
+    assert settings.lease_seconds == 30.0
+
+
+def test_environment_variables_set_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NIGHTSHIFT_DATABASE_URL", "postgresql://u:p@db/ns")
+    monkeypatch.setenv("NIGHTSHIFT_LEASE_SECONDS", "5")
+    settings = load()
+    assert settings.database_url == "postgresql://u:p@db/ns"
+    assert settings.lease_seconds == 5.0
+
+
+def test_config_file_named_by_nightshift_config_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(tmp_path, monkeypatch, 'model = "org/other"\nmodel_dir = "/srv/models"\n')
+    settings = load()
+    assert settings.model == "org/other"
+    assert settings.model_dir == Path("/srv/models")
+
+
+def test_nightshift_toml_in_the_working_directory_is_read(tmp_path: Path) -> None:
+    (tmp_path / "nightshift.toml").write_text('broker_url = "redis://cache:6379/1"\n')
+    assert load().broker_url == "redis://cache:6379/1"
+
+
+def test_environment_beats_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(tmp_path, monkeypatch, 'model = "from-file"\n')
+    monkeypatch.setenv("NIGHTSHIFT_MODEL", "from-env")
+    assert load().model == "from-env"
+
+
+def test_overrides_beat_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NIGHTSHIFT_MODEL", "from-env")
+    assert load(model="from-cli").model == "from-cli"
+
+
+def test_none_overrides_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NIGHTSHIFT_MODEL", "from-env")
+    settings = load(model=None, broker_url=None)
+    assert settings.model == "from-env"
+    assert settings.broker_url == "redis://localhost:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
+        ("postgresql://u:p@h/db", "postgresql://u:***@h/db"),
+        ("postgresql+psycopg://user:pa55@db:5432/ns", "postgresql+psycopg://user:***@db:5432/ns"),
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+        ("postgresql://user@h/db", "postgresql://user@h/db"),
+        ("sqlite:///nightshift.db", "sqlite:///nightshift.db"),
+    ],
+)
+def test_redact_hides_only_the_password(url: str, shown: str) -> None:
+    assert redact(url) == shown

@@ -1,0 +1,128 @@
+"""From a payload to chat messages and token ids, checked against the context."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas.spec import Example, JobSpec
+from worker.prompts import (
+    PromptTooLong,
+    build,
+    classify_instruction,
+    item_seed,
+    messages_for,
+    sampling_for,
+)
+
+MODEL_DIR = Path.home() / ".cache" / "nightshift" / "models" / "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    if not (MODEL_DIR / "tokenizer.json").exists():
+        pytest.skip(f"demo model not built at {MODEL_DIR} (make test builds it)")
+    # The same fast tokenizer AutoTokenizer resolves to for this model, without the
+    # ~6 s torch import AutoTokenizer's config machinery pulls in.
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(MODEL_DIR))
+
+
+def test_spec_system_prompt_comes_first() -> None:
+    messages = messages_for(JobSpec(system="Be brief."), {"prompt": "Hi"})
+    assert messages == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+    ]
+
+
+def test_no_system_prompt_means_no_system_message() -> None:
+    assert messages_for(JobSpec(), {"prompt": "Hi"}) == [{"role": "user", "content": "Hi"}]
+
+
+def test_few_shot_examples_come_in_order_before_the_item() -> None:
+    spec = JobSpec(examples=[Example(input="1+1", output="2"), Example(input="2+2", output="4")])
+    messages = messages_for(spec, {"prompt": "3+3"})
+    assert [(m["role"], m["content"]) for m in messages] == [
+        ("user", "1+1"), ("assistant", "2"), ("user", "2+2"), ("assistant", "4"), ("user", "3+3"),
+    ]
+
+
+def test_classify_appends_the_label_instruction_to_the_system_prompt() -> None:
+    spec = JobSpec(kind="classify", labels=["spam", "ham"], system="You sort mail.")
+    system = messages_for(spec, {"prompt": "Win!"})[0]
+    assert system["role"] == "system"
+    assert system["content"] == "You sort mail.\n\n" + classify_instruction(["spam", "ham"])
+    assert "spam, ham" in system["content"]
+
+
+def test_classify_without_system_prompt_sends_only_the_instruction() -> None:
+    spec = JobSpec(kind="classify", labels=["spam", "ham"])
+    system = messages_for(spec, {"prompt": "Win!"})[0]
+    assert system == {"role": "system", "content": classify_instruction(["spam", "ham"])}
+
+
+def test_a_rows_own_system_message_wins_over_the_spec() -> None:
+    own = [{"role": "system", "content": "Row rules."}, {"role": "user", "content": "Hi"}]
+    messages = messages_for(JobSpec(system="Spec rules."), {"messages": own})
+    assert messages == own
+
+
+def test_build_renders_the_chat_template_and_its_exact_tokens(tokenizer: Any) -> None:
+    prompt = build(tokenizer, JobSpec(system="Be brief."), {"prompt": "Name a colour."}, 2048, 64)
+    assert "Be brief." in prompt.text and "Name a colour." in prompt.text
+    assert prompt.text.rstrip().endswith("assistant")
+    assert prompt.token_ids == tokenizer.encode(prompt.text, add_special_tokens=False)
+    assert prompt.max_tokens == 64
+
+
+def test_build_takes_a_raw_completion_prompt_as_it_is(tokenizer: Any) -> None:
+    prompt = build(tokenizer, JobSpec(), {"prompt": "Once upon a time", "raw": True}, 2048, 8)
+    assert prompt.text == "Once upon a time"
+    assert prompt.token_ids == tokenizer.encode("Once upon a time")
+
+
+def test_over_long_prompt_raises_naming_both_token_counts(tokenizer: Any) -> None:
+    payload = {"prompt": "word " * 300}
+    with pytest.raises(PromptTooLong) as info:
+        build(tokenizer, JobSpec(), payload, 128, 16)
+    n = len(tokenizer.encode(
+        tokenizer.apply_chat_template(messages_for(JobSpec(), payload),
+                                      add_generation_prompt=True, tokenize=False),
+        add_special_tokens=False,
+    ))
+    assert f"prompt is {n} tokens" in str(info.value)
+    assert "context is 128 tokens" in str(info.value)
+
+
+def test_prompt_filling_the_whole_context_is_too_long(tokenizer: Any) -> None:
+    fits = build(tokenizer, JobSpec(), {"prompt": "Hi"}, 4096, 16)
+    with pytest.raises(PromptTooLong):
+        build(tokenizer, JobSpec(), {"prompt": "Hi"}, len(fits.token_ids), 16)
+
+
+def test_max_tokens_is_clamped_to_the_context_left(tokenizer: Any) -> None:
+    fits = build(tokenizer, JobSpec(), {"prompt": "Hi"}, 4096, 16)
+    room = len(fits.token_ids) + 5
+    assert build(tokenizer, JobSpec(), {"prompt": "Hi"}, room, 100).max_tokens == 5
+
+
+def test_item_seed_is_stable_across_runs() -> None:
+    assert item_seed(0, "a") == item_seed(0, "a", 0)
+    assert item_seed(42, "row-1", 0) == 711546723
+
+
+def test_item_seed_differs_per_key_attempt_and_job_seed() -> None:
+    seeds = {item_seed(0, "a"), item_seed(0, "b"), item_seed(0, "a", 1), item_seed(1, "a")}
+    assert len(seeds) == 4
+    assert all(0 <= s < 2**31 for s in seeds)
+
+
+def test_row_sampling_overrides_the_jobs() -> None:
+    spec = JobSpec.model_validate({"sampling": {"temperature": 0.7, "max_tokens": 64}})
+    sampling = sampling_for(spec, {"sampling": {"max_tokens": 8}})
+    assert (sampling.temperature, sampling.max_tokens) == (0.7, 8)
+    assert sampling_for(spec, {"prompt": "x"}) is spec.sampling
