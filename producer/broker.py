@@ -8,11 +8,11 @@ from kombu.exceptions import OperationalError
 
 from schemas.errors import BrokerUnreachable
 from schemas.settings import redact
-from worker.app import RUN_CHUNK, configure, queue_for
+from worker.app import RUN_CHUNK, app_for, queue_for
 
 
 def check_reachable(broker_url: str) -> None:
-    app = configure(broker_url)
+    app = app_for(broker_url)
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=5)
@@ -23,7 +23,7 @@ def check_reachable(broker_url: str) -> None:
 def enqueue(broker_url: str, model: str, job_id: str, seqs: Iterable[int],
             priority: int = 0) -> int:
     """Publish one message per chunk over a single connection; returns how many."""
-    app = configure(broker_url)
+    app = app_for(broker_url)
     sent = 0
     try:
         with app.producer_or_acquire() as producer:

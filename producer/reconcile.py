@@ -15,11 +15,11 @@ from sqlalchemy import and_, or_, select
 from producer import broker
 from schemas import db
 from schemas.tables import Chunk, ChunkStatus, Job, JobState, utcnow
-from worker.app import configure, queue_for
+from worker.app import app_for, queue_for
 
 
 def queue_depth(broker_url: str, model: str) -> int:
-    with configure(broker_url).connection_for_write() as conn:
+    with app_for(broker_url).connection_for_write() as conn:
         try:
             return int(conn.default_channel.queue_declare(
                 queue_for(model), passive=True).message_count)

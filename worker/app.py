@@ -8,13 +8,13 @@ a message is acknowledged after its chunk ran (acks late), one at a time
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from celery import Celery
 
 RUN_CHUNK = "nightshift.run_chunk"
 
-celery_app = Celery("nightshift", set_as_current=True)
-celery_app.conf.update(
+CONFIG = dict(
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],
@@ -31,10 +31,17 @@ celery_app.conf.update(
     broker_transport_options={"visibility_timeout": 3600},
 )
 
+# The worker's app: its task is registered here (worker.tasks) and its broker set at start.
+celery_app = Celery("nightshift", set_as_current=True)
+celery_app.conf.update(CONFIG)
 
-def configure(broker_url: str) -> Celery:
-    celery_app.conf.broker_url = broker_url
-    return celery_app
+
+@lru_cache(maxsize=8)
+def app_for(broker_url: str) -> Celery:
+    """An app bound to one broker URL: a process may talk to several (tests, reconcile)."""
+    app = Celery("nightshift", set_as_current=False, broker=broker_url)
+    app.conf.update(CONFIG)
+    return app
 
 
 def queue_for(model: str) -> str:

@@ -11,9 +11,9 @@ import json
 import time
 from pathlib import Path
 
+from conftest import Stack
 from sqlalchemy import func, select
 
-from conftest import Stack
 from producer import broker
 from schemas import db
 from schemas.tables import Chunk, ChunkStatus, Result
@@ -139,5 +139,9 @@ def test_redelivered_and_rerun_chunks_leave_one_result_per_item(engine_stack: St
         time.sleep(0.5)
     time.sleep(2)
 
+    with db.session(engine_stack.db_url) as s:
+        rerun = s.get_one(Chunk, (job, 1))
+        assert (rerun.status, rerun.deliveries) == (ChunkStatus.DONE, 2)
+        assert s.get_one(Chunk, (job, 0)).deliveries == 1  # its duplicates were dropped
     assert _result_rows(engine_stack, job) == 6
     assert engine_stack.cli_json("status", job, "--json")["succeeded"] == 6

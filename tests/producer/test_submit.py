@@ -1,0 +1,98 @@
+"""Submitting writes a whole job to SQL and one message per chunk to Redis, or nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import Stack
+from sqlalchemy import func, select
+
+from producer.submit import submit
+from schemas import db
+from schemas.errors import BrokerUnreachable, DatabaseUnreachable, InputError
+from schemas.settings import load
+from schemas.spec import JobSpec
+from schemas.tables import Chunk, Item, Job
+from worker.app import queue_for
+
+
+def _count(stack: Stack, table: type) -> int:
+    with db.session(stack.db_url) as s:
+        return s.scalar(select(func.count()).select_from(table))
+
+
+def _jsonl(tmp_path: Path, n: int, bad_line: int | None = None) -> Path:
+    lines = [json.dumps({"id": f"i{k}", "prompt": f"prompt {k}"}) for k in range(n)]
+    if bad_line is not None:
+        lines[bad_line - 1] = '{"id": "broken"'
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _queued(stack: Stack) -> list[dict]:
+    client = redis.Redis.from_url(stack.broker_url)
+    return [json.loads(m) for m in client.lrange(queue_for(JobSpec().model), 0, -1)]
+
+
+def test_submit_writes_items_and_chunks_and_one_id_only_message_per_chunk(
+        stack: Stack, tmp_path: Path) -> None:
+    settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
+    done = submit(settings, JobSpec(chunk_size=4), _jsonl(tmp_path, 10))
+
+    assert (done.items, done.chunks) == (10, 3)
+    with db.session(stack.db_url) as s:
+        assert s.get_one(Job, done.job_id).total == 10
+        sizes = s.scalars(select(Chunk.size).where(Chunk.job_id == done.job_id)
+                          .order_by(Chunk.seq)).all()
+    assert sizes == [4, 4, 2]
+    messages = _queued(stack)
+    assert len(messages) == 3
+    assert all(m["headers"]["argsrepr"].startswith(f"['{done.job_id}',") for m in messages)
+    assert {m["content-type"] for m in messages} == {"application/json"}
+
+
+def test_a_bad_row_creates_no_job_unless_skipped(stack: Stack, tmp_path: Path) -> None:
+    settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
+    path = _jsonl(tmp_path, 5, bad_line=4)
+    jobs_before = _count(stack, Job)
+
+    with pytest.raises(InputError, match="line 4: malformed JSON.*no job was created"):
+        submit(settings, JobSpec(), path)
+    assert _count(stack, Job) == jobs_before
+    assert _queued(stack) == []
+
+    done = submit(settings, JobSpec(), path, skip_invalid=True)
+    assert (done.items, done.invalid_count) == (4, 1)
+    with db.session(stack.db_url) as s:
+        keys = s.scalars(select(Item.key).where(Item.job_id == done.job_id)).all()
+    assert "broken" not in keys and len(keys) == 4
+
+
+def test_duplicate_ids_are_invalid_rows(stack: Stack, tmp_path: Path) -> None:
+    path = tmp_path / "dup.jsonl"
+    path.write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n')
+    settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
+    with pytest.raises(InputError, match="line 2: duplicate id 'a'"):
+        submit(settings, JobSpec(), path)
+
+
+def test_unreachable_broker_is_one_line_naming_the_url_and_creates_nothing(
+        stack: Stack, tmp_path: Path) -> None:
+    settings = load(database_url=stack.db_url, broker_url="redis://:s3cret@127.0.0.1:1/0")
+    jobs_before = _count(stack, Job)
+    with pytest.raises(BrokerUnreachable) as caught:
+        submit(settings, JobSpec(), _jsonl(tmp_path, 2))
+    assert "redis://:***@127.0.0.1:1/0" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    assert _count(stack, Job) == jobs_before
+
+
+def test_unreachable_database_is_one_line_naming_the_url(tmp_path: Path) -> None:
+    settings = load(database_url="postgresql://u:pw@127.0.0.1:1/none",
+                    broker_url="redis://127.0.0.1:6379/13")
+    with pytest.raises(DatabaseUnreachable, match=r"postgresql://u:\*\*\*@127.0.0.1:1/none"):
+        submit(settings, JobSpec(), _jsonl(tmp_path, 2))

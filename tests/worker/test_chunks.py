@@ -1,0 +1,41 @@
+"""Writing a chunk's outcomes: bulk, idempotent, and the job completes with its last chunk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import Stack
+from sqlalchemy import func, select
+
+from producer.submit import submit
+from schemas import db
+from schemas.settings import load
+from schemas.spec import JobSpec
+from schemas.tables import Job, JobState, Result
+from worker.chunks import write
+from worker.generate import Outcome
+
+
+def test_writing_a_chunk_twice_leaves_one_result_per_item(stack: Stack, tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(4)))
+    settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
+    job = submit(settings, JobSpec(chunk_size=2), path).job_id
+
+    first = [Outcome(i, "succeeded", output=f"first {i}") for i in (0, 1)]
+    again = [Outcome(i, "succeeded", output=f"again {i}") for i in (0, 1)]
+    write(stack.db_url, job, 0, "w1", first)
+    write(stack.db_url, job, 0, "w2", again)
+    with db.session(stack.db_url) as s:
+        rows = s.execute(select(Result.item_seq, Result.output).where(Result.job_id == job)
+                         .order_by(Result.item_seq)).all()
+        assert rows == [(0, "again 0"), (1, "again 1")]
+        assert s.get_one(Job, job).state == JobState.QUEUED
+
+    write(stack.db_url, job, 1, "w1", [Outcome(2, "succeeded", output="x"),
+                                       Outcome(3, "failed", error="prompt is too long")])
+    with db.session(stack.db_url) as s:
+        assert s.scalar(select(func.count()).select_from(Result)
+                        .where(Result.job_id == job)) == 4
+        assert s.get_one(Job, job).state == JobState.COMPLETED
