@@ -115,7 +115,8 @@ def _parquet(db_url: str, job_id: str, out: IO[str] | str) -> int:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise ConfigError("parquet export needs pyarrow: pip install 'nightshift[parquet]'") from None
+        hint = "pip install 'nightshift[parquet]'"
+        raise ConfigError(f"parquet export needs pyarrow: {hint}") from None
     if not isinstance(out, str):
         raise ConfigError("parquet export needs a file: pass -o FILE")
     records = [record(*r) for r in rows(db_url, job_id)]

@@ -126,7 +126,8 @@ def _csv(path: Path, template: str | None) -> Iterator[Row | RowError]:
                     continue
                 yield _fields_row(line, dict(record), template)
         except UnicodeDecodeError as exc:
-            raise InputError(f"{path}: not UTF-8 after line {reader.line_num} ({exc.reason})") from None
+            where = f"after line {reader.line_num}"
+            raise InputError(f"{path}: not UTF-8 {where} ({exc.reason})") from None
         except csv.Error as exc:
             raise InputError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
     if reader.line_num == 0:

@@ -100,7 +100,8 @@ def stack(request: pytest.FixtureRequest, session_dir: Path, pg_url: str) -> Ite
     """A database (schema applied) and a flushed broker; no worker."""
     unit_dir = session_dir / "unit"
     unit_dir.mkdir(exist_ok=True)
-    db_url = pg_url if request.param == "postgres" else f"sqlite:///{unit_dir / uuid.uuid4().hex}.db"
+    sqlite_url = f"sqlite:///{unit_dir / uuid.uuid4().hex}.db"
+    db_url = pg_url if request.param == "postgres" else sqlite_url
     s = Stack(request.param, db_url, f"{REDIS}/{REDIS_DBS['unit']}", unit_dir)
     db.upgrade(s.db_url)
     _flush(s.broker_url)

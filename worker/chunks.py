@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from schemas.db import session, upsert
@@ -80,7 +81,7 @@ def write(db_url: str, job_id: str, seq: int, owner: str, outcomes: list[Outcome
             by_status: dict[str, list[int]] = defaultdict(list)
             for o in outcomes:
                 by_status[o.status].append(o.item_seq)
-            items = Item.__table__
+            items = cast(Table, Item.__table__)
             stmt = (items.update()
                     .where(items.c.job_id == bindparam("j"), items.c.seq == bindparam("s"))
                     .values(status=bindparam("st")))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, Field
+from vllm.inputs import TokensPrompt
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class EngineHost:
         if request.future.cancelled():
             return
         try:
-            prompt = {"prompt_token_ids": request.prompt_token_ids}
+            prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
             self.engine.add_request(request.request_id, prompt, request.params)
         except (ValueError, TypeError) as exc:  # this request only: bad length, bad params
             request.future.set_exception(exc)

@@ -80,12 +80,11 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
                                   prompt_tokens=len(prompt.token_ids), sampling=recorded)
     for future in as_completed(waiting):
         outcome = waiting[future]
-        exc = future.exception()
-        if exc is not None:
-            if isinstance(exc, (ValueError, TypeError)):
-                outcome.status, outcome.error = ItemStatus.FAILED, f"engine refused: {exc}"
-            else:
-                raise exc
+        refused = future.exception()
+        if refused is not None:
+            if not isinstance(refused, (ValueError, TypeError)):
+                raise refused
+            outcome.status, outcome.error = ItemStatus.FAILED, f"engine refused: {refused}"
         else:
             _fill(outcome, future.result(), spec, host)
         outcomes.append(outcome)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import CursorResult, and_, or_, update
 
 from schemas.db import session
 from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobState, utcnow
@@ -23,7 +24,7 @@ def claim(db_url: str, job_id: str, seq: int, owner: str, ttl: float) -> bool:
     """Take the chunk if it is free (pending, or leased by someone whose lease expired)."""
     now = utcnow()
     with session(db_url) as db, db.begin():
-        taken = db.execute(
+        taken = cast(CursorResult[Any], db.execute(
             update(Chunk)
             .where(Chunk.job_id == job_id, Chunk.seq == seq)
             .where(or_(Chunk.status == ChunkStatus.PENDING,
@@ -31,7 +32,7 @@ def claim(db_url: str, job_id: str, seq: int, owner: str, ttl: float) -> bool:
             .values(status=ChunkStatus.LEASED, lease_owner=owner,
                     lease_expires_at=now + timedelta(seconds=ttl),
                     deliveries=Chunk.deliveries + 1)
-        ).rowcount
+        )).rowcount
         if not taken:
             return False
         db.execute(update(Item).where(Item.job_id == job_id, Item.chunk == seq,
@@ -45,12 +46,12 @@ def claim(db_url: str, job_id: str, seq: int, owner: str, ttl: float) -> bool:
 def release(db_url: str, job_id: str, seq: int, owner: str) -> None:
     """Hand a chunk back (shutdown, engine death): it is pending again at once."""
     with session(db_url) as db, db.begin():
-        released = db.execute(
+        released = cast(CursorResult[Any], db.execute(
             update(Chunk)
             .where(Chunk.job_id == job_id, Chunk.seq == seq, Chunk.lease_owner == owner,
                    Chunk.status == ChunkStatus.LEASED)
             .values(status=ChunkStatus.PENDING, lease_owner=None, lease_expires_at=None)
-        ).rowcount
+        )).rowcount
         if released:
             db.execute(update(Item).where(Item.job_id == job_id, Item.chunk == seq,
                                           Item.status == ItemStatus.RUNNING)

@@ -82,5 +82,5 @@ def _dequantize(gguf: Path, out: Path) -> None:
     model = LlamaForCausalLM(config)
     model.load_state_dict(quantized.state_dict(), strict=False)
     model.tie_weights()
-    model.to(torch.bfloat16).save_pretrained(out)
+    model.to(dtype=torch.bfloat16).save_pretrained(out)  # type: ignore[arg-type,call-arg]
     tokenizer.save_pretrained(out)
