@@ -1,0 +1,104 @@
+"""Faults injected into the real pipeline; each ends with every item final, exactly one
+result row per item, and nothing left pending or leased."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import redis
+from kombu import Connection, Exchange, Producer
+from sqlalchemy import func, select
+
+from conftest import Stack, Worker
+from schemas import db
+from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Result
+from worker.app import RUN_CHUNK, queue_for
+
+MODEL = "smollm2-135m-instruct"
+
+
+def _submit(stack: Stack, tmp_path: Path, n: int, chunk: int, max_tokens: int) -> str:
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"id": f"k{i}", "prompt": f"Write a sentence about "
+                                        f"the number {i}."}) + "\n" for i in range(n)))
+    return stack.cli_json("submit", str(path), "--json", "--chunk-size", str(chunk),
+                          "--max-tokens", str(max_tokens))["job_id"]
+
+
+def _assert_exactly_once(stack: Stack, job: str, total: int) -> None:
+    with db.session(stack.db_url) as s:
+        results = s.scalar(select(func.count()).select_from(Result).where(Result.job_id == job))
+        distinct = s.scalar(select(func.count(func.distinct(Result.item_seq)))
+                            .where(Result.job_id == job))
+        open_items = s.scalar(select(func.count()).select_from(Item).where(
+            Item.job_id == job, Item.status.not_in(ItemStatus.FINAL)))
+        open_chunks = s.scalar(select(func.count()).select_from(Chunk).where(
+            Chunk.job_id == job, Chunk.status != ChunkStatus.DONE))
+    assert (results, distinct, open_items, open_chunks) == (total, total, 0, 0)
+
+
+def test_a_killed_worker_loses_nothing_and_another_finishes_its_chunk(
+        engine_stacks: dict[str, Stack], tmp_path: Path) -> None:
+    stack = engine_stacks["sqlite"]
+    victim = Worker(stack, f"victim-{uuid.uuid4().hex[:4]}", [])
+    try:
+        victim.wait_ready()
+        job = _submit(stack, tmp_path, n=24, chunk=3, max_tokens=48)
+        deadline = time.monotonic() + 120
+        held = None
+        while held is None and time.monotonic() < deadline:
+            with db.session(stack.db_url) as s:
+                held = s.scalars(select(Chunk.seq).where(
+                    Chunk.job_id == job, Chunk.status == ChunkStatus.LEASED,
+                    Chunk.lease_owner.like("victim-%"))).first()
+            time.sleep(0.2)
+        assert held is not None, "the victim never took a chunk"
+        os.killpg(victim.proc.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        status = stack.wait_final(job, timeout=300)
+    finally:
+        victim.stop()
+    assert status["state"] == "completed" and status["succeeded"] == 24
+    _assert_exactly_once(stack, job, 24)
+    with db.session(stack.db_url) as s:
+        assert s.get_one(Chunk, (job, held)).deliveries >= 2
+    assert time.monotonic() - killed_at < 300
+
+
+def test_flushed_broker_mid_job_is_reconciled(engine_stacks: dict[str, Stack],
+                                              tmp_path: Path) -> None:
+    stack = engine_stacks["postgres"]
+    job = _submit(stack, tmp_path, n=18, chunk=3, max_tokens=16)
+    redis.Redis.from_url(stack.broker_url).flushdb()
+    reconciled = stack.cli("reconcile")
+    assert "enqueued again" in reconciled.stdout
+
+    status = stack.wait_final(job, timeout=300)
+    assert status["state"] == "completed" and status["succeeded"] == 18
+    _assert_exactly_once(stack, job, 18)
+
+
+def test_a_pickled_message_is_refused_and_nothing_runs(engine_stacks: dict[str, Stack]) -> None:
+    stack = engine_stacks["sqlite"]
+    log = next(stack.workdir.glob("worker-test-sqlite.log"))
+    marker = f"pickled{uuid.uuid4().hex[:8]}"
+    queue = queue_for(MODEL)
+    with Connection(stack.broker_url) as conn:
+        Producer(conn).publish(
+            ([marker, 0], {}, {}), exchange=Exchange(queue, type="direct"), routing_key=queue,
+            serializer="pickle",
+            headers={"task": RUN_CHUNK, "id": str(uuid.uuid4()), "lang": "py",
+                     "argsrepr": "", "kwargsrepr": ""})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "pickle" not in log.read_text(errors="replace"):
+        time.sleep(0.5)
+    text = log.read_text(errors="replace")
+    assert "Refusing to deserialize untrusted content of type pickle" in text
+    assert f"chunk {marker}/0" not in text and "Task nightshift.run_chunk" not in text.split(
+        "Refusing to deserialize")[-1]
