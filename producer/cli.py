@@ -270,8 +270,9 @@ def upgrade(broker_url: str | None, database_url: str | None) -> None:
 
 @cli.command()
 @click.option("--model", envvar="NIGHTSHIFT_MODEL", help="Model this worker hosts.")
-@click.option("--slots", type=int, default=2, show_default=True,
-              help="Chunks run at once; they share the engine, so 2 keeps it full.")
+@click.option("--slots", type=int, default=4, show_default=True,
+              help="Chunks in flight at once, all in one engine batch: the next chunk's "
+                   "requests decode while the last one's stragglers finish.")
 @click.option("--gpu-memory-utilization", type=float,
               help="KV-cache share [default: 0.5 on CPU, vLLM's on GPU].")
 @click.option("--enforce-eager/--no-enforce-eager", default=None,

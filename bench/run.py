@@ -1,0 +1,183 @@
+"""`make bench`: the same prompts, model and machine, three ways, one after another.
+
+(a) vLLM offline `LLM.chat` over the whole set in one call;
+(b) vLLM's own `run_batch` entry point over the file in OpenAI batch format;
+(c) nightshift end to end: submit → Redis → one `nightshift worker` → results in SQL.
+
+Prints a table and writes bench/results/latest.json. Engine start-up is reported
+apart from steady-state generation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import func, select
+
+from bench.prompts import make_batch_file
+from schemas import db
+from schemas.settings import load
+from schemas.tables import Result
+from worker.engine import EngineOptions
+from worker.models import resolve
+
+BIN = Path(sys.executable).parent
+RESULTS = Path(__file__).parent / "results"
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    options = EngineOptions(gpu_memory_utilization=args.gpu_memory_utilization,
+                            max_model_len=args.max_model_len)
+    from vllm.platforms import current_platform
+
+    return options.for_platform(current_platform.is_cpu())
+
+
+def run_offline(path: Path, model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "bench.offline", "--input", str(path),
+                           "--model", model, "--engine", json.dumps(kwargs)],
+                          capture_output=True, text=True, check=True)
+    line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH "))
+    return json.loads(line[6:])
+
+
+def run_batch(path: Path, model: str, kwargs: dict[str, Any], out: Path) -> dict[str, Any]:
+    flags = [f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}"
+             for k, v in kwargs.items() if v is not False]
+    start = time.perf_counter()
+    subprocess.run([str(BIN / "vllm"), "run_batch", "-i", str(path), "-o", str(out),
+                    "--model", model, *flags], capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - start
+    tokens = sum(json.loads(line)["response"]["body"]["usage"]["completion_tokens"]
+                 for line in out.read_text().splitlines() if line.strip())
+    return {"wall_s": wall, "tokens": tokens}
+
+
+def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path,
+                   broker_url: str) -> dict[str, Any]:
+    db_url = f"sqlite:///{workdir / 'bench.db'}"
+    env = {**os.environ, "NIGHTSHIFT_DATABASE_URL": db_url, "NIGHTSHIFT_BROKER_URL": broker_url}
+    redis.Redis.from_url(broker_url).flushdb()
+    ns = str(BIN / "nightshift")
+    worker_flags = ["--gpu-memory-utilization", str(kwargs["gpu_memory_utilization"]),
+                    "--dtype", kwargs.get("dtype", "auto")]
+    if "max_model_len" in kwargs:
+        worker_flags += ["--max-model-len", str(kwargs["max_model_len"])]
+    log = workdir / "worker.log"
+    start = time.perf_counter()
+    submitted = subprocess.run([ns, "submit", str(path), "--json"], env=env, check=True,
+                               capture_output=True, text=True)
+    submit_s = time.perf_counter() - start
+    job = json.loads(submitted.stdout)
+    worker = subprocess.Popen([ns, "worker", *worker_flags, "--loglevel", "INFO"], env=env,
+                              stdout=log.open("w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    ready_at = None
+    try:
+        while True:
+            status = json.loads(subprocess.run([ns, "status", job["job_id"], "--json"],
+                                               env=env, check=True, capture_output=True,
+                                               text=True).stdout)
+            if ready_at is None and " ready." in log.read_text(errors="replace"):
+                ready_at = time.perf_counter()
+            if status["state"] in ("completed", "failed", "cancelled"):
+                break
+            if worker.poll() is not None:
+                raise RuntimeError(f"worker exited: {log.read_text()[-2000:]}")
+            time.sleep(0.25)
+        wall = time.perf_counter() - start
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=120)
+    ready_at = ready_at or start
+    with db.session(db_url) as s:
+        first, last = s.execute(select(func.min(Result.created_at), func.max(Result.created_at))
+                                .where(Result.job_id == job["job_id"])).one()
+    ready_clock = _log_ready_time(log)
+    gen_s = (last - ready_clock).total_seconds() if ready_clock else wall - (ready_at - start)
+    return {"wall_s": wall, "submit_s": submit_s, "startup_s": ready_at - start - submit_s,
+            "gen_s": gen_s, "tokens": status["completion_tokens"], "items": job["items"],
+            "succeeded": status["succeeded"]}
+
+
+def _log_ready_time(log: Path) -> datetime | None:
+    match = re.search(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) INFO celery.apps.worker: .* ready\.",
+                      log.read_text(errors="replace"), re.M)
+    if not match:
+        return None
+    from datetime import UTC
+
+    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").astimezone(UTC)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--input", type=Path, help="OpenAI batch file [default: 256 prompts]")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.5)
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/14")
+    args = parser.parse_args()
+    settings = load()
+    model = resolve(settings.model, settings.model_dir)
+    kwargs = engine_kwargs(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        path = args.input or make_batch_file(work / "prompts.jsonl")
+        print(f"prompts: {path}  model: {model}  engine: {kwargs}", flush=True)
+        offline = run_offline(path, model, kwargs)
+        print(f"(a) offline: {offline}", flush=True)
+        batch = run_batch(path, model, kwargs, work / "run_batch_out.jsonl")
+        print(f"(b) run_batch: {batch}", flush=True)
+        night = run_nightshift(path, kwargs, work, args.broker_url)
+        print(f"(c) nightshift: {night}", flush=True)
+    report(offline, batch, night, kwargs, str(path))
+
+
+def report(offline: dict[str, Any], batch: dict[str, Any], night: dict[str, Any],
+           kwargs: dict[str, Any], source: str) -> None:
+    offline_tok_s = offline["tokens"] / offline["gen_s"]
+    batch_tok_s = batch["tokens"] / batch["wall_s"]
+    night_tok_s = night["tokens"] / night["gen_s"]
+    summary = {
+        "input": source, "engine": kwargs, "requests": offline["requests"],
+        "offline_tok_s": round(offline_tok_s, 1), "offline_start_s": round(offline["start_s"], 1),
+        "offline_gen_s": round(offline["gen_s"], 1),
+        "run_batch_wall_s": round(batch["wall_s"], 1), "run_batch_tok_s": round(batch_tok_s, 1),
+        "nightshift_tok_s": round(night_tok_s, 1), "nightshift_wall_s": round(night["wall_s"], 1),
+        "nightshift_startup_s": round(night["startup_s"], 1),
+        "nightshift_submit_s": round(night["submit_s"], 2),
+        "ratio_vs_offline": round(night_tok_s / offline_tok_s, 3),
+        # End-to-end throughput, start-up included on both sides: > 1 means nightshift is faster.
+        "ratio_vs_run_batch": round((night["tokens"] / night["wall_s"]) / batch_tok_s, 3),
+        "overhead_ms_per_item": round(
+            max(0.0, night["gen_s"] - offline["gen_s"]) * 1000 / night["items"], 2),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
+    rows = [("vLLM offline LLM.chat", offline["tokens"], offline_tok_s,
+             offline["start_s"] + offline["gen_s"], offline["start_s"]),
+            ("vLLM run_batch", batch["tokens"], batch_tok_s, batch["wall_s"], float("nan")),
+            ("nightshift end to end", night["tokens"], night_tok_s, night["wall_s"],
+             night["startup_s"])]
+    print(f"\n{'':24} {'tokens':>8} {'tok/s':>8} {'wall s':>8} {'start s':>8}")
+    for name, tokens, rate, wall, startup in rows:
+        print(f"{name:24} {tokens:>8} {rate:>8.1f} {wall:>8.1f} {startup:>8.1f}")
+    print(f"\nnightshift/offline tok/s: {summary['ratio_vs_offline']}  "
+          f"nightshift/run_batch end-to-end tok/s: {summary['ratio_vs_run_batch']}")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
