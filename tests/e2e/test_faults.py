@@ -11,10 +11,10 @@ import uuid
 from pathlib import Path
 
 import redis
+from conftest import Stack, Worker
 from kombu import Connection, Exchange, Producer
 from sqlalchemy import func, select
 
-from conftest import Stack, Worker
 from schemas import db
 from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Result
 from worker.app import RUN_CHUNK, queue_for

@@ -1,0 +1,96 @@
+"""The read side of the CLI on real SQL: the JSON keys scripts rely on, exports, cancel."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import Stack
+
+from producer.cli import cli
+from worker.chunks import write
+from worker.generate import Outcome
+
+Invoke = Callable[..., str]
+
+
+@pytest.fixture
+def run(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Invoke:
+    monkeypatch.setenv("NIGHTSHIFT_DATABASE_URL", stack.db_url)
+    monkeypatch.setenv("NIGHTSHIFT_BROKER_URL", stack.broker_url)
+
+    def invoke(*args: str, code: int = 0) -> str:
+        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result.output
+
+    return invoke
+
+
+def _job(run: Invoke, tmp_path: Path, n: int = 3) -> str:
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"id": f"x{i}", "prompt": f"p{i}"}) + "\n"
+                            for i in range(n)))
+    return json.loads(run("submit", str(path), "--json", "--chunk-size", "8"))["job_id"]
+
+
+def test_status_json_has_the_contract_keys(run: Invoke, tmp_path: Path) -> None:
+    job = _job(run, tmp_path)
+    status = json.loads(run("status", job, "--json"))
+    assert {"job_id", "state", "total", "pending", "running", "succeeded", "failed"} <= set(status)
+    assert (status["state"], status["total"], status["pending"]) == ("queued", 3, 3)
+    assert job in run("status")
+
+
+def test_results_export_jsonl_csv_and_openai_from_sql(stack: Stack, run: Invoke,
+                                                      tmp_path: Path) -> None:
+    job = _job(run, tmp_path)
+    write(stack.db_url, job, 0, "w", [
+        Outcome(0, "succeeded", output="zero", finish_reason="stop", prompt_tokens=5,
+                completion_tokens=2),
+        Outcome(1, "succeeded", output="one", finish_reason="length", prompt_tokens=5,
+                completion_tokens=9),
+        Outcome(2, "failed", error="prompt is 9000 tokens; the model's context is 2048")])
+
+    lines = [json.loads(x) for x in run("results", job).splitlines()]
+    assert [r["id"] for r in lines] == ["x0", "x1", "x2"]
+    assert lines[0] | {"attempts": 1} == {**lines[0], "status": "succeeded", "output": "zero",
+                                          "error": None, "prompt_tokens": 5,
+                                          "completion_tokens": 2}
+    assert lines[2]["status"] == "failed" and "9000 tokens" in lines[2]["error"]
+
+    rows = list(csv.DictReader(io.StringIO(run("results", job, "--format", "csv"))))
+    assert [r["output"] for r in rows] == ["zero", "one", ""]
+
+    openai = [json.loads(x) for x in run("results", job, "--format", "openai").splitlines()]
+    assert openai[1]["response"]["body"]["choices"][0]["finish_reason"] == "length"
+    assert openai[1]["response"]["body"]["usage"]["total_tokens"] == 14
+    assert openai[2]["response"]["status_code"] == 400
+    assert "9000 tokens" in openai[2]["response"]["body"]["error"]["message"]
+
+    out = tmp_path / "r.parquet"
+    run("results", job, "--format", "parquet", "-o", str(out))
+    import pyarrow.parquet as pq
+    assert pq.read_table(out).column("id").to_pylist() == ["x0", "x1", "x2"]
+
+    assert run("watch", job, "--interval", "0.1")  # exit 0: the job completed
+
+
+def test_cancel_stops_pending_items_and_watch_exits_non_zero(run: Invoke, tmp_path: Path) -> None:
+    job = _job(run, tmp_path)
+    assert "cancelled" in run("cancel", job)
+    status = json.loads(run("status", job, "--json"))
+    assert (status["state"], status["cancelled"], status["pending"]) == ("cancelled", 3, 0)
+    run("watch", job, "--interval", "0.1", code=1)
+
+
+def test_unknown_job_and_bad_settings_are_one_line_errors(run: Invoke) -> None:
+    out = run("status", "nope", code=4)
+    assert out.strip() == "error: no job 'nope' in this database (see `nightshift status`)"
+    out = run("submit", "missing.jsonl", "--kind", "classify", "--label", "a", code=2)
+    assert "classify job needs at least two --label values" in out and "Traceback" not in out
