@@ -80,6 +80,8 @@ class Item(Base):
     # What the worker sends: {"messages": [...]} or {"prompt": "..."}, plus overrides.
     payload: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(16), default=ItemStatus.PENDING)
+    # Times a worker started this item alone after a crash (see worker.chunks: poison items).
+    tries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Chunk(Base):

@@ -72,6 +72,18 @@ def _flush(broker_url: str) -> None:
 
 
 @pytest.fixture(scope="session")
+def tokenizer() -> Any:
+    """The demo model's tokenizer (built first if missing), without starting an engine."""
+    from transformers import PreTrainedTokenizerFast
+
+    from schemas.settings import load
+    from worker.models import materialize_demo
+
+    # The fast tokenizer AutoTokenizer resolves to, without its ~6 s torch import.
+    return PreTrainedTokenizerFast.from_pretrained(str(materialize_demo(load().model_dir)))
+
+
+@pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     name = f"nightshift_test_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:

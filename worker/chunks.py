@@ -1,32 +1,33 @@
-"""Run one chunk: lease it, generate its items, write every outcome in one transaction."""
+"""Run one chunk: lease it, generate its items, write every outcome in bulk.
+
+A chunk's first delivery runs all its items as one batch. A later delivery means a
+worker died holding it, perhaps because of one of its items: it then runs in
+isolation, one item at a time, counting each item's tries in SQL before it starts.
+An item that was in flight when workers died `MAX_ITEM_TRIES` times is a poison
+item: it fails with that reason, and its neighbours still run.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from schemas.db import session, upsert
 from schemas.spec import JobSpec
-from schemas.tables import (
-    Chunk,
-    ChunkStatus,
-    Item,
-    ItemStatus,
-    Job,
-    JobState,
-    Result,
-    utcnow,
-)
+from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobState, Result, utcnow
 from worker import leases
 from worker.engine import EngineHost
 from worker.generate import Outcome, run_items
 
 log = logging.getLogger(__name__)
+
+# Worker deaths an item may be in flight for before it is failed as poison.
+MAX_ITEM_TRIES = 2
 
 
 @dataclass
@@ -41,26 +42,31 @@ class Runtime:
 
 
 def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
-    """Returns what happened, for the log: "done", "skipped" (leased or done elsewhere)…"""
-    if not leases.claim(rt.db_url, job_id, seq, rt.owner, rt.lease_seconds):
-        return "skipped"
+    """Returns what happened, for the log: "done", "isolated", "skipped", "cancelled"."""
+    deliveries = leases.claim(rt.db_url, job_id, seq, rt.owner, rt.lease_seconds)
+    if not deliveries:
+        return "skipped"  # leased by a live worker, or done: a duplicate message
     rt.heartbeat.hold(job_id, seq)
     try:
-        with session(rt.db_url) as db:
-            job = db.get(Job, job_id)
-            if job is None or job.state == JobState.CANCELLED:
-                _finish_cancelled(rt, job_id, seq)
-                return "cancelled"
-            spec = JobSpec.model_validate(job.spec)
-            items = db.execute(
-                select(Item.seq, Item.key, Item.payload)
-                .where(Item.job_id == job_id, Item.chunk == seq,
-                       Item.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING)))
-                .order_by(Item.seq)
-            ).all()
-        outcomes = run_items(rt.host, spec, [tuple(i) for i in items], f"{job_id}:{seq}")
-        write(rt.db_url, job_id, seq, rt.owner, outcomes)
-        return "done"
+        spec, items = _load(rt.db_url, job_id, seq)
+        if spec is None:
+            _finish_cancelled(rt.db_url, job_id, seq)
+            return "cancelled"
+        tag = f"{job_id}:{seq}"
+        if deliveries == 1:
+            outcomes = run_items(rt.host, spec, [(s, k, p) for s, k, p, _ in items], tag)
+            write(rt.db_url, job_id, seq, rt.owner, outcomes)
+            return "done"
+        for item_seq, key, payload, tries in items:
+            if tries >= MAX_ITEM_TRIES:
+                outcome = Outcome(item_seq, ItemStatus.FAILED, error=(
+                    f"poison item: a worker died while running it {tries} times"))
+            else:
+                _count_try(rt.db_url, job_id, item_seq)
+                outcome = run_items(rt.host, spec, [(item_seq, key, payload)], tag)[0]
+            write(rt.db_url, job_id, seq, rt.owner, [outcome], last=False)
+        write(rt.db_url, job_id, seq, rt.owner, [])
+        return "isolated"
     except BaseException:
         leases.release(rt.db_url, job_id, seq, rt.owner)
         raise
@@ -68,32 +74,60 @@ def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
         rt.heartbeat.drop(job_id, seq)
 
 
-def write(db_url: str, job_id: str, seq: int, owner: str, outcomes: list[Outcome]) -> None:
-    """Results upserted (one row per item however often the chunk ran), statuses, chunk done."""
+def _load(db_url: str, job_id: str, seq: int) -> tuple[JobSpec | None, list[Any]]:
+    with session(db_url) as db:
+        job = db.get(Job, job_id)
+        if job is None or job.state == JobState.CANCELLED:
+            return None, []
+        items = db.execute(
+            select(Item.seq, Item.key, Item.payload, Item.tries)
+            .where(Item.job_id == job_id, Item.chunk == seq,
+                   Item.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING)))
+            .order_by(Item.seq)
+        ).all()
+        return JobSpec.model_validate(job.spec), list(items)
+
+
+def _count_try(db_url: str, job_id: str, item_seq: int) -> None:
+    with session(db_url) as db, db.begin():
+        db.execute(update(Item).where(Item.job_id == job_id, Item.seq == item_seq)
+                   .values(tries=Item.tries + 1))
+
+
+def write(db_url: str, job_id: str, seq: int, owner: str, outcomes: list[Outcome],
+          last: bool = True) -> None:
+    """Results upserted (one row per item however often it ran) and item statuses, in one
+    transaction; with `last`, the chunk is done and the job completes if nothing is open."""
     with session(db_url) as db, db.begin():
         # Chunks of one job finish one at a time, so the last one sees every other's items
         # final and marks the job completed (PostgreSQL; SQLite already serializes writers).
         db.execute(select(Job.id).where(Job.id == job_id).with_for_update())
-        dialect = db.get_bind().dialect.name
         if outcomes:
-            rows = [o.row(job_id, owner) for o in outcomes]
-            db.execute(upsert(Result.__table__, dialect, ["job_id", "item_seq"]), rows)
-            by_status: dict[str, list[int]] = defaultdict(list)
-            for o in outcomes:
-                by_status[o.status].append(o.item_seq)
-            items = cast(Table, Item.__table__)
-            stmt = (items.update()
-                    .where(items.c.job_id == bindparam("j"), items.c.seq == bindparam("s"))
-                    .values(status=bindparam("st")))
-            db.execute(stmt, [{"j": job_id, "s": s, "st": st}
-                              for st, seqs in by_status.items() for s in seqs])
-        db.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.seq == seq)
-                   .values(status=ChunkStatus.DONE, lease_owner=None, lease_expires_at=None))
-        _maybe_complete(db, job_id)
+            _record(db, job_id, owner, outcomes)
+        if last:
+            db.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.seq == seq)
+                       .values(status=ChunkStatus.DONE, lease_owner=None,
+                               lease_expires_at=None))
+            _maybe_complete(db, job_id)
 
 
-def _finish_cancelled(rt: Runtime, job_id: str, seq: int) -> None:
-    with session(rt.db_url) as db, db.begin():
+def _record(db: Session, job_id: str, owner: str, outcomes: list[Outcome]) -> None:
+    dialect = db.get_bind().dialect.name
+    db.execute(upsert(Result.__table__, dialect, ["job_id", "item_seq"]),
+               [o.row(job_id, owner) for o in outcomes])
+    by_status: dict[str, list[int]] = defaultdict(list)
+    for o in outcomes:
+        by_status[o.status].append(o.item_seq)
+    items = cast(Table, Item.__table__)
+    stmt = (items.update()
+            .where(items.c.job_id == bindparam("j"), items.c.seq == bindparam("s"))
+            .values(status=bindparam("st")))
+    db.execute(stmt, [{"j": job_id, "s": s, "st": st}
+                      for st, seqs in by_status.items() for s in seqs])
+
+
+def _finish_cancelled(db_url: str, job_id: str, seq: int) -> None:
+    with session(db_url) as db, db.begin():
         db.execute(update(Item).where(Item.job_id == job_id, Item.chunk == seq,
                                       Item.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING)))
                    .values(status=ItemStatus.CANCELLED))

@@ -12,7 +12,7 @@ import threading
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, or_, update
+from sqlalchemy import CursorResult, and_, or_, select, update
 
 from schemas.db import session
 from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobState, utcnow
@@ -20,8 +20,10 @@ from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobState, 
 log = logging.getLogger(__name__)
 
 
-def claim(db_url: str, job_id: str, seq: int, owner: str, ttl: float) -> bool:
-    """Take the chunk if it is free (pending, or leased by someone whose lease expired)."""
+def claim(db_url: str, job_id: str, seq: int, owner: str, ttl: float) -> int:
+    """Take the chunk if it is free (pending, or leased by someone whose lease expired).
+
+    Returns how many times the chunk has now been taken (0: not taken)."""
     now = utcnow()
     with session(db_url) as db, db.begin():
         taken = cast(CursorResult[Any], db.execute(
@@ -34,13 +36,14 @@ def claim(db_url: str, job_id: str, seq: int, owner: str, ttl: float) -> bool:
                     deliveries=Chunk.deliveries + 1)
         )).rowcount
         if not taken:
-            return False
+            return 0
         db.execute(update(Item).where(Item.job_id == job_id, Item.chunk == seq,
                                       Item.status == ItemStatus.PENDING)
                    .values(status=ItemStatus.RUNNING))
         db.execute(update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
                    .values(state=JobState.RUNNING, started_at=now))
-    return True
+        return int(db.scalar(select(Chunk.deliveries)
+                             .where(Chunk.job_id == job_id, Chunk.seq == seq)) or 0)
 
 
 def release(db_url: str, job_id: str, seq: int, owner: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,19 +15,6 @@ from worker.prompts import (
     messages_for,
     sampling_for,
 )
-
-MODEL_DIR = Path.home() / ".cache" / "nightshift" / "models" / "smollm2-135m-instruct"
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    if not (MODEL_DIR / "tokenizer.json").exists():
-        pytest.skip(f"demo model not built at {MODEL_DIR} (make test builds it)")
-    # The same fast tokenizer AutoTokenizer resolves to for this model, without the
-    # ~6 s torch import AutoTokenizer's config machinery pulls in.
-    from transformers import PreTrainedTokenizerFast
-
-    return PreTrainedTokenizerFast.from_pretrained(str(MODEL_DIR))
 
 
 def test_spec_system_prompt_comes_first() -> None:
