@@ -21,6 +21,7 @@ from schemas.errors import InputError
 from schemas.settings import Settings
 from schemas.spec import JobSpec
 from schemas.tables import Chunk, Item, Job, JobState
+from worker import models
 
 BATCH = 2_000
 SHOWN_ERRORS = 20
@@ -38,6 +39,7 @@ class Submitted:
 def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
            skip_invalid: bool = False,
            on_invalid: Callable[[readers.RowError], None] | None = None) -> Submitted:
+    models.check_name(spec.model)
     db.upgrade(settings.database_url)
     broker.check_reachable(settings.broker_url)
     input_format = readers.detect_format(path) if fmt == "auto" else fmt

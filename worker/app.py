@@ -8,7 +8,9 @@ a message is acknowledged after its chunk ran (acks late), one at a time
 from __future__ import annotations
 
 import re
+import ssl
 from functools import lru_cache
+from typing import Any
 
 from celery import Celery
 
@@ -36,11 +38,20 @@ celery_app = Celery("nightshift", set_as_current=True)
 celery_app.conf.update(CONFIG)
 
 
+def broker_settings(broker_url: str) -> dict[str, Any]:
+    """Celery settings for a broker URL. A `rediss://` URL without its own `ssl_cert_reqs`
+    verifies the server's certificate: TLS that checks nothing is not a default."""
+    settings: dict[str, Any] = {"broker_url": broker_url}
+    if broker_url.startswith("rediss://") and "ssl_cert_reqs" not in broker_url:
+        settings["broker_use_ssl"] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return settings
+
+
 @lru_cache(maxsize=8)
 def app_for(broker_url: str) -> Celery:
     """An app bound to one broker URL: a process may talk to several (tests, reconcile)."""
-    app = Celery("nightshift", set_as_current=False, broker=broker_url)
-    app.conf.update(CONFIG)
+    app = Celery("nightshift", set_as_current=False)
+    app.conf.update(CONFIG, **broker_settings(broker_url))
     return app
 
 

@@ -26,19 +26,27 @@ DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def resolve(name: str, model_dir: Path) -> str:
     """What vLLM should load for a model name: a local directory or a Hugging Face id."""
+    check_name(name)
     if name == DEMO_MODEL:
         return str(materialize_demo(model_dir))
+    local = Path(name).expanduser()
+    return str(local) if local.exists() else name
+
+
+def check_name(name: str) -> None:
+    """Refuse a model name that can be nothing: cheap, so the producer checks at submit."""
+    if name == DEMO_MODEL:
+        return
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
             raise ModelError(f"model directory {path} has no config.json")
-        return str(path)
+        return
     if name.count("/") != 1 or name.startswith((".", "/")):
         raise ModelError(
             f"unknown model {name!r}: not {DEMO_MODEL!r}, not a local directory, "
             "not a Hugging Face id (owner/name)"
         )
-    return name
 
 
 def materialize_demo(model_dir: Path) -> Path:

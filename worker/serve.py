@@ -11,7 +11,7 @@ import uuid
 from schemas import db
 from schemas.settings import Settings, redact
 from worker import leases, models, tasks
-from worker.app import celery_app, queue_for
+from worker.app import broker_settings, celery_app, queue_for
 from worker.chunks import Runtime
 from worker.engine import EngineHost, EngineOptions
 
@@ -32,7 +32,7 @@ def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str 
     host = EngineHost(model_path, options)
     heartbeat = leases.Heartbeat(settings.database_url, owner, settings.lease_seconds)
     tasks.runtime = Runtime(host, settings.database_url, owner, settings.lease_seconds, heartbeat)
-    celery_app.conf.broker_url = settings.broker_url
+    celery_app.conf.update(broker_settings(settings.broker_url))
     stop = threading.Event()
     threading.Thread(target=_reconcile_every, args=(settings, stop), daemon=True,
                      name="reconcile").start()

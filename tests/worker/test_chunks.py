@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from conftest import Stack
@@ -38,4 +39,25 @@ def test_writing_a_chunk_twice_leaves_one_result_per_item(stack: Stack, tmp_path
     with db.session(stack.db_url) as s:
         assert s.scalar(select(func.count()).select_from(Result)
                         .where(Result.job_id == job)) == 4
+        assert s.get_one(Job, job).state == JobState.COMPLETED
+
+
+def test_several_writers_at_once_leave_one_row_per_item_and_complete_the_job(
+        stack: Stack, tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(40)))
+    settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
+    job = submit(settings, JobSpec(chunk_size=5), path).job_id
+
+    def writer(chunk: int) -> None:
+        seqs = range(chunk * 5, chunk * 5 + 5)
+        write(stack.db_url, job, chunk, f"w{chunk}",
+              [Outcome(i, "succeeded", output=str(i)) for i in seqs])
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(writer, [*range(8), *range(8)]))  # every chunk twice, all at once
+
+    with db.session(stack.db_url) as s:
+        assert s.scalar(select(func.count()).select_from(Result)
+                        .where(Result.job_id == job)) == 40
         assert s.get_one(Job, job).state == JobState.COMPLETED
