@@ -43,6 +43,8 @@ def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str 
             f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]
     try:
         celery_app.worker_main(argv)
+    except SystemExit:
+        pass  # the exit code is ours to decide: a dead engine must read as a failure
     finally:
         stop.set()
         heartbeat.stop()
