@@ -10,7 +10,7 @@ from typing import IO, Any
 from sqlalchemy import select
 
 from schemas import db
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, JobNotFound
 from schemas.tables import Item, Job, Result
 
 FORMATS = ("jsonl", "csv", "parquet", "openai")
@@ -22,7 +22,6 @@ def rows(db_url: str, job_id: str) -> Iterator[tuple[Job, Item, Result | None]]:
     with db.session(db_url) as s:
         job = s.get(Job, job_id)
         if job is None:
-            from schemas.errors import JobNotFound
             raise JobNotFound(f"no job {job_id!r} in this database")
         query = (select(Item, Result)
                  .outerjoin(Result, (Result.job_id == Item.job_id) & (Result.item_seq == Item.seq))
