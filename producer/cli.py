@@ -66,6 +66,8 @@ def cli() -> None:
 @click.option("--system", help="System prompt for every item.")
 @click.option("--template", help="Jinja2 template over each row's fields.")
 @click.option("--template-file", type=click.Path(exists=True, path_type=Path))
+@click.option("--json-schema", "json_schema_file", type=click.Path(exists=True, path_type=Path),
+              help="Constrain answers to JSON this schema accepts (extraction).")
 @click.option("--spec", "spec_file", type=click.Path(exists=True, path_type=Path),
               help="A job spec (JSON) that the options below override.")
 @click.option("--format", "fmt", type=click.Choice(readers.FORMATS), default="auto",
@@ -81,7 +83,8 @@ def cli() -> None:
 @connection_options
 def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[str, ...],
            system: str | None, template: str | None, template_file: Path | None,
-           spec_file: Path | None, fmt: str, temperature: float | None, top_p: float | None,
+           json_schema_file: Path | None, spec_file: Path | None, fmt: str,
+           temperature: float | None, top_p: float | None,
            max_tokens: int | None, seed: int | None, samples: int | None,
            chunk_size: int | None, skip_invalid: bool, as_json: bool, broker_url: str | None,
            database_url: str | None) -> None:
@@ -100,8 +103,10 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
     settings = settings_from(broker_url=broker_url, database_url=database_url, model=model)
     if template_file:
         template = template_file.read_text(encoding="utf-8")
+    json_schema = _read_json(json_schema_file) if json_schema_file else None
     spec = build_spec(spec_file, model=settings.model, kind=kind, labels=list(labels) or None,
                       system=system, template=template, chunk_size=chunk_size,
+                      json_schema=json_schema,
                       sampling={"temperature": temperature, "top_p": top_p,
                                 "max_tokens": max_tokens, "seed": seed, "n": samples})
     done = do_submit(settings, spec, input_path, fmt, skip_invalid,
@@ -118,12 +123,7 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
 
 
 def build_spec(spec_file: Path | None, sampling: dict[str, Any], **given: Any) -> JobSpec:
-    base: dict[str, Any] = {}
-    if spec_file:
-        try:
-            base = json.loads(spec_file.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise ConfigError(f"{spec_file}: not valid JSON ({exc})") from None
+    base: dict[str, Any] = _read_json(spec_file) if spec_file else {}
     base.update({k: v for k, v in given.items() if v is not None})
     chosen = {k: v for k, v in sampling.items() if v is not None}
     base["sampling"] = {**base.get("sampling", {}), **chosen}
@@ -133,6 +133,13 @@ def build_spec(spec_file: Path | None, sampling: dict[str, Any], **given: Any) -
         return JobSpec.model_validate(base)
     except ValidationError as exc:
         raise ConfigError(f"job spec: {reason(exc)}") from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
 
 
 @cli.command()

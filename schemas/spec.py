@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from jinja2 import TemplateSyntaxError
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.render import compile_template
@@ -51,6 +53,8 @@ class JobSpec(BaseModel):
     template: str | None = None
     examples: list[Example] = []
     labels: list[str] = []
+    # Generation constrained to JSON that this schema accepts (extraction jobs).
+    json_schema: dict[str, Any] | None = None
     sampling: Sampling = Sampling()
     # Items per broker message: large enough to amortize a lease, small enough to rebalance.
     chunk_size: int = Field(64, ge=1, le=10_000)
@@ -71,6 +75,17 @@ class JobSpec(BaseModel):
     def _labels_distinct(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value) or any(not label.strip() for label in value):
             raise ValueError("labels must be distinct and non-empty")
+        return value
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_is_valid(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                validator_for(value).check_schema(value)
+            except SchemaError as exc:
+                where = "/".join(str(p) for p in exc.path) or "top level"
+                raise ValueError(f"JSON Schema is invalid at {where}: {exc.message}") from None
         return value
 
     @model_validator(mode="after")

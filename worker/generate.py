@@ -58,6 +58,9 @@ def sampling_params(host: EngineHost, spec: JobSpec, payload: dict[str, Any], ke
                       n=chosen.n, stop=chosen.stop, presence_penalty=chosen.presence_penalty,
                       frequency_penalty=chosen.frequency_penalty)
         recorded = {k: v for k, v in kwargs.items() if v is not None}
+        if spec.json_schema is not None:
+            kwargs["structured_outputs"] = StructuredOutputsParams(json=spec.json_schema)
+            recorded["json_schema"] = True
     return SamplingParams(**kwargs), recorded
 
 

@@ -145,3 +145,27 @@ def test_redelivered_and_rerun_chunks_leave_one_result_per_item(engine_stack: St
         assert s.get_one(Chunk, (job, 0)).deliveries == 1  # its duplicates were dropped
     assert _result_rows(engine_stack, job) == 6
     assert engine_stack.cli_json("status", job, "--json")["succeeded"] == 6
+
+
+def test_extraction_with_a_json_schema_returns_json_that_the_schema_accepts(
+        engine_stack: Stack, tmp_path: Path) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"},
+                                               "country": {"type": "string"}},
+              "required": ["city", "country"], "additionalProperties": False}
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    path = _write_jsonl(tmp_path / "docs.jsonl", [
+        {"id": "a", "text": "I flew to Paris, in France, last spring."},
+        {"id": "b", "text": "Our office is in Osaka, Japan."}])
+
+    job = engine_stack.cli_json("submit", str(path), "--json", "--max-tokens", "48",
+                                "--json-schema", str(tmp_path / "schema.json"), "--template",
+                                "Extract the city and country as JSON: {{ text }}")["job_id"]
+    engine_stack.wait_final(job)
+
+    for line in engine_stack.cli("results", job).stdout.splitlines():
+        result = json.loads(line)
+        if result["finish_reason"] == "stop":
+            answer = json.loads(result["output"])
+            assert set(answer) == {"city", "country"}
+        else:  # cut off by max_tokens: still a prefix of schema-shaped JSON
+            assert result["output"].lstrip().startswith("{")

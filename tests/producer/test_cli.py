@@ -94,3 +94,12 @@ def test_unknown_job_and_bad_settings_are_one_line_errors(run: Invoke) -> None:
     assert out.strip() == "error: no job 'nope' in this database (see `nightshift status`)"
     out = run("submit", "missing.jsonl", "--kind", "classify", "--label", "a", code=2)
     assert "classify job needs at least two --label values" in out and "Traceback" not in out
+
+
+def test_an_invalid_json_schema_file_is_refused_before_anything_is_created(
+        run: Invoke, tmp_path: Path) -> None:
+    (tmp_path / "s.json").write_text('{"type": "object", "properties": {"a": {"type": 7}}}')
+    (tmp_path / "in.jsonl").write_text('{"prompt": "x"}\n')
+    out = run("submit", str(tmp_path / "in.jsonl"), "--json-schema", str(tmp_path / "s.json"),
+              code=2)
+    assert out.startswith("error: job spec: json_schema: JSON Schema is invalid at properties/a")

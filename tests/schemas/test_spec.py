@@ -73,3 +73,9 @@ def test_nested_sampling_is_parsed_from_a_dict() -> None:
     assert spec.sampling.temperature == 0.0
     assert spec.sampling.seed == 7
     assert spec.sampling.max_tokens == 256
+
+
+def test_an_invalid_json_schema_is_refused_with_where_and_why() -> None:
+    with pytest.raises(ValidationError, match="JSON Schema is invalid at properties/name"):
+        JobSpec(json_schema={"type": "object", "properties": {"name": {"type": "text"}}})
+    assert JobSpec(json_schema={"type": "object"}).json_schema == {"type": "object"}
