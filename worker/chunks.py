@@ -1,10 +1,11 @@
 """Run one chunk: lease it, generate its items, write every outcome in bulk.
 
-A chunk's first delivery runs all its items as one batch. A later delivery means a
-worker died holding it, perhaps because of one of its items: it then runs in
-isolation, one item at a time, counting each item's tries in SQL before it starts.
-An item that was in flight when workers died `MAX_ITEM_TRIES` times is a poison
-item: it fails with that reason, and its neighbours still run.
+A chunk runs all its items as one batch. If workers died holding it twice, one of
+its items may be the cause: from its third delivery on it runs in isolation, one item
+at a time, counting each item's tries in SQL before it starts. An item that was in
+flight when workers died `MAX_ITEM_TRIES` times is a poison item: it fails with that
+reason, and its neighbours still run. (One death is usually not the item's fault: a
+deploy, an OOM kill, a lost machine; its chunk simply runs again as a batch.)
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from worker.generate import Outcome, run_items
 
 log = logging.getLogger(__name__)
 
-# Worker deaths an item may be in flight for before it is failed as poison.
+# Worker deaths an item may be in flight for, alone, before it is failed as poison.
 MAX_ITEM_TRIES = 2
+# The delivery from which a chunk runs one item at a time.
+ISOLATE_FROM_DELIVERY = 3
 
 
 @dataclass
@@ -53,7 +56,7 @@ def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
             _finish_cancelled(rt.db_url, job_id, seq)
             return "cancelled"
         tag = f"{job_id}:{seq}"
-        if deliveries == 1:
+        if deliveries < ISOLATE_FROM_DELIVERY:
             outcomes = run_items(rt.host, spec, [(s, k, p) for s, k, p, _ in items], tag)
             write(rt.db_url, job_id, seq, rt.owner, outcomes)
             return "done"

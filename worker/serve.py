@@ -57,7 +57,8 @@ def _reconcile_every(settings: Settings, stop: threading.Event) -> None:
     """Workers heal lost messages themselves: no one has to run `nightshift reconcile`."""
     from producer.reconcile import reconcile
 
-    while not stop.wait(settings.lease_seconds):
+    # Every half lease: a dead worker's chunk runs again within 1.5 leases (45 s by default).
+    while not stop.wait(settings.lease_seconds / 2):
         try:
             sent = reconcile(settings.database_url, settings.broker_url)
             if any(sent.values()):
