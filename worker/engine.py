@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 from pydantic import BaseModel, Field
 from vllm.inputs import TokensPrompt
 
@@ -80,10 +81,13 @@ class EngineHost:
         self.model = model
         self._inbox: queue.Queue[Request] = queue.Queue()
         self._pending: dict[str, Future[Any]] = {}
+        self._lock = threading.Lock()
         self._dead: BaseException | None = None
         self._stop = threading.Event()
+        self._children = psutil.Process().children(recursive=True)
         self._thread = threading.Thread(target=self._run, name="engine-host", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._watch, name="engine-watchdog", daemon=True).start()
 
     def submit(self, request_id: str, prompt_token_ids: list[int], params: Any) -> Future[Any]:
         """Queue one request; its future resolves to the finished vLLM RequestOutput."""
@@ -113,12 +117,30 @@ class EngineHost:
                     self._step()
         except BaseException as exc:  # the engine is unusable: fail everything in flight
             log.exception("engine died")
-            self._dead = exc
-            for future in self._pending.values():
+            self._die(exc)
+
+    def _watch(self) -> None:
+        """A dead engine core does not always wake a thread blocked in `step()` (vLLM sets
+        a flag and moves on), so liveness is watched from outside the step loop too."""
+        while not self._stop.wait(1.0) and self._dead is None:
+            core = getattr(self.engine, "engine_core", None)
+            flagged = getattr(getattr(core, "resources", None), "engine_dead", False)
+            gone = [p.pid for p in self._children if not _running(p)]
+            if flagged or gone:
+                log.error("engine core process gone (%s); failing in-flight requests",
+                          gone or "flagged dead")
+                self._die(EngineDead(f"engine core process gone: {gone or 'flagged dead'}"))
+
+    def _die(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._dead is None:
+                self._dead = exc
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
                 future.set_exception(EngineDead(f"engine died: {exc!r}"))
-            self._pending.clear()
-            while not self._inbox.empty():
-                self._inbox.get_nowait().future.set_exception(EngineDead(repr(exc)))
+        while not self._inbox.empty():
+            self._inbox.get_nowait().future.set_exception(EngineDead(repr(exc)))
 
     def _admit(self, block: bool) -> None:
         try:
@@ -141,11 +163,20 @@ class EngineHost:
         except (ValueError, TypeError) as exc:  # this request only: bad length, bad params
             request.future.set_exception(exc)
             return
-        self._pending[request.request_id] = request.future
+        with self._lock:
+            self._pending[request.request_id] = request.future
 
     def _step(self) -> None:
         for output in self.engine.step():
             if output.finished:
-                future = self._pending.pop(output.request_id, None)
-                if future is not None and not future.cancelled():
+                with self._lock:
+                    future = self._pending.pop(output.request_id, None)
+                if future is not None and not future.done():
                     future.set_result(output)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
