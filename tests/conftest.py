@@ -122,11 +122,11 @@ def stack(request: pytest.FixtureRequest, session_dir: Path, pg_url: str) -> Ite
 
 
 class Worker:
-    def __init__(self, stack: Stack, name: str, extra: list[str]) -> None:
+    def __init__(self, stack: Stack, name: str, memory: float = 0.25) -> None:
         self.stack = stack
         self.log = stack.workdir / f"worker-{name}.log"
-        args = [NIGHTSHIFT, "worker", "--name", name, "--gpu-memory-utilization", "0.25",
-                "--max-model-len", "2048", "--loglevel", "INFO", *extra]
+        args = [NIGHTSHIFT, "worker", "--name", name, "--gpu-memory-utilization", str(memory),
+                "--max-model-len", "2048", "--loglevel", "INFO"]
         env = {**stack.env(), "NIGHTSHIFT_LEASE_SECONDS": "6"}
         self.proc = subprocess.Popen(args, env=env, cwd=stack.workdir, start_new_session=True,
                                      stdout=self.log.open("w"), stderr=subprocess.STDOUT)
@@ -160,7 +160,7 @@ def engine_stacks(session_dir: Path, pg_url: str) -> Iterator[dict[str, Stack]]:
     for s in stacks.values():
         db.upgrade(s.db_url)
         _flush(s.broker_url)
-        workers.append(Worker(s, f"test-{s.name}", []))
+        workers.append(Worker(s, f"test-{s.name}"))
     try:
         for w in workers:
             w.wait_ready()

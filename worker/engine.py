@@ -106,8 +106,13 @@ class EngineHost:
         return len(self._pending) + self._inbox.qsize()
 
     def stop(self) -> None:
+        """Stop stepping and shut the engine core down: its process is not a daemon, and
+        the interpreter would wait for it forever at exit."""
         self._stop.set()
         self._thread.join(timeout=10)
+        core = getattr(self.engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
 
     def _run(self) -> None:
         try:
