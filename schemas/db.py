@@ -78,9 +78,8 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def upsert(table: Any, dialect: str, keys: list[str]) -> Any:
     """An INSERT that replaces the row with the same key: exactly one row per key."""
-    module = postgresql if dialect == "postgresql" else sqlite
-    stmt = module.insert(table)
     if dialect not in ("postgresql", "sqlite"):
         return insert(table)
+    stmt = (postgresql if dialect == "postgresql" else sqlite).insert(table)
     updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
     return stmt.on_conflict_do_update(index_elements=keys, set_=updates)

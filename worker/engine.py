@@ -72,13 +72,10 @@ class EngineHost:
         from vllm import LLM
         from vllm.platforms import current_platform
 
-        self.on_cpu = current_platform.is_cpu()
-        self.engine_kwargs = options.for_platform(self.on_cpu)
-        self.llm = LLM(model=model, seed=seed, **self.engine_kwargs)
+        self.llm = LLM(model=model, seed=seed, **options.for_platform(current_platform.is_cpu()))
         self.engine = self.llm.llm_engine
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len: int = self.engine.model_config.max_model_len
-        self.model = model
         self._inbox: queue.Queue[Request] = queue.Queue()
         self._pending: dict[str, Future[Any]] = {}
         self._lock = threading.Lock()
@@ -101,9 +98,6 @@ class EngineHost:
     @property
     def alive(self) -> bool:
         return self._dead is None and self._thread.is_alive()
-
-    def in_flight(self) -> int:
-        return len(self._pending) + self._inbox.qsize()
 
     def stop(self) -> None:
         """Stop stepping and shut the engine core down: its process is not a daemon, and

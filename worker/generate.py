@@ -7,7 +7,7 @@ from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.spec import JobSpec
+from schemas.spec import JobSpec, Sampling
 from schemas.tables import ItemStatus
 from worker.engine import EngineHost
 from worker.labels import label_probabilities
@@ -37,19 +37,17 @@ class Outcome:
         return {"job_id": job_id, "worker": worker, "attempts": 1, **self.__dict__}
 
 
-def sampling_params(host: EngineHost, spec: JobSpec, payload: dict[str, Any], key: str,
-                    prompt: Prompt) -> tuple[Any, dict[str, Any]]:
+def sampling_params(spec: JobSpec, chosen: Sampling, key: str, prompt: Prompt,
+                    label_tokens: int) -> tuple[Any, dict[str, Any]]:
+    """vLLM parameters for one item, and what of them the result records."""
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
-    chosen = sampling_for(spec, payload)
     seed = item_seed(chosen.seed, key)
     if spec.kind == "classify":
         # Greedy over the constrained label set; the probabilities come from the first step.
-        longest = max(len(host.tokenizer.encode(label, add_special_tokens=False))
-                      for label in spec.labels)
         kwargs: dict[str, Any] = dict(
-            temperature=0.0, max_tokens=longest + 2, seed=seed, logprobs=LABEL_LOGPROBS,
+            temperature=0.0, max_tokens=label_tokens + 2, seed=seed, logprobs=LABEL_LOGPROBS,
             structured_outputs=StructuredOutputsParams(choice=spec.labels))
         recorded = {"temperature": 0.0, "seed": seed, "labels": spec.labels}
     else:
@@ -69,11 +67,13 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
     """Submit every item at once (the engine batches them with other chunks' items)."""
     outcomes: list[Outcome] = []
     waiting: dict[Future[Any], Outcome] = {}
+    label_tokens = max((len(host.tokenizer.encode(label, add_special_tokens=False))
+                        for label in spec.labels), default=0)
     for seq, key, payload in items:
         try:
-            prompt = build(host.tokenizer, spec, payload, host.max_model_len,
-                           sampling_for(spec, payload).max_tokens)
-            params, recorded = sampling_params(host, spec, payload, key, prompt)
+            chosen = sampling_for(spec, payload)
+            prompt = build(host.tokenizer, spec, payload, host.max_model_len, chosen.max_tokens)
+            params, recorded = sampling_params(spec, chosen, key, prompt, label_tokens)
         except (PromptTooLong, KeyError, ValueError, TypeError) as exc:
             outcomes.append(Outcome(seq, ItemStatus.FAILED, error=_reason(exc)))
             continue
