@@ -18,8 +18,10 @@ $NS watch "$JOB"
 $NS status "$JOB"
 echo
 echo "a few results, read back from SQL ($NS results $JOB):"
-$NS results "$JOB" | head -n 5 | .venv/bin/python -c '
+$NS results "$JOB" -o .demo/results.jsonl
+head -n 5 .demo/results.jsonl | .venv/bin/python -c '
 import json, sys
 for line in sys.stdin:
     r = json.loads(line)
-    print(f"[{r[\"id\"]}] {r[\"status\"]}: {(r[\"output\"] or r[\"error\"] or \"\").strip()[:200]}\n")'
+    text = (r["output"] or r["error"] or "").strip()[:200]
+    print("[" + r["id"] + "] " + r["status"] + ": " + text + "\n")'
