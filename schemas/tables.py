@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text,
+                        TypeDecorator)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -43,6 +44,14 @@ class JobState:
     FINAL = (COMPLETED, CANCELLED, FAILED)
 
 
+class Quality:
+    """How an answer measured against the job's checks (None when the job has none)."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    NEEDS_REVIEW = "needs_review"
+
+
 class ItemStatus:
     PENDING = "pending"
     RUNNING = "running"
@@ -74,6 +83,11 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Overnight scheduling: not enqueued before `start_at`; what is open at `deadline` is
+    # cancelled; among queued jobs, higher `priority` runs first.
+    start_at: Mapped[datetime | None]
+    deadline: Mapped[datetime | None]
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Item(Base):
@@ -128,8 +142,42 @@ class Result(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
+    # The attempt whose answer this is (the best one when none passed), its verdict and
+    # each check's verdict [{"name", "passed", "score", "reason"}], and reference metrics.
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    quality: Mapped[str | None] = mapped_column(String(16))
+    checks: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any] | None]
     # The prompt exactly as the engine saw it, and the sampling that produced the output.
     prompt: Mapped[str | None] = mapped_column(Text)
     sampling: Mapped[dict[str, Any] | None]
+    worker: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Attempt(Base):
+    """The ledger: every answer the engine gave for an item, checked, with why it was
+    asked again. Retries after a lost worker are not attempts: they leave no row."""
+
+    __tablename__ = "attempts"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    item_seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # The ladder step that produced it: "first", "resample", "feedback", "constrain", ...
+    step: Mapped[str] = mapped_column(String(32))
+    prompt: Mapped[str | None] = mapped_column(Text)
+    sampling: Mapped[dict[str, Any] | None]
+    output: Mapped[str | None] = mapped_column(Text)
+    samples: Mapped[list[str] | None] = mapped_column(JSON)
+    label: Mapped[str | None] = mapped_column(String(256))
+    probabilities: Mapped[dict[str, Any] | None]
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    checks: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    passed: Mapped[bool | None] = mapped_column(Boolean)
+    # Why the next attempt was made (the failed checks' reasons), None for the last.
+    next_reason: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -29,7 +29,9 @@ from schemas import db
 REDIS = os.environ.get("NIGHTSHIFT_TEST_REDIS", "redis://127.0.0.1:6379")
 PG_ADMIN = os.environ.get("NIGHTSHIFT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 NIGHTSHIFT = str(Path(sys.executable).with_name("nightshift"))
-REDIS_DBS = {"sqlite": 11, "postgres": 12, "unit": 13}
+# Three Redis databases; set NIGHTSHIFT_TEST_REDIS_DBS="1,2,3" to run a second session beside.
+REDIS_DBS = dict(zip(("sqlite", "postgres", "unit"),
+                     map(int, os.environ.get("NIGHTSHIFT_TEST_REDIS_DBS", "11,12,13").split(","))))
 WORKER_START_TIMEOUT = 400.0
 
 
