@@ -7,7 +7,7 @@ EXTRAS   ?= cpu,postgres,parquet,dev
 INPUT    ?=
 PYTEST_ARGS ?=
 
-.PHONY: install model demo test bench lint clean
+.PHONY: install model demo test bench lint lint-docker clean
 
 install: $(STAMP)
 
@@ -34,9 +34,17 @@ test: model
 bench: model
 	$(PY) -m bench.run $(if $(INPUT),--input $(INPUT),)
 
-lint: install
+lint: install lint-docker
 	$(VENV)/bin/ruff check producer worker schemas tests bench
 	$(VENV)/bin/mypy producer worker schemas
+
+# hadolint on each image, and Docker Compose v2's `config` on the compose file with every
+# profile (docker/env.example gives the passwords it requires). Both come from PyPI wheels.
+COMPOSE = $(shell $(PY) -c "import compose, pathlib; print(pathlib.Path(compose.__file__).with_name('docker-compose'))")
+lint-docker: install
+	$(VENV)/bin/hadolint docker/Dockerfile.cpu docker/Dockerfile.gpu docker/Dockerfile.producer
+	$(COMPOSE) --env-file docker/env.example -f docker/compose.yaml \
+		--profile cpu --profile gpu --profile tools config --quiet
 
 clean:
 	rm -rf $(VENV) nightshift.db nightshift.db-wal nightshift.db-shm .demo
