@@ -1,21 +1,43 @@
-"""Results out of SQL: JSONL, CSV, Parquet and OpenAI Batch output lines, streamed."""
+"""Results out of SQL: JSONL, CSV, Parquet and OpenAI Batch output lines, streamed.
+
+`--format openai` writes what OpenAI's Batch API gives back, so code written for OpenAI
+batches reads it unchanged: the output file holds one line per request that produced a
+completion, and the error file (OpenAI's `error_file_id`) one line per request that did
+not, in OpenAI's error-line shape.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import select
 
 from schemas import db
 from schemas.errors import ConfigError, JobNotFound
-from schemas.tables import Item, Job, Result
+from schemas.tables import Item, ItemStatus, Job, Quality, Result
 
 FORMATS = ("jsonl", "csv", "parquet", "openai")
-CSV_FIELDS = ["id", "status", "output", "label", "error", "finish_reason", "attempts",
-              "prompt_tokens", "completion_tokens"]
+CSV_FIELDS = ["id", "status", "output", "label", "error", "finish_reason", "quality",
+              "attempts", "attempt", "prompt_tokens", "completion_tokens", "checks", "metrics"]
+# Structured values that CSV and Parquet carry as JSON text (their shapes vary by job).
+JSON_TEXT_FIELDS = ("probabilities", "checks", "metrics")
+PARQUET_ROW_GROUP = 10_000
+
+
+@dataclass
+class Written:
+    """How many lines went to the output, and how many to the error file (OpenAI only)."""
+
+    rows: int = 0
+    errors: int = 0
 
 
 def rows(db_url: str, job_id: str) -> Iterator[tuple[Job, Item, Result | None]]:
@@ -32,7 +54,7 @@ def rows(db_url: str, job_id: str) -> Iterator[tuple[Job, Item, Result | None]]:
 
 
 def record(job: Job, item: Item, result: Result | None) -> dict[str, Any]:
-    """One item as scripts read it: the DESIGN contract's keys, and more."""
+    """One item as scripts read it: the DESIGN contract's keys, and its quality record."""
     out: dict[str, Any] = {
         "id": item.key,
         "status": item.status,
@@ -42,6 +64,10 @@ def record(job: Job, item: Item, result: Result | None) -> dict[str, Any]:
         "prompt_tokens": result.prompt_tokens if result else 0,
         "completion_tokens": result.completion_tokens if result else 0,
         "finish_reason": result.finish_reason if result else None,
+        "quality": result.quality if result else None,
+        "attempt": result.attempt if result else None,
+        "checks": result.checks if result else None,
+        "metrics": result.metrics if result else None,
     }
     if job.kind == "classify":
         out["label"] = result.label if result else None
@@ -55,61 +81,149 @@ def record(job: Job, item: Item, result: Result | None) -> dict[str, Any]:
 
 
 def openai_line(job: Job, item: Item, result: Result | None) -> dict[str, Any]:
-    """An OpenAI Batch API output line: a 200 with a completion body, or a 400 with an error."""
+    """The item as a line of OpenAI's output file or, if it produced no answer, of the
+    error file; `is_error(line)` tells which."""
     request_id = f"{job.id}-{item.seq}"
     line: dict[str, Any] = {"id": f"batch_req_{request_id}", "custom_id": item.key,
                             "response": None, "error": None}
-    if result is None:
-        line["error"] = {"code": "not_finished", "message": f"item is {item.status}"}
-        return line
-    if result.status != "succeeded":
-        line["response"] = {"status_code": 400, "request_id": request_id, "body": {"error": {
-            "message": result.error, "type": "invalid_request_error", "param": None,
-            "code": None}}}
-        return line
-    usage = {"prompt_tokens": result.prompt_tokens,
-             "completion_tokens": result.completion_tokens,
-             "total_tokens": result.prompt_tokens + result.completion_tokens}
-    texts = result.samples or [result.output or ""]
-    created = int(result.created_at.timestamp())
-    if item.payload.get("url") == "/v1/completions":
-        choices: list[dict[str, Any]] = [
-            {"index": i, "text": t, "logprobs": None, "finish_reason": result.finish_reason}
-            for i, t in enumerate(texts)]
-        body = {"id": f"cmpl-{request_id}", "object": "text_completion", "created": created,
-                "model": job.model, "choices": choices, "usage": usage}
+    if result is None or item.status == ItemStatus.CANCELLED:
+        line["error"] = _not_run(job, item)
+    elif result.status != ItemStatus.SUCCEEDED:
+        status_code, error = _failure(item, result)
+        line["response"] = {"status_code": status_code, "request_id": request_id,
+                            "body": {"error": error}}
     else:
-        choices = [{"index": i, "message": {"role": "assistant", "content": t, "refusal": None},
-                    "logprobs": None, "finish_reason": result.finish_reason}
-                   for i, t in enumerate(texts)]
-        body = {"id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": created,
-                "model": job.model, "choices": choices, "usage": usage,
-                "system_fingerprint": None}
-    line["response"] = {"status_code": 200, "request_id": request_id, "body": body}
+        line["response"] = {"status_code": 200, "request_id": request_id,
+                            "body": _completion(job, item, result, request_id)}
     return line
 
 
-def write(db_url: str, job_id: str, fmt: str, out: IO[str] | str) -> int:
-    """Write every item of the job; returns how many lines (rows) were written."""
+def is_error(line: dict[str, Any]) -> bool:
+    return line["response"] is None or line["response"]["status_code"] != 200
+
+
+def _completion(job: Job, item: Item, result: Result, request_id: str) -> dict[str, Any]:
+    """A `chat.completion` or `text_completion` object, as the URL of the request asks."""
+    answer = result.label if job.kind == "classify" else result.output
+    texts = result.samples or [answer or ""]
+    usage = {"prompt_tokens": result.prompt_tokens,
+             "completion_tokens": result.completion_tokens,
+             "total_tokens": result.prompt_tokens + result.completion_tokens}
+    created = int(result.created_at.timestamp())
+    if item.payload.get("url") == "/v1/completions":
+        choices: list[dict[str, Any]] = [
+            {"text": t, "index": i, "logprobs": None, "finish_reason": result.finish_reason}
+            for i, t in enumerate(texts)]
+        return {"id": f"cmpl-{request_id}", "object": "text_completion", "created": created,
+                "model": job.model, "choices": choices, "usage": usage,
+                "system_fingerprint": None}
+    choices = [{"index": i,
+                "message": {"role": "assistant", "content": t, "refusal": None,
+                            "annotations": []},
+                "logprobs": None, "finish_reason": result.finish_reason}
+               for i, t in enumerate(texts)]
+    return {"id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": created,
+            "model": job.model, "choices": choices, "usage": usage,
+            "service_tier": "default", "system_fingerprint": None}
+
+
+def _failure(item: Item, result: Result) -> tuple[int, dict[str, Any]]:
+    """An item that ran and failed, as the HTTP error OpenAI would have answered."""
+    message = result.error or "failed"
+    param = "prompt" if "prompt" in item.payload and item.payload.get("raw") else "messages"
+    if message.startswith("prompt is ") and "context" in message:
+        return 400, _error(message, "invalid_request_error", param, "context_length_exceeded")
+    if result.quality == Quality.FAILED:
+        return 422, _error(message, "quality_error", None, "quality_check_failed")
+    if message.startswith(("payload is missing", "template", "engine refused")):
+        return 400, _error(message, "invalid_request_error", param, None)
+    return 500, _error(message, "server_error", None, None)
+
+
+def _error(message: str, kind: str, param: str | None, code: str | None) -> dict[str, Any]:
+    return {"message": message, "type": kind, "param": param, "code": code}
+
+
+def _not_run(job: Job, item: Item) -> dict[str, str]:
+    """OpenAI's `error` for a request that never ran: the batch expired or was cancelled."""
+    if item.status == ItemStatus.CANCELLED:
+        ended = job.finished_at or datetime.now(UTC)
+        if job.deadline is not None and job.deadline <= ended:
+            return {"code": "batch_expired", "message": "This request could not be executed "
+                    f"before the job's deadline ({job.deadline.isoformat()})."}
+        return {"code": "batch_cancelled",
+                "message": "This request was not executed: the job was cancelled."}
+    return {"code": "not_finished",
+            "message": f"This request is {item.status}: the job has not finished yet."}
+
+
+def write(db_url: str, job_id: str, fmt: str, out: IO[str] | str,
+          errors: IO[str] | None = None) -> Written:
+    """Write every item of the job. For `openai`, requests without an answer go to
+    `errors` (left out, but counted, when it is None)."""
     if fmt == "parquet":
         return _parquet(db_url, job_id, out)
     assert not isinstance(out, str)
-    count = 0
+    written = Written()
     if fmt == "csv":
         writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
     for job, item, result in rows(db_url, job_id):
         if fmt == "openai":
-            out.write(json.dumps(openai_line(job, item, result), ensure_ascii=False) + "\n")
+            line = openai_line(job, item, result)
+            if is_error(line):
+                written.errors += 1
+                if errors is not None:
+                    errors.write(json.dumps(line, ensure_ascii=False) + "\n")
+                continue
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
         elif fmt == "csv":
-            writer.writerow(record(job, item, result))
+            writer.writerow(_as_text(record(job, item, result)))
         else:
             out.write(json.dumps(record(job, item, result), ensure_ascii=False) + "\n")
-        count += 1
-    return count
+        written.rows += 1
+    return written
 
 
-def _parquet(db_url: str, job_id: str, out: IO[str] | str) -> int:
+def errors_path_for(output: Path) -> Path:
+    """The error file beside `-o FILE`: batch_output.jsonl -> batch_output.errors.jsonl."""
+    return output.with_name(output.name.removesuffix(".jsonl") + ".errors.jsonl")
+
+
+def to_files(db_url: str, job_id: str, fmt: str, output: Path | None,
+             errors: Path | None = None) -> dict[str, Any]:
+    """What `nightshift results` does: the output (stdout when None) and, for `openai`, the
+    error file (written, empty or not, whenever there is a path for it); returns a summary."""
+    if fmt == "parquet" and output is None:
+        raise ConfigError("--format parquet needs -o FILE")
+    if errors is not None and fmt != "openai":
+        raise ConfigError("--errors goes with --format openai (other formats keep every row)")
+    if fmt == "openai" and errors is None and output is not None:
+        errors = errors_path_for(output)
+    with db.session(db_url) as s:
+        if s.get(Job, job_id) is None:
+            raise JobNotFound(f"no job {job_id!r} in this database")
+    with ExitStack() as files:
+        out: IO[str] | str = sys.stdout
+        if output is not None:
+            out = str(output) if fmt == "parquet" else files.enter_context(
+                output.open("w", encoding="utf-8", newline=""))
+        err = files.enter_context(errors.open("w", encoding="utf-8")) if errors else None
+        written = write(db_url, job_id, fmt, out, err)
+    return {"job_id": job_id, "format": fmt, "rows": written.rows,
+            "output": str(output) if output else None, "errors": written.errors,
+            "errors_output": str(errors) if errors else None}
+
+
+def _as_text(r: dict[str, Any]) -> dict[str, Any]:
+    for key in JSON_TEXT_FIELDS:
+        if key in r and r[key] is not None:
+            r[key] = json.dumps(r[key], ensure_ascii=False)
+    return r
+
+
+def _parquet(db_url: str, job_id: str, out: IO[str] | str) -> Written:
+    """Written in row groups as rows stream in: memory stays flat for millions of items."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -118,9 +232,21 @@ def _parquet(db_url: str, job_id: str, out: IO[str] | str) -> int:
         raise ConfigError(f"parquet export needs pyarrow: {hint}") from None
     if not isinstance(out, str):
         raise ConfigError("parquet export needs a file: pass -o FILE")
-    records = [record(*r) for r in rows(db_url, job_id)]
-    for r in records:
-        if "probabilities" in r:
-            r["probabilities"] = json.dumps(r["probabilities"])
-    pq.write_table(pa.Table.from_pylist(records), out)
-    return len(records)
+    text, number = pa.string(), pa.int64()
+    schema = pa.schema([
+        ("id", text), ("status", text), ("output", text), ("label", text), ("error", text),
+        ("finish_reason", text), ("quality", text), ("attempts", number), ("attempt", number),
+        ("prompt_tokens", number), ("completion_tokens", number), ("checks", text),
+        ("metrics", text), ("probabilities", text), ("samples", pa.list_(text)),
+        ("document", text)])
+    written = Written()
+    with pq.ParquetWriter(out, schema) as writer:
+        batch: list[dict[str, Any]] = []
+        for r in rows(db_url, job_id):
+            batch.append(_as_text(record(*r)))
+            if len(batch) == PARQUET_ROW_GROUP:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                written.rows, batch = written.rows + len(batch), []
+        writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+        written.rows += len(batch)
+    return written

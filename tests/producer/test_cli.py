@@ -67,11 +67,13 @@ def test_results_export_jsonl_csv_and_openai_from_sql(stack: Stack, run: Invoke,
     rows = list(csv.DictReader(io.StringIO(run("results", job, "--format", "csv"))))
     assert [r["output"] for r in rows] == ["zero", "one", ""]
 
-    openai = [json.loads(x) for x in run("results", job, "--format", "openai").splitlines()]
+    run("results", job, "--format", "openai", "-o", str(tmp_path / "out.jsonl"))
+    openai = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert openai[1]["response"]["body"]["choices"][0]["finish_reason"] == "length"
     assert openai[1]["response"]["body"]["usage"]["total_tokens"] == 14
-    assert openai[2]["response"]["status_code"] == 400
-    assert "9000 tokens" in openai[2]["response"]["body"]["error"]["message"]
+    [error] = [json.loads(x) for x in (tmp_path / "out.errors.jsonl").read_text().splitlines()]
+    assert error["response"]["status_code"] == 400
+    assert "9000 tokens" in error["response"]["body"]["error"]["message"]
 
     out = tmp_path / "r.parquet"
     run("results", job, "--format", "parquet", "-o", str(out))
