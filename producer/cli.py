@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,14 @@ def cli() -> None:
 @click.option("-n", "samples", type=int, help="Samples per item.")
 @click.option("--chunk-size", type=int, help="Items per broker message [default: 64].")
 @click.option("--skip-invalid", is_flag=True, help="Leave invalid rows out instead of failing.")
+@click.option("--start-at", help="Hold the job until then: HH:MM (local; today, or tomorrow "
+              "if past) or an ISO 8601 datetime.")
+@click.option("--deadline", help="Cancel what is still pending then (HH:MM: the next such "
+              "time after the start; or ISO 8601). Running chunks finish.")
+@click.option("--priority", type=click.IntRange(0, 9), default=0, show_default=True,
+              help="0-9; among waiting jobs of a model, higher runs first.")
+@click.option("--dry-run", is_flag=True, help="Validate and tokenize every row, report "
+              "totals and an ETA; write nothing.")
 @click.option("--json", "as_json", is_flag=True, help='Print {"job_id": ..., "items": N}.')
 @connection_options
 def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[str, ...],
@@ -86,8 +95,9 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
            json_schema_file: Path | None, spec_file: Path | None, fmt: str,
            temperature: float | None, top_p: float | None,
            max_tokens: int | None, seed: int | None, samples: int | None,
-           chunk_size: int | None, skip_invalid: bool, as_json: bool, broker_url: str | None,
-           database_url: str | None) -> None:
+           chunk_size: int | None, skip_invalid: bool, start_at: str | None,
+           deadline: str | None, priority: int, dry_run: bool, as_json: bool,
+           broker_url: str | None, database_url: str | None) -> None:
     """Create a job from INPUT and enqueue it; prints the job id.
 
     \b
@@ -97,7 +107,12 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
       nightshift submit reviews.csv --kind classify --label positive --label negative \\
           --template "Review: {{ text }}"
       nightshift submit docs/ --template "Summarize:\\n\\n{{ text }}"
+      nightshift submit "docs/**/*.pdf" --template "Summarize:\\n\\n{{ text }}"
+      nightshift submit files.jsonl --format paths    # {"path": ...} or {"id", "path"} rows
+      nightshift submit prompts.jsonl --start-at 22:00 --deadline 07:00 --priority 5
+      nightshift submit prompts.jsonl --dry-run          # rows, tokens, ETA; nothing written
     """
+    from producer import schedule as schedules
     from producer.submit import submit as do_submit
 
     settings = settings_from(broker_url=broker_url, database_url=database_url, model=model)
@@ -109,16 +124,30 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
                       json_schema=json_schema,
                       sampling={"temperature": temperature, "top_p": top_p,
                                 "max_tokens": max_tokens, "seed": seed, "n": samples})
+    schedule = schedules.parse(start_at, deadline, priority)
+    if dry_run:
+        from producer.preflight import preflight
+
+        report = preflight(settings, spec, input_path, fmt)
+        click.echo(json.dumps(report.as_dict()) if as_json else report.text())
+        return
     done = do_submit(settings, spec, input_path, fmt, skip_invalid,
                      on_invalid=lambda e: click.echo(f"skipped {e}", err=True)
-                     if skip_invalid else None)
+                     if skip_invalid else None, schedule=schedule,
+                     on_skipped=lambda d: click.echo(f"skipped {d}", err=True))
     if as_json:
         click.echo(json.dumps({"job_id": done.job_id, "items": done.items,
-                               "invalid": done.invalid_count}))
+                               "invalid": done.invalid_count,
+                               "skipped": [asdict(d) for d in done.skipped],
+                               "state": "scheduled" if done.scheduled else "queued"}))
     else:
         click.echo(done.job_id)
-        click.echo(f"{done.items} items in {done.chunks} chunks queued for {spec.model}"
+        verb = f"scheduled ({schedule.start_at.astimezone():%Y-%m-%d %H:%M %Z})" \
+            if done.scheduled and schedule.start_at else "queued"
+        click.echo(f"{done.items} items in {done.chunks} chunks {verb} for {spec.model}"
                    + (f"; {done.invalid_count} invalid rows left out" if done.invalid_count
+                      else "")
+                   + (f"; {len(done.skipped)} unreadable documents skipped" if done.skipped
                       else ""), err=True)
 
 
@@ -171,7 +200,8 @@ def status(job_id: str | None, as_json: bool, broker_url: str | None,
     click.echo(header)
     for r in rows:
         click.echo(f"{r['job_id']:32}  {r['state']:9}  {r['total']:>7}  {r['pending']:>6}  "
-                   f"{r['running']:>5}  {r['succeeded']:>7}  {r['failed']:>5}")
+                   f"{r['running']:>5}  {r['succeeded']:>7}  {r['failed']:>5}"
+                   + (f"  {r['reason']}" if r.get("reason") else ""))
 
 
 @cli.command()
@@ -258,14 +288,19 @@ def cancel(job_id: str, as_json: bool, broker_url: str | None, database_url: str
 @cli.command()
 @connection_options
 def reconcile(broker_url: str | None, database_url: str | None) -> None:
-    """Enqueue again every unfinished chunk no message will start (lost by the broker,
-    or held by a dead worker). Safe to run at any time; workers run it themselves."""
+    """Start scheduled jobs whose time has come, cancel jobs past their deadline, and
+    enqueue again every unfinished chunk no message will start (lost by the broker, or
+    held by a dead worker). Safe to run at any time; workers run it themselves."""
     from producer.reconcile import reconcile as do_reconcile
 
     settings = settings_from(broker_url=broker_url, database_url=database_url)
     db.check_reachable(settings.database_url)
-    sent = do_reconcile(settings.database_url, settings.broker_url)
-    click.echo(f"{sum(sent.values())} chunk message(s) enqueued again")
+    done = do_reconcile(settings.database_url, settings.broker_url)
+    for job_id in done.started:
+        click.echo(f"{job_id}: started (its start time has passed)")
+    for job_id in done.expired:
+        click.echo(f"{job_id}: cancelled (its deadline has passed)")
+    click.echo(f"{sum(done.resent.values())} chunk message(s) enqueued again")
 
 
 @cli.group(name="db")

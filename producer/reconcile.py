@@ -1,24 +1,46 @@
-"""Reconcile: SQL is the truth, Redis only says "go". Find chunks that no message will
-start (the broker lost them, or their worker died) and enqueue them again.
+"""Reconcile: SQL is the truth, Redis only says "go". It does the work that falls due
+with time, and heals what the broker lost.
 
-A chunk needs a message when its lease has expired, or when it is pending and its
-model's queue holds no messages at all. A message too many is harmless: the lease
-drops it. Run by `nightshift reconcile` and periodically by every worker.
+- A scheduled job whose start time has passed is enqueued (state `queued`).
+- A job past its deadline is cancelled: its pending items end `cancelled`, chunks
+  already running finish.
+- A chunk that no message will start (the broker lost it, or its worker died) is
+  enqueued again: when its lease has expired, or when it is pending and its model's
+  queue holds no messages at all. A message too many is harmless: the lease drops it.
+
+Run by `nightshift reconcile` and by every worker every half lease, so a scheduled job
+starts within that long of its start time while any worker is up.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import CursorResult, and_, or_, select, update
 
 from producer import broker
+from producer.status import stop
 from schemas import db
 from schemas.tables import Chunk, ChunkStatus, Job, JobState, utcnow
-from worker.app import app_for, queue_for
+from worker.app import app_for, message_priority, queue_for
+
+
+@dataclass
+class Reconciled:
+    started: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    # Chunk messages sent again, per model.
+    resent: dict[str, int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.started or self.expired or any(self.resent.values()))
 
 
 def queue_depth(broker_url: str, model: str) -> int:
+    """Messages waiting on a model's queue, over all its priority lists."""
     with app_for(broker_url).connection_for_write() as conn:
         try:
             return int(conn.default_channel.queue_declare(
@@ -27,27 +49,67 @@ def queue_depth(broker_url: str, model: str) -> int:
             return 0
 
 
-def reconcile(db_url: str, broker_url: str) -> dict[str, int]:
+def reconcile(db_url: str, broker_url: str, now: datetime | None = None) -> Reconciled:
+    now = now or utcnow()
+    done = Reconciled(expired=expire(db_url, now))
+    done.started = start_due(db_url, broker_url, now)
+    done.resent = resend(db_url, broker_url, now)
+    return done
+
+
+def expire(db_url: str, now: datetime) -> list[str]:
+    """Cancel every open job whose deadline has passed; returns their ids."""
+    with db.session(db_url) as s, s.begin():
+        jobs = s.scalars(select(Job).where(Job.deadline <= now,
+                                           Job.state.not_in(JobState.FINAL))).all()
+        for job in jobs:
+            stop(s, job, now)
+        return [job.id for job in jobs]
+
+
+def start_due(db_url: str, broker_url: str, now: datetime) -> list[str]:
+    """Enqueue every scheduled job whose start time has passed, highest priority first.
+
+    The state changes in SQL before the messages go out: if the broker is lost in
+    between, the job is queued with pending chunks, which `resend` finds."""
+    with db.session(db_url) as s:
+        due = s.execute(select(Job.id, Job.model, Job.chunks, Job.priority)
+                        .where(Job.state == JobState.SCHEDULED, Job.start_at <= now)
+                        .order_by(Job.priority.desc(), Job.start_at)).all()
+    started = []
+    for job_id, model, chunks, priority in due:
+        with db.session(db_url) as s, s.begin():
+            won = cast(CursorResult[Any], s.execute(
+                update(Job).where(Job.id == job_id, Job.state == JobState.SCHEDULED)
+                .values(state=JobState.QUEUED))).rowcount
+        if won:  # another reconciler may have started it a moment ago
+            broker.enqueue(broker_url, model, job_id, range(chunks),
+                           priority=message_priority(priority))
+            started.append(job_id)
+    return started
+
+
+def resend(db_url: str, broker_url: str, now: datetime) -> dict[str, int]:
     """Returns how many chunks were enqueued again, per model."""
-    now = utcnow()
     with db.session(db_url) as s:
         rows = s.execute(
-            select(Job.id, Job.model, Chunk.seq, Chunk.status)
+            select(Job.id, Job.model, Job.priority, Chunk.seq, Chunk.status)
             .join(Chunk, Chunk.job_id == Job.id)
             .where(Job.state.in_((JobState.QUEUED, JobState.RUNNING)))
             .where(or_(Chunk.status == ChunkStatus.PENDING,
                        and_(Chunk.status == ChunkStatus.LEASED, Chunk.lease_expires_at < now)))
         ).all()
-    by_model: dict[str, list[tuple[str, int, str]]] = defaultdict(list)
-    for job_id, model, seq, status in rows:
-        by_model[model].append((job_id, seq, status))
+    by_model: dict[str, list[Any]] = defaultdict(list)
+    for job_id, model, priority, seq, status in rows:
+        by_model[model].append((job_id, priority, seq, status))
     sent: dict[str, int] = {}
     for model, chunks in by_model.items():
         empty = queue_depth(broker_url, model) == 0
-        todo = [(j, q) for j, q, st in chunks if st == ChunkStatus.LEASED or empty]
-        by_job: dict[str, list[int]] = defaultdict(list)
-        for job_id, seq in todo:
-            by_job[job_id].append(seq)
-        sent[model] = sum(broker.enqueue(broker_url, model, job_id, seqs)
-                          for job_id, seqs in by_job.items())
+        by_job: dict[tuple[str, int], list[int]] = defaultdict(list)
+        for job_id, priority, seq, status in chunks:
+            if status == ChunkStatus.LEASED or empty:
+                by_job[(job_id, priority)].append(seq)
+        sent[model] = sum(broker.enqueue(broker_url, model, job_id, seqs,
+                                         priority=message_priority(priority))
+                          for (job_id, priority), seqs in by_job.items())
     return sent

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
 
 from schemas import db
 from schemas.errors import JobNotFound
-from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobState, Result
+from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobState, Result, utcnow
 
 COUNTED = (ItemStatus.PENDING, ItemStatus.RUNNING, ItemStatus.SUCCEEDED, ItemStatus.FAILED,
            ItemStatus.CANCELLED)
@@ -50,22 +51,38 @@ def _shape(job: Job, counts: dict[str, int], tokens: Any) -> dict[str, Any]:
     shaped.update({name: counts.get(name, 0) for name in COUNTED})
     if tokens is not None:
         shaped["prompt_tokens"], shaped["completion_tokens"] = int(tokens[0]), int(tokens[1])
-    for stamp in ("created_at", "started_at", "finished_at"):
+    for stamp in ("created_at", "started_at", "finished_at", "start_at", "deadline"):
         value = getattr(job, stamp)
         shaped[stamp] = value.isoformat() if value else None
+    shaped["priority"] = job.priority
+    shaped["reason"] = _reason(job)
     return shaped
+
+
+def _reason(job: Job) -> str | None:
+    """Why a job is where it is, when its counts alone do not say."""
+    if job.state == JobState.SCHEDULED and job.start_at:
+        return f"starts at {job.start_at.astimezone():%Y-%m-%d %H:%M %Z}"
+    if (job.state == JobState.CANCELLED and job.deadline and job.finished_at
+            and job.finished_at >= job.deadline):
+        return (f"deadline {job.deadline.astimezone():%Y-%m-%d %H:%M %Z} passed: "
+                "its pending items were cancelled")
+    return None
 
 
 def cancel(db_url: str, job_id: str) -> dict[str, Any]:
     """Stop a job: its pending items are cancelled; chunks already running finish."""
     with db.session(db_url) as s, s.begin():
-        job = _job(s, job_id)
-        if job.state not in JobState.FINAL:
-            job.state = JobState.CANCELLED
-            s.execute(update(Item).where(Item.job_id == job_id,
-                                         Item.status == ItemStatus.PENDING)
-                      .values(status=ItemStatus.CANCELLED))
-            s.execute(update(Chunk).where(Chunk.job_id == job_id,
-                                          Chunk.status == ChunkStatus.PENDING)
-                      .values(status=ChunkStatus.DONE))
+        stop(s, _job(s, job_id), utcnow())
     return status(db_url, job_id)
+
+
+def stop(s: Any, job: Job, now: datetime) -> None:
+    """Cancel what has not started, inside the caller's transaction (cancel, deadline)."""
+    if job.state in JobState.FINAL:
+        return
+    job.state, job.finished_at = JobState.CANCELLED, now
+    s.execute(update(Item).where(Item.job_id == job.id, Item.status == ItemStatus.PENDING)
+              .values(status=ItemStatus.CANCELLED))
+    s.execute(update(Chunk).where(Chunk.job_id == job.id, Chunk.status == ChunkStatus.PENDING)
+              .values(status=ChunkStatus.DONE))

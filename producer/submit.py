@@ -16,12 +16,14 @@ from typing import Any
 from sqlalchemy import insert
 
 from producer import broker, readers
+from producer.schedule import Schedule
 from schemas import db
 from schemas.errors import InputError
 from schemas.settings import Settings
 from schemas.spec import JobSpec
-from schemas.tables import Chunk, Item, Job, JobState
+from schemas.tables import Chunk, Item, Job, JobState, utcnow
 from worker import models
+from worker.app import message_priority
 
 BATCH = 2_000
 SHOWN_ERRORS = 20
@@ -34,11 +36,19 @@ class Submitted:
     chunks: int
     invalid: list[readers.RowError] = field(default_factory=list)
     invalid_count: int = 0
+    skipped: list[readers.Skipped] = field(default_factory=list)
+    scheduled: bool = False
 
 
 def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
            skip_invalid: bool = False,
-           on_invalid: Callable[[readers.RowError], None] | None = None) -> Submitted:
+           on_invalid: Callable[[readers.RowError], None] | None = None,
+           on_skipped: Callable[[readers.Skipped], None] | None = None,
+           schedule: Schedule | None = None) -> Submitted:
+    """With a `schedule` whose start is still ahead, the job is stored `scheduled` and
+    nothing is enqueued: reconcile enqueues it once its start time has passed."""
+    schedule = schedule or Schedule()
+    held = schedule.waits(utcnow())
     models.check_name(spec.model)
     db.upgrade(settings.database_url)
     broker.check_reachable(settings.broker_url)
@@ -46,13 +56,20 @@ def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
     job_id = uuid.uuid4().hex
     result = Submitted(job_id, 0, 0)
     with db.session(settings.database_url) as s, s.begin():
-        s.add(Job(id=job_id, state=JobState.QUEUED, kind=spec.kind, model=spec.model,
+        s.add(Job(id=job_id, state=JobState.SCHEDULED if held else JobState.QUEUED,
+                  start_at=schedule.start_at, deadline=schedule.deadline,
+                  priority=schedule.priority, kind=spec.kind, model=spec.model,
                   spec=spec.model_dump(mode="json"), source=str(path),
                   input_format=input_format))
         s.flush()
         batch: list[dict[str, Any]] = []
         seen: set[str] = set()
         for row in readers.read(path, input_format, spec.template):
+            if isinstance(row, readers.Skipped):  # unreadable documents leave the job standing
+                result.skipped.append(row)
+                if on_skipped:
+                    on_skipped(row)
+                continue
             if isinstance(row, readers.Row) and row.key in seen:
                 row = readers.RowError(row.line, f"duplicate id {row.key!r}")
             if isinstance(row, readers.RowError):
@@ -79,7 +96,10 @@ def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
         s.execute(insert(Chunk), [{"job_id": job_id, "seq": c, "size": n}
                                   for c, n in enumerate(sizes)])
         s.get_one(Job, job_id).total, s.get_one(Job, job_id).chunks = result.items, result.chunks
-    broker.enqueue(settings.broker_url, spec.model, job_id, range(result.chunks))
+    result.scheduled = held
+    if not held:
+        broker.enqueue(settings.broker_url, spec.model, job_id, range(result.chunks),
+                       priority=message_priority(schedule.priority))
     return result
 
 
@@ -91,4 +111,5 @@ def _refuse_if_invalid(path: Path, result: Submitted, skip_invalid: bool) -> Non
         raise InputError(f"{path}: {first}{more}; no job was created "
                          "(fix the rows, or pass --skip-invalid to leave them out)")
     if result.items == 0:
-        raise InputError(f"{path}: no valid rows; no job was created")
+        unreadable = f" ({len(result.skipped)} unreadable documents)" if result.skipped else ""
+        raise InputError(f"{path}: no valid rows{unreadable}; no job was created")

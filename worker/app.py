@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 
 RUN_CHUNK = "nightshift.run_chunk"
+MAX_PRIORITY = 9
 
 CONFIG = dict(
     task_serializer="json",
@@ -30,7 +31,11 @@ CONFIG = dict(
     worker_send_task_events=True,
     task_send_sent_event=True,
     # Leases in SQL bound a lost chunk's delay; Redis's own redelivery is only a backstop.
-    broker_transport_options={"visibility_timeout": 3600},
+    # Ten priority lists per queue (Redis has no priorities of its own: kombu keeps one list
+    # per step and pops the lowest step first), so every job priority 0-9 is distinct.
+    broker_transport_options={"visibility_timeout": 3600,
+                              "priority_steps": list(range(10)),
+                              "queue_order_strategy": "priority"},
 )
 
 # The worker's app: its task is registered here (worker.tasks) and its broker set at start.
@@ -53,6 +58,12 @@ def app_for(broker_url: str) -> Celery:
     app = Celery("nightshift", set_as_current=False)
     app.conf.update(CONFIG, **broker_settings(broker_url))
     return app
+
+
+def message_priority(job_priority: int) -> int:
+    """A job's priority (0-9, higher runs first) as kombu's Redis message priority, where
+    the lowest value is popped first. Default jobs (0) sit in the last list."""
+    return MAX_PRIORITY - min(max(job_priority, 0), MAX_PRIORITY)
 
 
 def queue_for(model: str) -> str:

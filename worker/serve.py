@@ -60,8 +60,11 @@ def _reconcile_every(settings: Settings, stop: threading.Event) -> None:
     # Every half lease: a dead worker's chunk runs again within 1.5 leases (45 s by default).
     while not stop.wait(settings.lease_seconds / 2):
         try:
-            sent = reconcile(settings.database_url, settings.broker_url)
-            if any(sent.values()):
-                log.warning("reconcile enqueued lost chunks again: %s", sent)
+            done = reconcile(settings.database_url, settings.broker_url)
+            if done.started or done.expired:
+                log.info("schedule: started %s, cancelled past deadline %s",
+                         done.started, done.expired)
+            if any(done.resent.values()):
+                log.warning("reconcile enqueued lost chunks again: %s", done.resent)
         except Exception:
             log.exception("reconcile failed; trying again later")
