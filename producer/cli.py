@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,8 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
       nightshift submit reviews.csv --kind classify --label positive --label negative \\
           --template "Review: {{ text }}"
       nightshift submit docs/ --template "Summarize:\\n\\n{{ text }}"
+      nightshift submit "docs/**/*.pdf" --template "Summarize:\\n\\n{{ text }}"
+      nightshift submit files.jsonl --format paths    # {"path": ...} or {"id", "path"} rows
       nightshift submit prompts.jsonl --start-at 22:00 --deadline 07:00 --priority 5
       nightshift submit prompts.jsonl --dry-run          # rows, tokens, ETA; nothing written
     """
@@ -130,10 +133,12 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
         return
     done = do_submit(settings, spec, input_path, fmt, skip_invalid,
                      on_invalid=lambda e: click.echo(f"skipped {e}", err=True)
-                     if skip_invalid else None, schedule=schedule)
+                     if skip_invalid else None, schedule=schedule,
+                     on_skipped=lambda d: click.echo(f"skipped {d}", err=True))
     if as_json:
         click.echo(json.dumps({"job_id": done.job_id, "items": done.items,
                                "invalid": done.invalid_count,
+                               "skipped": [asdict(d) for d in done.skipped],
                                "state": "scheduled" if done.scheduled else "queued"}))
     else:
         click.echo(done.job_id)
@@ -141,6 +146,8 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
             if done.scheduled and schedule.start_at else "queued"
         click.echo(f"{done.items} items in {done.chunks} chunks {verb} for {spec.model}"
                    + (f"; {done.invalid_count} invalid rows left out" if done.invalid_count
+                      else "")
+                   + (f"; {len(done.skipped)} unreadable documents skipped" if done.skipped
                       else ""), err=True)
 
 

@@ -36,12 +36,14 @@ class Submitted:
     chunks: int
     invalid: list[readers.RowError] = field(default_factory=list)
     invalid_count: int = 0
+    skipped: list[readers.Skipped] = field(default_factory=list)
     scheduled: bool = False
 
 
 def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
            skip_invalid: bool = False,
            on_invalid: Callable[[readers.RowError], None] | None = None,
+           on_skipped: Callable[[readers.Skipped], None] | None = None,
            schedule: Schedule | None = None) -> Submitted:
     """With a `schedule` whose start is still ahead, the job is stored `scheduled` and
     nothing is enqueued: reconcile enqueues it once its start time has passed."""
@@ -63,6 +65,11 @@ def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
         batch: list[dict[str, Any]] = []
         seen: set[str] = set()
         for row in readers.read(path, input_format, spec.template):
+            if isinstance(row, readers.Skipped):  # unreadable documents leave the job standing
+                result.skipped.append(row)
+                if on_skipped:
+                    on_skipped(row)
+                continue
             if isinstance(row, readers.Row) and row.key in seen:
                 row = readers.RowError(row.line, f"duplicate id {row.key!r}")
             if isinstance(row, readers.RowError):
@@ -104,4 +111,5 @@ def _refuse_if_invalid(path: Path, result: Submitted, skip_invalid: bool) -> Non
         raise InputError(f"{path}: {first}{more}; no job was created "
                          "(fix the rows, or pass --skip-invalid to leave them out)")
     if result.items == 0:
-        raise InputError(f"{path}: no valid rows; no job was created")
+        unreadable = f" ({len(result.skipped)} unreadable documents)" if result.skipped else ""
+        raise InputError(f"{path}: no valid rows{unreadable}; no job was created")

@@ -17,6 +17,10 @@ class InputError(NightshiftError):
     exit_code = 2
 
 
+class UnreadableDocument(InputError):
+    """One document gives no text (encrypted, empty, scanned, damaged): it is skipped."""
+
+
 class DatabaseUnreachable(NightshiftError):
     exit_code = 3
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from producer.readers import Row, RowError, read
+from producer.readers import Row, RowError, Skipped, read
 from schemas.errors import InputError
 
 
@@ -138,13 +138,13 @@ def test_openai_completions_body_becomes_a_raw_prompt(tmp_path: Path) -> None:
 
 
 def test_openai_bad_line_is_a_row_error_with_its_line(tmp_path: Path) -> None:
-    good = openai_line("a", "/v1/chat/completions",
-                       {"messages": [{"role": "user", "content": "x"}]})
-    bad = openai_line("b", "/v1/chat/completions", {"messages": [], "tools": []})
+    user = [{"role": "user", "content": "x"}]
+    good = openai_line("a", "/v1/chat/completions", {"messages": user})
+    bad = openai_line("b", "/v1/chat/completions", {"messages": user, "tools": [{}]})
     result = rows(jsonl(tmp_path / "batch.jsonl", good, bad, "{oops"))
     errors = [r for r in result if isinstance(r, RowError)]
     assert [e.line for e in errors] == [2, 3]
-    assert "tools" in errors[0].reason
+    assert "body.tools" in errors[0].reason and "tool calling" in errors[0].reason
     assert "malformed JSON" in errors[1].reason
 
 
@@ -187,28 +187,33 @@ def test_document_folder_gives_one_row_per_file_keyed_by_relative_path(tmp_path:
     (tmp_path / "docs" / "sub" / "b.md").write_text("# Beta")
     (tmp_path / "docs" / "skip.png").write_bytes(b"\x89PNG")
     result = rows(tmp_path / "docs", template="{{ name }}: {{ text }}")
-    assert result == [
-        Row(1, "a.txt", {"prompt": "a: Alpha", "document": "a.txt"}),
-        Row(2, "sub/b.md", {"prompt": "b: # Beta", "document": "sub/b.md"}),
+    assert [(r.line, r.key, r.payload["prompt"], r.payload["document"]) for r in result
+            if isinstance(r, Row)] == [
+        (1, "a.txt", "a: Alpha", str(tmp_path / "docs" / "a.txt")),
+        (3, "sub/b.md", "b: # Beta", str(tmp_path / "docs" / "sub" / "b.md")),
     ]
+    assert [r for r in result if not isinstance(r, Row)] == [
+        Skipped(str(tmp_path / "docs" / "skip.png"), "unsupported file type '.png' "
+                "(nightshift reads .pdf, .docx, .html, .htm, .xhtml, .md, .markdown, .txt)")]
 
 
 def test_document_text_is_the_prompt_without_a_template(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("Alpha")
-    assert rows(tmp_path) == [Row(1, "a.txt", {"prompt": "Alpha", "document": "a.txt"})]
+    assert [(r.key, r.payload["prompt"]) for r in rows(tmp_path) if isinstance(r, Row)] == \
+        [("a.txt", "Alpha")]
 
 
-def test_empty_document_is_a_row_error_naming_the_file(tmp_path: Path) -> None:
+def test_empty_document_is_skipped_by_name_not_an_invalid_row(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("Alpha")
     (tmp_path / "b.txt").write_text(" \n")
-    assert only_error(rows(tmp_path)) == RowError(2, "b.txt: empty document")
+    assert rows(tmp_path)[1] == Skipped(str(tmp_path / "b.txt"), "no text in the document")
 
 
-def test_non_utf8_document_is_a_row_error_naming_the_file(tmp_path: Path) -> None:
+def test_non_utf8_document_is_skipped_by_name(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_bytes(b"caf\xe9")
-    error = only_error(rows(tmp_path))
-    assert error.line == 1
-    assert error.reason.startswith("a.txt: not UTF-8")
+    skipped = rows(tmp_path)[0]
+    assert isinstance(skipped, Skipped) and skipped.document == str(tmp_path / "a.txt")
+    assert skipped.reason.startswith("not UTF-8")
 
 
 def test_folder_without_documents_is_an_input_error(tmp_path: Path) -> None:

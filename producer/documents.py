@@ -1,0 +1,175 @@
+"""Turn one document file (PDF, DOCX, HTML, Markdown, text) into its text and metadata.
+
+A file that cannot give text raises `UnreadableDocument` with a one-line reason, so a
+folder of ten thousand files skips the few bad ones by name instead of failing them all.
+
+`sha256` is the hash of the extracted text (UTF-8), not of the file's bytes: the text is
+what the model sees, so two files that read the same (a PDF re-saved with a new date, a
+text file with CRLF line ends) get the same hash and can share one answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import UnreadableDocument
+
+# pypdf logs every repair it makes to a damaged file; the reader says what matters.
+logging.getLogger("pypdf").setLevel(logging.ERROR)
+
+OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+HTML_NOISE = ["script", "style", "noscript", "template", "nav", "header", "footer", "aside",
+              "form", "button", "select", "iframe", "svg", "canvas", "object", "embed"]
+NOISE_ROLES = ["navigation", "banner", "contentinfo", "search"]
+HTML_BLOCKS = ["p", "div", "section", "article", "main", "h1", "h2", "h3", "h4", "h5", "h6",
+               "ul", "ol", "dl", "table", "blockquote", "pre",
+               "figure", "figcaption", "hr", "address", "details", "summary"]
+HTML_LINES = ["li", "tr", "dt", "dd"]
+_SPACES = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class Document:
+    path: Path
+    text: str
+    pages: int | None
+    size: int
+    sha256: str
+
+
+def extract(path: Path) -> Document:
+    """The document's text and metadata; raises UnreadableDocument with the reason."""
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise UnreadableDocument(f"unsupported file type {path.suffix or '(no extension)'!r} "
+                                 f"(nightshift reads {', '.join(READERS)})")
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise UnreadableDocument(f"cannot open: {exc.strerror}") from None
+    if size == 0:
+        raise UnreadableDocument("empty file")
+    text, pages = reader(path)
+    text = _clean(text)
+    if not text:
+        raise UnreadableDocument("no text in the document")
+    return Document(path, text, pages, size, hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+
+def supported(path: Path) -> bool:
+    return path.suffix.lower() in READERS
+
+
+def _clean(text: str) -> str:
+    """Line ends, NULs and lone surrogates are normalized: SQL JSON columns refuse the last two."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
+    return text.encode("utf-8", "replace").decode("utf-8").strip()
+
+
+def _pdf(path: Path) -> tuple[str, int | None]:
+    from pypdf import PasswordType, PdfReader
+
+    try:
+        reader = PdfReader(path)
+        if reader.is_encrypted and reader.decrypt("") == PasswordType.NOT_DECRYPTED:
+            raise UnreadableDocument("encrypted PDF: it needs a password")
+        texts = [page.extract_text() or "" for page in reader.pages]
+    except UnreadableDocument:
+        raise
+    except Exception as exc:  # a damaged file fails in many ways inside pypdf; each is that file's
+        raise UnreadableDocument(f"not a readable PDF ({_first_line(exc)})") from None
+    if not any(t.strip() for t in texts):
+        raise UnreadableDocument(f"no text layer in {len(texts)} page(s): a scanned or "
+                                 "image-only PDF (run OCR on it first)")
+    return "\n\n".join(t.strip() for t in texts), len(texts)
+
+
+def _docx(path: Path) -> tuple[str, int | None]:
+    """Paragraphs and tables in document order; page count is None (Word lays pages out)."""
+    import docx
+    from docx.table import Table
+
+    with path.open("rb") as fh:
+        if fh.read(len(OLE_MAGIC)) == OLE_MAGIC:
+            raise UnreadableDocument("password-protected DOCX, or an old .doc saved as .docx")
+    try:
+        document = docx.Document(str(path))
+        blocks = [_table_text(b) if isinstance(b, Table) else b.text
+                  for b in document.iter_inner_content()]
+    except Exception as exc:  # a damaged zip or XML part; that file's problem alone
+        raise UnreadableDocument(f"not a readable DOCX ({_first_line(exc)})") from None
+    return "\n\n".join(b.strip() for b in blocks if b.strip()), None
+
+
+def _table_text(table: Any) -> str:
+    rows = []
+    for row in table.rows:
+        cells: list[str] = []
+        for cell in row.cells:  # a merged cell repeats; keep it once
+            if not cells or cell.text != cells[-1]:
+                cells.append(cell.text.strip())
+        rows.append(" | ".join(cells))
+    return "\n".join(rows)
+
+
+def _html(path: Path) -> tuple[str, int | None]:
+    """The page's content without scripts, styles, navigation, headers and footers.
+
+    BeautifulSoup over lxml (python-docx needs lxml anyway) with the HTML5 elements and
+    ARIA roles that mark page furniture removed; `<main>` is the text when the page has it.
+    """
+    from bs4 import BeautifulSoup, NavigableString
+
+    try:
+        soup = BeautifulSoup(path.read_bytes(), "lxml")
+    except Exception as exc:  # lxml refuses very little; whatever it refuses is that file's
+        raise UnreadableDocument(f"not readable HTML ({_first_line(exc)})") from None
+    noise = soup.find_all(HTML_NOISE) + soup.find_all(role=NOISE_ROLES) + \
+        soup.find_all(hidden=True) + soup.find_all(attrs={"aria-hidden": "true"})
+    for element in noise:
+        if not element.decomposed:
+            element.decompose()
+    root = soup.find("main") or soup.body or soup
+    for string in root.find_all(string=True):
+        if type(string) is NavigableString and string.find_parent("pre") is None:
+            string.replace_with(_SPACES.sub(" ", string))
+    for br in root.find_all("br"):
+        br.replace_with("\n")
+    for cell in root.find_all(["td", "th"]):
+        if cell.find_previous_sibling(["td", "th"]) is not None:
+            cell.insert_before(" | ")
+    for line in root.find_all(HTML_LINES):
+        line.insert_after("\n")
+    for block in root.find_all(HTML_BLOCKS):
+        block.insert_before("\n\n")
+        block.insert_after("\n\n")
+    text = re.sub(r"[ \t]+\n", "\n", root.get_text())
+    text = re.sub(r"\n (?=\S)", "\n", text)
+    return re.sub(r"\n{3,}", "\n\n", text), None
+
+
+def _text(path: Path) -> tuple[str, int | None]:
+    """Plain text and Markdown, as written (a model reads Markdown as it is)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as exc:
+        raise UnreadableDocument(f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                                 f"{exc.start})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__
+
+
+READERS: dict[str, Callable[[Path], tuple[str, int | None]]] = {
+    ".pdf": _pdf, ".docx": _docx, ".html": _html, ".htm": _html, ".xhtml": _html,
+    ".md": _text, ".markdown": _text, ".txt": _text,
+}

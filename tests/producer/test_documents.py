@@ -1,0 +1,342 @@
+"""Documents on real files the tests write: PDF, DOCX, HTML, Markdown and text give their
+text and metadata; unreadable ones are named with a reason and leave the job standing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docx
+import pytest
+from click.testing import CliRunner, Result
+from conftest import Stack
+from fpdf import FPDF
+from PIL import Image
+from pypdf import PdfReader, PdfWriter
+from sqlalchemy import select
+
+from producer.cli import cli
+from producer.documents import extract
+from producer.readers import Row, RowError, Skipped, detect_format, read
+from schemas import db
+from schemas.errors import InputError, UnreadableDocument
+from schemas.tables import Item
+
+PAGES = ["The first page talks about apples.", "The second page is about pears.",
+         "The third page ends with plums."]
+HTML = """<!doctype html>
+<html><head><title>Site title</title><style>body { color: STYLENOISE; }</style>
+<script>var tracker = "SCRIPTNOISE";</script></head>
+<body>
+  <header><a href="/">Home</a> HEADERNOISE</header>
+  <nav><ul><li><a href="/a">NAVNOISE one</a></li><li>NAVNOISE two</li></ul></nav>
+  <div role="navigation">ROLENOISE</div>
+  <!-- COMMENTNOISE -->
+  <main>
+    <h1>Quarterly report</h1>
+    <p>Revenue grew
+       by <b>twelve</b> percent.</p>
+    <p>Costs fell.<br>Margins rose.</p>
+    <div hidden>HIDDENNOISE</div>
+    <table><tr><th>Region</th><th>Sales</th></tr><tr><td>North</td><td>40</td></tr></table>
+  </main>
+  <aside>ASIDENOISE</aside>
+  <footer>FOOTERNOISE &copy; 2026</footer>
+  <script>document.write("SCRIPTNOISE2")</script>
+</body></html>
+"""
+
+
+def write_pdf(path: Path, pages: list[str]) -> Path:
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=12)
+    for text in pages:
+        pdf.add_page()
+        pdf.multi_cell(0, 10, text)
+    pdf.output(str(path))
+    return path
+
+
+def write_image_pdf(path: Path) -> Path:
+    """A 'scanned' PDF: two pages that are pictures of text, with no text layer."""
+    image = path.with_suffix(".png")
+    Image.new("RGB", (200, 100), "white").save(image)
+    pdf = FPDF()
+    for _ in range(2):
+        pdf.add_page()
+        pdf.image(str(image), x=10, y=10, w=180)
+    pdf.output(str(path))
+    image.unlink()
+    return path
+
+
+def write_encrypted_pdf(path: Path, user_password: str) -> Path:
+    writer = PdfWriter(clone_from=PdfReader(write_pdf(path, PAGES[:1])))
+    writer.encrypt(user_password, owner_password="owner", algorithm="AES-256")
+    with path.open("wb") as fh:
+        writer.write(fh)
+    return path
+
+
+def write_docx(path: Path) -> Path:
+    document = docx.Document()
+    document.add_heading("Minutes", level=1)
+    document.add_paragraph("The board met on Monday.")
+    table = document.add_table(rows=2, cols=2)
+    for (r, c), text in {(0, 0): "Item", (0, 1): "Vote", (1, 0): "Budget", (1, 1): "Yes"}.items():
+        table.cell(r, c).text = text
+    document.add_paragraph("The meeting closed at noon.")
+    document.save(str(path))
+    return path
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def unreadable(path: Path) -> str:
+    with pytest.raises(UnreadableDocument) as caught:
+        extract(path)
+    return str(caught.value)
+
+
+def test_multi_page_pdf_gives_every_page_in_order_with_its_page_count(tmp_path: Path) -> None:
+    path = write_pdf(tmp_path / "report.pdf", PAGES)
+    doc = extract(path)
+    assert doc.text == "\n\n".join(PAGES)
+    assert (doc.pages, doc.size, doc.sha256) == (3, path.stat().st_size, sha(doc.text))
+
+
+def test_docx_gives_paragraphs_and_tables_in_document_order(tmp_path: Path) -> None:
+    path = write_docx(tmp_path / "minutes.docx")
+    doc = extract(path)
+    assert doc.text == ("Minutes\n\nThe board met on Monday.\n\nItem | Vote\nBudget | Yes\n\n"
+                        "The meeting closed at noon.")
+    assert (doc.pages, doc.size, doc.sha256) == (None, path.stat().st_size, sha(doc.text))
+
+
+def test_html_gives_the_main_text_without_scripts_navigation_or_page_furniture(
+        tmp_path: Path) -> None:
+    path = tmp_path / "page.html"
+    path.write_text(HTML, encoding="utf-8")
+    doc = extract(path)
+    assert doc.text == ("Quarterly report\n\nRevenue grew by twelve percent.\n\n"
+                        "Costs fell.\nMargins rose.\n\nRegion | Sales\nNorth | 40")
+    assert "NOISE" not in doc.text and "Site title" not in doc.text
+    assert (doc.pages, doc.size, doc.sha256) == (None, len(HTML.encode()), sha(doc.text))
+
+
+def test_html_without_main_reads_the_body_and_its_declared_encoding(tmp_path: Path) -> None:
+    path = tmp_path / "old.htm"
+    path.write_bytes('<html><head><meta charset="iso-8859-1"></head><body><nav>NAVNOISE</nav>'
+                     '<p>Caf\u00e9 cr\u00e8me</p></body></html>'.encode("iso-8859-1"))
+    assert extract(path).text == "Caf\u00e9 cr\u00e8me"
+
+
+def test_markdown_and_text_are_read_as_written(tmp_path: Path) -> None:
+    md = tmp_path / "notes.md"
+    md.write_text("# Notes\n\n- one\n- two\n", encoding="utf-8")
+    txt = tmp_path / "plain.txt"
+    txt.write_bytes("\ufeffLine one.\r\nLine two.\r\n".encode())
+    assert (extract(md).text, extract(md).pages, extract(md).size) == (
+        "# Notes\n\n- one\n- two", None, md.stat().st_size)
+    assert extract(txt).text == "Line one.\nLine two."
+
+
+def test_hash_is_of_the_text_so_files_that_read_the_same_share_it(tmp_path: Path) -> None:
+    (tmp_path / "unix.txt").write_bytes(b"Same words.\n")
+    (tmp_path / "dos.txt").write_bytes(b"Same words.\r\n")
+    first, second = extract(tmp_path / "unix.txt"), extract(tmp_path / "dos.txt")
+    assert first.size != second.size
+    assert first.sha256 == second.sha256 == sha("Same words.")
+    assert extract(write_pdf(tmp_path / "p.pdf", ["Other words."])).sha256 != first.sha256
+
+
+def test_encrypted_pdf_is_unreadable_without_its_password(tmp_path: Path) -> None:
+    assert unreadable(write_encrypted_pdf(tmp_path / "locked.pdf", "secret")) == \
+        "encrypted PDF: it needs a password"
+
+
+def test_pdf_encrypted_with_an_empty_user_password_is_read(tmp_path: Path) -> None:
+    assert extract(write_encrypted_pdf(tmp_path / "restricted.pdf", "")).text == PAGES[0]
+
+
+def test_scanned_pdf_without_a_text_layer_is_unreadable(tmp_path: Path) -> None:
+    reason = unreadable(write_image_pdf(tmp_path / "scan.pdf"))
+    assert reason.startswith("no text layer in 2 page(s)") and "OCR" in reason
+
+
+def test_empty_corrupt_and_unknown_files_are_unreadable_with_their_reason(
+        tmp_path: Path) -> None:
+    (tmp_path / "empty.pdf").write_bytes(b"")
+    (tmp_path / "blank.txt").write_text(" \n\n")
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.7\n" + bytes(range(256)) * 4)
+    (tmp_path / "broken.docx").write_bytes(b"PK\x03\x04 not really a zip")
+    (tmp_path / "locked.docx").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 512)
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9")
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n")
+    assert unreadable(tmp_path / "empty.pdf") == "empty file"
+    assert unreadable(tmp_path / "blank.txt") == "no text in the document"
+    assert unreadable(tmp_path / "broken.pdf").startswith("not a readable PDF (")
+    assert unreadable(tmp_path / "broken.docx").startswith("not a readable DOCX (")
+    assert unreadable(tmp_path / "locked.docx").startswith("password-protected DOCX")
+    assert unreadable(tmp_path / "latin1.txt") == "not UTF-8 text (byte 0xe9 at offset 3)"
+    assert unreadable(tmp_path / "photo.png").startswith("unsupported file type '.png'")
+
+
+def mixed_folder(root: Path) -> Path:
+    """Every kind of document, readable and not, some in a subfolder."""
+    (root / "sub").mkdir(parents=True)
+    write_pdf(root / "report.pdf", PAGES)
+    write_docx(root / "sub" / "minutes.docx")
+    (root / "page.html").write_text(HTML, encoding="utf-8")
+    (root / "notes.md").write_text("# Notes\n\nShort.", encoding="utf-8")
+    (root / "sub" / "plain.txt").write_text("Plain words.", encoding="utf-8")
+    write_encrypted_pdf(root / "locked.pdf", "secret")
+    write_image_pdf(root / "scan.pdf")
+    (root / "empty.txt").write_bytes(b"")
+    (root / "broken.pdf").write_bytes(b"%PDF-1.4\ngarbage")
+    (root / "photo.png").write_bytes(b"\x89PNG\r\n")
+    (root / ".hidden.txt").write_text("never read")
+    return root
+
+
+UNREADABLE = {"broken.pdf", "empty.txt", "locked.pdf", "photo.png", "scan.pdf"}
+READABLE = ["notes.md", "page.html", "report.pdf", "sub/minutes.docx", "sub/plain.txt"]
+
+
+def test_folder_gives_a_row_per_readable_document_and_names_the_rest(tmp_path: Path) -> None:
+    folder = mixed_folder(tmp_path / "docs")
+    result = list(read(folder, "auto", "{{ name }} ({{ pages }}): {{ text }}"))
+    rows = [r for r in result if isinstance(r, Row)]
+    skipped = {Path(s.document).name: s.reason for s in result if isinstance(s, Skipped)}
+    assert [r.key for r in rows] == READABLE
+    assert set(skipped) == UNREADABLE and all(skipped.values())
+    report = rows[2].payload
+    assert report == {"prompt": f"report (3): {report['text']}", "text": "\n\n".join(PAGES),
+                      "document": str(folder / "report.pdf"), "pages": 3,
+                      "size": (folder / "report.pdf").stat().st_size,
+                      "sha256": sha("\n\n".join(PAGES))}
+    assert rows[4].payload["prompt"] == "plain (None): Plain words."
+
+
+def test_glob_reads_the_matching_files_named_below_its_fixed_part(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mixed_folder(tmp_path / "docs")
+    monkeypatch.chdir(tmp_path)
+    pattern = Path("docs/**/*.pdf")
+    assert detect_format(pattern) == "documents"
+    result = list(read(pattern, "auto", None))
+    assert [r.key for r in result if isinstance(r, Row)] == ["report.pdf"]
+    assert sorted(s.document for s in result if isinstance(s, Skipped)) == \
+        ["docs/broken.pdf", "docs/locked.pdf", "docs/scan.pdf"]
+    with pytest.raises(InputError, match="no documents"):
+        list(read(Path("docs/*.png"), "auto", None))
+
+
+def test_jsonl_of_paths_is_detected_and_read_from_its_own_folder(tmp_path: Path) -> None:
+    folder = mixed_folder(tmp_path / "docs")
+    listing = tmp_path / "docs" / "list.jsonl"
+    listing.write_text("\n".join(json.dumps(r) for r in [
+        {"path": "report.pdf"}, {"id": "m", "path": "sub/minutes.docx"},
+        {"path": "locked.pdf"}, {"path": "missing.pdf"}, {"path": "x", "prompt": "no"},
+        {"id": 7}]) + "\n")
+    assert detect_format(listing) == "paths"
+    result = list(read(listing, "auto", None))
+    assert [(r.line, r.key) for r in result if isinstance(r, Row)] == \
+        [(1, "report.pdf"), (2, "m")]
+    assert [r.payload["document"] for r in result if isinstance(r, Row)] == \
+        [str(folder / "report.pdf"), str(folder / "sub" / "minutes.docx")]
+    assert [(Path(s.document).name, s.reason.split(":")[0]) for s in result
+            if isinstance(s, Skipped)] == [("locked.pdf", "encrypted PDF"),
+                                           ("missing.pdf", "cannot open")]
+    assert [e.line for e in result if isinstance(e, RowError)] == [5, 6]
+
+
+def test_prompt_rows_with_a_path_field_are_not_taken_for_a_paths_file(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"id": "a", "path": "x.pdf", "prompt": "Hi"}) + "\n")
+    assert detect_format(path) == "jsonl"
+
+
+def test_one_document_file_is_a_one_item_input(tmp_path: Path) -> None:
+    path = write_pdf(tmp_path / "report.pdf", PAGES)
+    (tmp_path / "note.txt").write_text("Just words, not JSON.")
+    assert detect_format(path) == "documents"
+    assert detect_format(tmp_path / "note.txt") == "documents"
+    assert [r.key for r in read(path, "auto", None)] == ["report.pdf"]
+
+
+# The command line, on real SQL and Redis (no worker).
+
+Invoke = Callable[..., Result]
+
+
+@pytest.fixture
+def run(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Invoke:
+    monkeypatch.setenv("NIGHTSHIFT_DATABASE_URL", stack.db_url)
+    monkeypatch.setenv("NIGHTSHIFT_BROKER_URL", stack.broker_url)
+
+    def invoke(*args: str, code: int = 0) -> Result:
+        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result
+
+    return invoke
+
+
+def payloads(stack: Stack, job_id: str) -> dict[str, dict[str, Any]]:
+    with db.session(stack.db_url) as s:
+        return {key: payload for key, payload in s.execute(
+            select(Item.key, Item.payload).where(Item.job_id == job_id).order_by(Item.seq))}
+
+
+def test_submit_folder_json_names_skipped_documents_and_creates_the_job(
+        stack: Stack, run: Invoke, tmp_path: Path) -> None:
+    folder = mixed_folder(tmp_path / "docs")
+    out = json.loads(run("submit", str(folder), "--template", "Summarize: {{ text }}",
+                         "--json").stdout)
+    assert (out["items"], out["invalid"]) == (5, 0)
+    assert {Path(s["document"]).name for s in out["skipped"]} == UNREADABLE
+    assert all(set(s) == {"document", "reason"} and s["reason"] for s in out["skipped"])
+    stored = payloads(stack, out["job_id"])
+    assert list(stored) == READABLE
+    assert stored["sub/minutes.docx"]["prompt"].startswith("Summarize: Minutes\n\n")
+    assert {k for p in stored.values() for k in p} == \
+        {"prompt", "text", "document", "pages", "size", "sha256"}
+
+
+def test_submit_without_json_prints_the_job_and_names_each_unreadable_file(
+        stack: Stack, run: Invoke, tmp_path: Path) -> None:
+    folder = mixed_folder(tmp_path / "docs")
+    result = run("submit", str(folder), "--template", "{{ text }}")
+    assert len(result.stdout.strip()) == 32 and "skipped" not in result.stdout
+    named = [line for line in result.stderr.splitlines() if line.startswith("skipped ")]
+    assert sorted(Path(line.split(":")[0].removeprefix("skipped ")).name for line in named) == \
+        sorted(UNREADABLE)
+    assert "5 unreadable documents skipped" in result.stderr
+
+
+def test_submit_glob_and_paths_file(stack: Stack, run: Invoke, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    mixed_folder(tmp_path / "docs")
+    monkeypatch.chdir(tmp_path)
+    by_glob = json.loads(run("submit", "docs/**/*.docx", "--json").stdout)
+    assert (by_glob["items"], by_glob["skipped"]) == (1, [])
+    assert list(payloads(stack, by_glob["job_id"])) == ["sub/minutes.docx"]
+
+    listing = tmp_path / "files.jsonl"
+    listing.write_text('{"id": "r", "path": "docs/report.pdf"}\n{"path": "docs/scan.pdf"}\n')
+    by_list = json.loads(run("submit", str(listing), "--format", "paths", "--json").stdout)
+    assert by_list["items"] == 1
+    assert [s["document"] for s in by_list["skipped"]] == [str(tmp_path / "docs" / "scan.pdf")]
+    assert payloads(stack, by_list["job_id"])["r"]["pages"] == 3
+
+
+def test_submit_of_only_unreadable_documents_creates_no_job(run: Invoke, tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_bytes(b"")
+    result = run("submit", str(tmp_path), "--json", code=2)
+    assert "no valid rows (1 unreadable documents); no job was created" in result.stderr
