@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,25 +21,24 @@ from producer.cli import cli
 from schemas import db
 from schemas.tables import Item, Job, Result
 
-Invoke = Callable[..., str]
-
 CHAT = {"url": "/v1/chat/completions", "messages": [{"role": "user", "content": "hi"}]}
 TEXT = {"url": "/v1/completions", "prompt": "Once", "raw": True}
 LINE_KEYS = {"id", "custom_id", "response", "error"}
 ERROR_KEYS = {"message", "type", "param", "code"}
 
 
-@pytest.fixture
-def run(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Invoke:
+@pytest.fixture(autouse=True)
+def on_stack(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs on SQLite and on PostgreSQL; the CLI finds them through the env."""
     monkeypatch.setenv("NIGHTSHIFT_DATABASE_URL", stack.db_url)
     monkeypatch.setenv("NIGHTSHIFT_BROKER_URL", stack.broker_url)
 
-    def invoke(*args: str, code: int = 0) -> str:
-        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-        assert result.exit_code == code, result.output
-        return result.stdout
 
-    return invoke
+def run(*args: str, code: int = 0) -> str:
+    """`nightshift ARGS` in-process; its stdout (messages on stderr are not data)."""
+    done = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert done.exit_code == code, done.output
+    return done.stdout
 
 
 def make_job(db_url: str, items: list[tuple[str, dict[str, Any], dict[str, Any] | None]],
@@ -74,7 +72,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def test_openai_output_line_is_a_chat_completion_in_openais_shape(
-        stack: Stack, run: Invoke, tmp_path: Path) -> None:
+        stack: Stack, tmp_path: Path) -> None:
     job = make_job(stack.db_url, [("req-1", CHAT, {"output": "Hello!", "finish_reason": "stop"})])
     out = tmp_path / "batch_output.jsonl"
     run("results", job, "--format", "openai", "-o", str(out))
@@ -98,7 +96,7 @@ def test_openai_output_line_is_a_chat_completion_in_openais_shape(
 
 
 def test_openai_completions_request_gets_a_text_completion_with_every_sample(
-        stack: Stack, run: Invoke, tmp_path: Path) -> None:
+        stack: Stack, tmp_path: Path) -> None:
     job = make_job(stack.db_url, [("t", TEXT, {"output": " upon", "samples": [" upon", " a"],
                                                "finish_reason": "length"})])
     out = tmp_path / "out.jsonl"
@@ -112,7 +110,7 @@ def test_openai_completions_request_gets_a_text_completion_with_every_sample(
 
 
 def test_failed_requests_go_to_the_error_file_not_the_output(
-        stack: Stack, run: Invoke, tmp_path: Path) -> None:
+        stack: Stack, tmp_path: Path) -> None:
     too_long = "prompt is 9000 tokens; the model's context is 2048 tokens (shorten it)"
     job = make_job(stack.db_url, [
         ("ok", CHAT, {"output": "fine"}),
@@ -147,7 +145,7 @@ def test_failed_requests_go_to_the_error_file_not_the_output(
 
 
 def test_requests_that_never_ran_are_cancelled_or_expired_error_lines(
-        stack: Stack, run: Invoke, tmp_path: Path) -> None:
+        stack: Stack, tmp_path: Path) -> None:
     past = datetime.now(UTC) - timedelta(hours=1)
     cancelled = make_job(stack.db_url, [("a", CHAT, None)], state="cancelled")
     expired = make_job(stack.db_url, [("b", CHAT, None)], state="cancelled", deadline=past,
@@ -168,11 +166,9 @@ def test_requests_that_never_ran_are_cancelled_or_expired_error_lines(
                      unfinished: "not_finished"}
 
 
-def test_openai_to_stdout_keeps_error_lines_out_and_says_so(
-        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_openai_to_stdout_keeps_error_lines_out_and_says_so(stack: Stack) -> None:
     job = make_job(stack.db_url, [("ok", CHAT, {"output": "x"}),
                                   ("no", CHAT, {"status": "failed", "error": "boom"})])
-    monkeypatch.setenv("NIGHTSHIFT_DATABASE_URL", stack.db_url)
     result = CliRunner().invoke(cli, ["results", job, "--format", "openai"])
     assert result.exit_code == 0
     assert [json.loads(x)["custom_id"] for x in result.stdout.splitlines()] == ["ok"]
@@ -180,7 +176,7 @@ def test_openai_to_stdout_keeps_error_lines_out_and_says_so(
 
 
 def test_every_request_succeeded_still_writes_an_empty_error_file(
-        stack: Stack, run: Invoke, tmp_path: Path) -> None:
+        stack: Stack, tmp_path: Path) -> None:
     job = make_job(stack.db_url, [("ok", CHAT, {"output": "x"})])
     stale = tmp_path / "o.errors.jsonl"
     stale.write_text('{"stale": true}\n')
@@ -188,7 +184,7 @@ def test_every_request_succeeded_still_writes_an_empty_error_file(
     assert stale.read_text() == ""
 
 
-def test_errors_option_is_refused_for_other_formats(run: Invoke, stack: Stack) -> None:
+def test_errors_option_is_refused_for_other_formats(stack: Stack) -> None:
     job = make_job(stack.db_url, [("ok", CHAT, {"output": "x"})])
     run("results", job, "--errors", "e.jsonl", code=2)
 
@@ -200,7 +196,7 @@ QUALITY = {"output": "Paris is the capital.", "quality": "needs_review", "attemp
 
 
 def test_jsonl_csv_and_parquet_carry_the_quality_record(
-        stack: Stack, run: Invoke, tmp_path: Path) -> None:
+        stack: Stack, tmp_path: Path) -> None:
     job = make_job(stack.db_url, [("q", CHAT, QUALITY), ("p", CHAT, None)])
 
     first, pending = (json.loads(x) for x in run("results", job).splitlines())
@@ -225,7 +221,7 @@ def test_jsonl_csv_and_parquet_carry_the_quality_record(
 
 
 def test_a_batch_input_file_round_trips_to_openai_output_by_custom_id(
-        stack: Stack, run: Invoke, tmp_path: Path) -> None:
+        stack: Stack, tmp_path: Path) -> None:
     """An OpenAI batch file submitted unchanged comes back keyed by its custom_ids, each
     line shaped by its own URL."""
     lines = [{"custom_id": "chat-1", "method": "POST", "url": "/v1/chat/completions",
