@@ -237,17 +237,14 @@ def _listed_files(path: Path) -> Iterator[tuple[int, str, Path] | RowError]:
 
 def _documents(entries: Iterator[tuple[int, str, Path] | RowError],
                template: str) -> Iterator[Row | RowError | Skipped]:
-    for entry in entries:
+    tagged = ((e, None if isinstance(e, RowError) else e[2]) for e in entries)
+    for entry, doc in documents.extract_each(tagged):
         if isinstance(entry, RowError):
             yield entry
-            continue
-        number, key, file = entry
-        try:
-            doc = documents.extract(file)
-        except UnreadableDocument as exc:
-            yield Skipped(str(file), str(exc))
-            continue
-        yield _document_row(number, key, file, doc, template)
+        elif isinstance(doc, UnreadableDocument):
+            yield Skipped(str(entry[2]), str(doc))
+        elif doc is not None:
+            yield _document_row(*entry, doc, template)
 
 
 def _document_row(number: int, key: str, file: Path, doc: documents.Document,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from PIL import Image
 from pypdf import PdfReader, PdfWriter
 from sqlalchemy import select
 
+from producer import documents
 from producer.cli import cli
 from producer.documents import extract
 from producer.readers import Row, RowError, Skipped, detect_format, read
@@ -268,6 +270,33 @@ def test_one_document_file_is_a_one_item_input(tmp_path: Path) -> None:
     assert detect_format(path) == "documents"
     assert detect_format(tmp_path / "note.txt") == "documents"
     assert [r.key for r in read(path, "auto", None)] == ["report.pdf"]
+
+
+def test_documents_parsed_in_parallel_keep_their_order_and_their_own_text(
+        tmp_path: Path) -> None:
+    for n in range(40):
+        write_pdf(tmp_path / f"{n:02}.pdf", [f"Document {n:02}. " * (1 + n % 7)])
+    result = list(read(tmp_path, "documents", "{{ text }}"))
+    assert [r.key for r in result] == [f"{n:02}.pdf" for n in range(40)]
+    assert all(isinstance(r, Row) and r.payload["text"].startswith(f"Document {r.key[:2]}.")
+               for r in result)
+
+
+def test_a_parser_process_that_dies_fails_no_document(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = mixed_folder(tmp_path / "docs")
+    parent, real = os.getpid(), documents.extract
+
+    def dies_in_a_child(path: Path) -> documents.Document:
+        if os.getpid() != parent and path.name == "report.pdf":
+            os._exit(1)  # what the kernel's OOM killer or a crashing C parser looks like
+        return real(path)
+
+    monkeypatch.setattr(documents, "extract", dies_in_a_child)
+    assert len(os.sched_getaffinity(0)) >= 2  # the pool is in use
+    result = list(read(folder, "auto", None))
+    assert [r.key for r in result if isinstance(r, Row)] == READABLE
+    assert {Path(s.document).name for s in result if isinstance(s, Skipped)} == UNREADABLE
 
 
 # The command line, on real SQL and Redis (no worker).
