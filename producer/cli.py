@@ -401,17 +401,25 @@ def upgrade(as_json: bool, broker_url: str | None, database_url: str | None) -> 
 @click.option("--lease-seconds", type=float, help="Lease length [default: 30].")
 @click.option("--name", help="Worker name in logs and leases [default: the host name].")
 @click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json: one JSON object a line (vLLM's lines too).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Serve Prometheus metrics at :PORT/metrics (0: off; e.g. 9400).")
 @connection_options
 def worker(model: str | None, slots: int, lease_seconds: float | None, name: str | None,
-           loglevel: str, broker_url: str | None, database_url: str | None,
-           **engine: Any) -> None:
+           loglevel: str, log_format: str, metrics_port: int, broker_url: str | None,
+           database_url: str | None, **engine: Any) -> None:
     """Start a Celery worker that hosts one vLLM engine for its whole life.
 
     \b
     Examples:
       nightshift worker
       nightshift worker --model /models/llama-3-8b --gpu-memory-utilization 0.9
+      nightshift worker --metrics-port 9400 --log-format json
     """
+    from worker import logs
+
+    logs.configure(log_format, loglevel.upper())  # before vLLM is imported: it reads this
     from worker.engine import EngineOptions
     from worker.serve import serve
 
@@ -421,7 +429,8 @@ def worker(model: str | None, slots: int, lease_seconds: float | None, name: str
         options = EngineOptions(**engine)
     except ValidationError as exc:
         raise ConfigError(f"engine option {reason(exc)}") from None
-    sys.exit(serve(settings, options, slots, loglevel.upper(), name))
+    sys.exit(serve(settings, options, slots, loglevel.upper(), name, metrics_port,
+                   quiet=log_format == "json"))
 
 
 @cli.command(name="demo-model")

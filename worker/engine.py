@@ -99,6 +99,12 @@ class EngineHost:
     def alive(self) -> bool:
         return self._dead is None and self._thread.is_alive()
 
+    def load(self) -> tuple[int, int, int]:
+        """(requests in the engine, requests not yet handed to it, max_num_seqs): read
+        without the engine core, cheap enough for every metrics scrape."""
+        seqs = self.engine.vllm_config.scheduler_config.max_num_seqs
+        return len(self._pending), self._inbox.qsize(), int(seqs)
+
     def stop(self) -> None:
         """Stop stepping and shut the engine core down: its process is not a daemon, and
         the interpreter would wait for it forever at exit."""

@@ -8,9 +8,11 @@ import socket
 import threading
 import uuid
 
+from celery.signals import setup_logging
+
 from schemas import db
 from schemas.settings import Settings, redact
-from worker import leases, models, tasks
+from worker import leases, logs, metrics, models, tasks
 from worker.app import broker_settings, celery_app, queue_for
 from worker.chunks import Runtime
 from worker.engine import EngineHost, EngineOptions
@@ -21,15 +23,21 @@ EXIT_ENGINE_DEAD = 70
 
 
 def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str = "INFO",
-          name: str | None = None) -> int:
-    """Runs until SIGTERM/SIGINT; returns the process exit code."""
-    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+          name: str | None = None, metrics_port: int = 0, quiet: bool = False) -> int:
+    """Runs until SIGTERM/SIGINT; returns the process exit code. Logging is set up by the
+    caller (worker.logs, before vLLM is imported), else here as plain text; `quiet` drops
+    Celery's start-up banner (not a log record) from stdout."""
+    if not logging.getLogger().handlers:
+        logs.configure("text", loglevel)
+    setup_logging.connect(_keep_logging)
     db.check_reachable(settings.database_url)
     model_path = models.resolve(settings.model, settings.model_dir)
     owner = f"{name or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     log.info("loading %s (%s) for %s, database %s", settings.model, model_path, owner,
              redact(settings.database_url))
     host = EngineHost(model_path, options)
+    if metrics_port:
+        metrics.start(metrics_port, settings.broker_url, settings.model, host)
     heartbeat = leases.Heartbeat(settings.database_url, owner, settings.lease_seconds)
     tasks.runtime = Runtime(host, settings.database_url, owner, settings.lease_seconds, heartbeat)
     celery_app.conf.update(broker_settings(settings.broker_url))
@@ -41,6 +49,7 @@ def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str 
     argv = ["worker", "--pool=threads", f"--concurrency={slots}", "-Q",
             queue_for(settings.model), "-n", f"{owner.replace(':', '-')}@%h",
             f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]
+    argv += ["--quiet"] if quiet else []
     try:
         celery_app.worker_main(argv)
     except SystemExit:
@@ -51,6 +60,10 @@ def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str 
         alive = host.alive
         host.stop()
     return 0 if alive else EXIT_ENGINE_DEAD
+
+
+def _keep_logging(**_: object) -> None:
+    """Celery leaves logging alone when a receiver handles its setup_logging signal."""
 
 
 def _reconcile_every(settings: Settings, stop: threading.Event) -> None:

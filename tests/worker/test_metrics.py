@@ -1,0 +1,106 @@
+"""Worker metrics: counters after a chunk's outcomes, gauges read at scrape time, all
+served over HTTP in Prometheus's text format."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from conftest import Stack
+from prometheus_client.parser import text_string_to_metric_families
+
+from producer import broker
+from schemas.spec import JobSpec
+from worker import metrics
+
+MODEL = JobSpec().model
+
+
+@dataclass
+class Outcome:
+    status: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 1
+    checks: list[dict[str, Any]] | None = field(default=None)
+
+
+class Host:
+    """An engine host's load as the real one reports it: in the engine, not yet handed
+    over, max_num_seqs."""
+
+    def load(self) -> tuple[int, int, int]:
+        return 10, 3, 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def scrape(stack: Stack) -> Iterator[Any]:
+    port = _free_port()
+    server = metrics.start(port, stack.broker_url, MODEL, Host(), addr="127.0.0.1")
+
+    def read() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    yield read
+    server.shutdown()
+    metrics.LIVE.bind("", "", None)
+
+
+def test_observed_outcomes_are_counted_by_status_tokens_attempts_and_failed_check(
+        scrape: Any) -> None:
+    before = scrape()
+    metrics.observe([
+        Outcome("succeeded", 10, 20, attempts=1,
+                checks=[{"name": "nonempty", "passed": True, "score": None, "reason": ""}]),
+        Outcome("succeeded", 12, 30, attempts=3,
+                checks=[{"name": "no_repetition", "passed": False, "score": 0.4,
+                         "reason": "repeats"},
+                        {"name": "nonempty", "passed": True, "score": None, "reason": ""}]),
+        Outcome("failed", 7, 0, attempts=1, checks=None),
+    ])
+    after = scrape()
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("nightshift_items_total", status="succeeded") == 2
+    assert grew("nightshift_items_total", status="failed") == 1
+    assert grew("nightshift_prompt_tokens_total") == 29
+    assert grew("nightshift_generated_tokens_total") == 50
+    assert grew("nightshift_attempts_total") == 5
+    assert grew("nightshift_check_failures_total", check="no_repetition") == 1
+    assert grew("nightshift_check_failures_total", check="nonempty") == 0
+
+
+def test_gauges_show_the_queue_in_redis_and_the_engine_load_at_scrape_time(
+        scrape: Any, stack: Stack) -> None:
+    queue = ("queue", f"nightshift.{MODEL}")
+    assert scrape()[("nightshift_queue_depth", (queue,))] == 0
+    broker.enqueue(stack.broker_url, MODEL, "job", range(3), priority=9)
+    broker.enqueue(stack.broker_url, MODEL, "job", range(3, 5), priority=0)
+
+    shown = scrape()
+
+    assert shown[("nightshift_queue_depth", (queue,))] == 5
+    assert shown[("nightshift_engine_running_requests", ())] == 8
+    assert shown[("nightshift_engine_waiting_requests", ())] == 2 + 3
+    assert shown[("nightshift_engine_utilisation", ())] == 1.0
+
+
+def test_a_malformed_outcome_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    metrics.observe([object()])
+    assert "could not count" in caplog.text

@@ -1,0 +1,108 @@
+"""Prometheus metrics of one worker: what it finished, and how busy it and its queue are.
+
+Counters move when a chunk's outcomes have been written (`observe`); gauges are read
+when Prometheus scrapes (the queue's length in Redis, the engine host's load), so an
+idle worker costs nothing. `nightshift worker --metrics-port PORT` serves them at
+http://HOST:PORT/metrics. Metrics never fail a chunk: a metrics error is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, ProcessCollector, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+
+ITEMS = Counter("nightshift_items", "Items given their final result, by status.",
+                ["status"], registry=REGISTRY)
+PROMPT_TOKENS = Counter("nightshift_prompt_tokens", "Prompt tokens of the items' results.",
+                        registry=REGISTRY)
+GENERATED_TOKENS = Counter("nightshift_generated_tokens",
+                           "Completion tokens of the items' results.", registry=REGISTRY)
+ATTEMPTS = Counter("nightshift_attempts",
+                   "Answers asked of the engine: one per item, plus each quality retry.",
+                   registry=REGISTRY)
+CHECK_FAILURES = Counter("nightshift_check_failures",
+                         "Failed quality checks of the items' kept answers, by check.",
+                         ["check"], registry=REGISTRY)
+
+
+def observe(outcomes: Iterable[Any]) -> None:
+    """Count a chunk's written outcomes (anything with status, prompt_tokens,
+    completion_tokens, attempts and checks)."""
+    try:
+        for o in outcomes:
+            ITEMS.labels(o.status).inc()
+            PROMPT_TOKENS.inc(o.prompt_tokens or 0)
+            GENERATED_TOKENS.inc(o.completion_tokens or 0)
+            ATTEMPTS.inc(getattr(o, "attempts", 1) or 1)
+            for check in getattr(o, "checks", None) or []:
+                if check.get("passed") is False:
+                    CHECK_FAILURES.labels(check.get("name", "?")).inc()
+    except Exception:
+        log.exception("metrics: could not count a chunk's outcomes")
+
+
+class Live(Collector):
+    """The gauges, measured at scrape time from what the worker is bound to."""
+
+    def __init__(self) -> None:
+        self.broker_url: str | None = None
+        self.model: str | None = None
+        self.host: Any = None
+
+    def bind(self, broker_url: str, model: str, host: Any) -> None:
+        self.broker_url, self.model, self.host = broker_url, model, host
+
+    def collect(self) -> Iterator[Metric]:
+        if self.broker_url and self.model:
+            yield from _queue(self.broker_url, self.model)
+        if self.host is not None:
+            yield from self._engine()
+
+    def _engine(self) -> Iterator[Metric]:
+        inside, waiting, seqs = self.host.load()
+        running = min(inside, seqs)
+        yield GaugeMetricFamily("nightshift_engine_running_requests",
+                                "Requests the engine is decoding (at most max_num_seqs).",
+                                value=running)
+        yield GaugeMetricFamily("nightshift_engine_waiting_requests",
+                                "Requests waiting for a place in the engine's batch.",
+                                value=inside - running + waiting)
+        yield GaugeMetricFamily("nightshift_engine_utilisation",
+                                "Running requests over max_num_seqs (1: the batch is full).",
+                                value=running / seqs if seqs else 0.0)
+
+
+def _queue(broker_url: str, model: str) -> Iterator[Metric]:
+    from producer.reconcile import queue_depth
+    from worker.app import queue_for
+
+    gauge = GaugeMetricFamily("nightshift_queue_depth", "Chunk messages waiting on this "
+                              "worker's queue (all priorities).", labels=["queue"])
+    try:
+        gauge.add_metric([queue_for(model)], queue_depth(broker_url, model))
+    except Exception as exc:
+        log.warning("metrics: queue depth unavailable: %s", exc)
+        return
+    yield gauge
+
+
+LIVE = Live()
+REGISTRY.register(LIVE)
+
+
+def start(port: int, broker_url: str, model: str, host: Any, addr: str = "0.0.0.0") -> Any:
+    """Serve /metrics on `port` from a daemon thread; returns the HTTP server."""
+    LIVE.bind(broker_url, model, host)
+    server, _thread = start_http_server(port, addr=addr, registry=REGISTRY)
+    log.info("metrics on http://%s:%d/metrics", addr, port)
+    return server
