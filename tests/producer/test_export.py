@@ -242,3 +242,22 @@ def test_a_batch_input_file_round_trips_to_openai_output_by_custom_id(
     got = {x["custom_id"]: x["response"]["body"]["object"] for x in read_jsonl(out)}
     assert got == {"chat-1": "chat.completion", "text-1": "text_completion"}
     assert (tmp_path / "batch_output.errors.jsonl").read_text() == ""
+
+
+def test_lines_parse_with_openais_own_sdk_types(stack: Stack, tmp_path: Path) -> None:
+    """The bodies validate as the `openai` package's ChatCompletion, Completion and
+    ErrorObject (it comes with vLLM), so code typed against the SDK reads them."""
+    from openai.types import Completion
+    from openai.types.chat import ChatCompletion
+    from openai.types.shared import ErrorObject
+
+    job = make_job(stack.db_url, [
+        ("c", CHAT, {"output": "Hi", "finish_reason": "stop"}),
+        ("t", TEXT, {"output": " upon", "finish_reason": "length"}),
+        ("x", CHAT, {"status": "failed", "error": "poison item"})])
+    run("results", job, "--format", "openai", "-o", str(tmp_path / "o.jsonl"))
+    chat, text = (x["response"]["body"] for x in read_jsonl(tmp_path / "o.jsonl"))
+    assert ChatCompletion.model_validate(chat).choices[0].message.content == "Hi"
+    assert Completion.model_validate(text).choices[0].text == " upon"
+    [error] = read_jsonl(tmp_path / "o.errors.jsonl")
+    assert ErrorObject.model_validate(error["response"]["body"]["error"]).type == "server_error"
