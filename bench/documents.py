@@ -1,7 +1,8 @@
 """Document extraction speed: how long `submit DIR` spends turning files into text, per kind.
 
 Writes a folder of generated PDFs, DOCX, HTML and Markdown files, then reads it the way
-submit does (extraction, hash, template). Prints one JSON line per kind.
+submit does (extraction, hash, template), on one CPU and on all of them (Linux). Prints
+one JSON line per kind and process count; `os.getloadavg()` says how busy the machine was.
 
     python -m bench.documents --files 50 --pages 20
 """
@@ -9,7 +10,9 @@ submit does (extraction, hash, template). Prints one JSON line per kind.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -50,18 +53,23 @@ def main() -> None:
     args = parser.parse_args()
     from producer.readers import Row, read
 
+    print(json.dumps({"load_average_1m": os.getloadavg()[0], "cpus": os.cpu_count()}))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_folder(root, args.files, args.pages)
-        for kind in ("pdf", "docx", "html", "md"):
+        cpus = os.sched_getaffinity(0)
+        for kind, processes in itertools.product(("pdf", "docx", "html", "md"),
+                                                 sorted({1, len(cpus)})):
+            os.sched_setaffinity(0, sorted(cpus)[:processes])  # 1: parsed in this process
             size = sum(p.stat().st_size for p in (root / kind).iterdir())
             start = time.perf_counter()
             rows = [r for r in read(root / kind, "documents", "Summarize: {{ text }}")
                     if isinstance(r, Row)]
             seconds = time.perf_counter() - start
+            os.sched_setaffinity(0, cpus)
             chars = sum(len(r.payload["text"]) for r in rows)
-            print(json.dumps({"kind": kind, "files": len(rows), "pages_each": args.pages,
-                              "seconds": round(seconds, 2),
+            print(json.dumps({"kind": kind, "processes": processes, "files": len(rows),
+                              "pages_each": args.pages, "seconds": round(seconds, 2),
                               "files_per_s": round(len(rows) / seconds, 1),
                               "pages_per_s": round(len(rows) * args.pages / seconds, 1),
                               "file_mb_per_s": round(size / seconds / 1e6, 2),

@@ -74,32 +74,35 @@ def extract_each(items: Iterable[tuple[T, Path | None]]
                  ) -> Iterator[tuple[T, Document | UnreadableDocument | None]]:
     """Each item's document (or why not; None where there is no path), in input order.
 
-    Parsing is pure Python (pypdf reads ~75 pages/s on one core here), so on Linux files
-    are parsed in one forked process per CPU, a bounded window ahead of the reader: a
-    folder of 10,000 PDFs takes the machine's cores, not one, and memory stays flat.
+    Parsing is pure Python (pypdf reads ~75 pages/s on one core here), so on Linux PDF,
+    DOCX and HTML files are parsed in one forked process per CPU, a bounded window ahead
+    of the reader: a folder of 10,000 PDFs takes the machine's cores, not one, and memory
+    stays flat. Text and Markdown are read here (a process costs more than they do).
     """
     processes = len(os.sched_getaffinity(0)) if sys.platform == "linux" else 1
-    if processes < 2:
-        yield from ((tag, None if path is None else _outcome(path)) for tag, path in items)
-        return
-    # fork: no re-import of the caller's __main__ (forkserver and spawn need a guard in it).
-    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"))
+    pool: ProcessPoolExecutor | None = None
     window: deque[tuple[T, Path | None, Future[Document | UnreadableDocument] | None]] = deque()
     try:
         for tag, path in items:
-            window.append((tag, path, _submit(pool, path)))
+            future = None
+            if processes > 1 and path is not None and path.suffix.lower() in PARSED:
+                # fork: no re-import of the caller's __main__ (spawn and forkserver need it
+                # guarded); started on the first file worth a process, so text never pays.
+                pool = pool or ProcessPoolExecutor(processes, multiprocessing.get_context("fork"))
+                future = _submit(pool, path)
+            window.append((tag, path, future))
             if len(window) >= processes * AHEAD_PER_PROCESS:
                 yield _done(*window.popleft())
         while window:
             yield _done(*window.popleft())
     finally:
-        pool.shutdown(cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
 
 
-def _submit(pool: ProcessPoolExecutor, path: Path | None
-            ) -> Future[Document | UnreadableDocument] | None:
+def _submit(pool: ProcessPoolExecutor, path: Path) -> Future[Document | UnreadableDocument] | None:
     try:
-        return pool.submit(_outcome, path) if path is not None else None
+        return pool.submit(_outcome, path)
     except BrokenProcessPool:
         return None
 
@@ -237,3 +240,4 @@ READERS: dict[str, Callable[[Path], tuple[str, int | None]]] = {
     ".pdf": _pdf, ".docx": _docx, ".html": _html, ".htm": _html, ".xhtml": _html,
     ".md": _text, ".markdown": _text, ".txt": _text,
 }
+PARSED = frozenset(suffix for suffix, reader in READERS.items() if reader is not _text)
