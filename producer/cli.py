@@ -87,6 +87,11 @@ def cli() -> None:
 @click.option("--seed", type=int)
 @click.option("-n", "samples", type=int, help="Samples per item.")
 @click.option("--chunk-size", type=int, help="Items per broker message [default: 64].")
+@click.option("--check", "checks", multiple=True, metavar="NAME[:key=value,...]",
+              help="A quality check every answer must pass (repeat). See `nightshift checks`.")
+@click.option("--max-attempts", type=click.IntRange(1, 10),
+              help="Answers per item at most, retries included [default: 3].")
+@click.option("--ladder", help="Retry steps in order, e.g. resample,feedback,constrain.")
 @click.option("--skip-invalid", is_flag=True, help="Leave invalid rows out instead of failing.")
 @click.option("--start-at", help="Hold the job until then: HH:MM (local; today, or tomorrow "
               "if past) or an ISO 8601 datetime.")
@@ -103,7 +108,8 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
            json_schema_file: Path | None, spec_file: Path | None, fmt: str,
            temperature: float | None, top_p: float | None,
            max_tokens: int | None, seed: int | None, samples: int | None,
-           chunk_size: int | None, skip_invalid: bool, start_at: str | None,
+           chunk_size: int | None, checks: tuple[str, ...], max_attempts: int | None,
+           ladder: str | None, skip_invalid: bool, start_at: str | None,
            deadline: str | None, priority: int, dry_run: bool, as_json: bool,
            broker_url: str | None, database_url: str | None) -> None:
     """Create a job from INPUT and enqueue it; prints the job id.
@@ -119,6 +125,10 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
       nightshift submit files.jsonl --format paths    # {"path": ...} or {"id", "path"} rows
       nightshift submit prompts.jsonl --start-at 22:00 --deadline 07:00 --priority 5
       nightshift submit prompts.jsonl --dry-run          # rows, tokens, ETA; nothing written
+      nightshift submit prompts.jsonl --check not_truncated --check no_repetition \\
+          --check relevance --check judge:min=3 --max-attempts 3
+      nightshift submit reviews.csv --kind classify --label pos --label neg \\
+          --check confidence:min=0.6
     """
     from producer import schedule as schedules
     from producer.submit import submit as do_submit
@@ -129,7 +139,9 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
     json_schema = _read_json(json_schema_file) if json_schema_file else None
     spec = build_spec(spec_file, model=settings.model, kind=kind, labels=list(labels) or None,
                       system=system, template=template, chunk_size=chunk_size,
-                      json_schema=json_schema,
+                      json_schema=json_schema, checks=list(checks) or None,
+                      max_attempts=max_attempts,
+                      ladder=ladder.split(",") if ladder else None,
                       sampling={"temperature": temperature, "top_p": top_p,
                                 "max_tokens": max_tokens, "seed": seed, "n": samples})
     schedule = schedules.parse(start_at, deadline, priority)
@@ -431,6 +443,53 @@ def worker(model: str | None, slots: int, lease_seconds: float | None, name: str
         raise ConfigError(f"engine option {reason(exc)}") from None
     sys.exit(serve(settings, options, slots, loglevel.upper(), name, metrics_port,
                    quiet=log_format == "json"))
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path),
+              help="Also write a self-contained HTML page with plots.")
+@connection_options
+def report(job_id: str, as_json: bool, html_path: Path | None, broker_url: str | None,
+           database_url: str | None) -> None:
+    """How JOB measured against its quality bar: pass rates first try and after retries,
+    attempts, failures by check and reason, judge scores, confidence, reference metrics.
+
+    \b
+    Examples:
+      nightshift report JOB
+      nightshift report JOB --json | jq .final_pass_rate
+      nightshift report JOB --html report.html
+    """
+    from quality import html
+    from quality import report as reports
+
+    settings = settings_from(database_url=database_url)
+    db.check_reachable(settings.database_url)
+    shown = reports.build(settings.database_url, job_id)
+    if html_path is not None:
+        html_path.write_text(html.render(shown), encoding="utf-8")
+        click.echo(f"report written to {html_path}", err=True)
+    click.echo(json.dumps(shown) if as_json else reports.text(shown))
+
+
+@cli.command(name="checks")
+def list_checks() -> None:
+    """The quality checks `--check` accepts, with their parameters and defaults.
+
+    \b
+    Examples:
+      nightshift checks
+      nightshift submit in.jsonl --check length:max=120,unit=words --check no_refusal
+    """
+    from quality.checks import CHECKS
+
+    for name, check in CHECKS.items():
+        params = ", ".join(f"{k}={f.get_default(call_default_factory=True)!r}"
+                           if not f.is_required() else f"{k}=..."
+                           for k, f in check.params.model_fields.items())
+        click.echo(f"{name:14} {'/'.join(check.kinds):17} {params}".rstrip())
 
 
 @cli.command(name="demo-model")

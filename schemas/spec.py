@@ -9,6 +9,7 @@ from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from quality import checks as quality_checks
 from schemas.render import compile_template
 from schemas.settings import DEMO_MODEL
 
@@ -44,6 +45,24 @@ class Example(BaseModel):
     output: str
 
 
+class CheckSpec(BaseModel):
+    """One check of the job's quality bar; written `NAME[:key=value,...]` or as an object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    params: dict[str, Any] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: object) -> object:
+        return quality_checks.parse(value) if isinstance(value, str) else value
+
+
+# What a failed attempt is retried with, in order (see quality.ladder).
+Step = Literal["resample", "feedback", "constrain"]
+
+
 class JobSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,6 +75,11 @@ class JobSpec(BaseModel):
     # Generation constrained to JSON that this schema accepts (extraction jobs).
     json_schema: dict[str, Any] | None = None
     sampling: Sampling = Sampling()
+    # The quality bar: every answer is checked; one that falls short is asked again, up to
+    # `max_attempts` answers in all, each retry one step further along `ladder`.
+    checks: list[CheckSpec] = []
+    max_attempts: int = Field(3, ge=1, le=10)
+    ladder: list[Step] = Field(["resample", "feedback", "constrain"], min_length=1)
     # Items per broker message: large enough to amortize a lease, small enough to rebalance.
     chunk_size: int = Field(64, ge=1, le=10_000)
 
@@ -93,3 +117,18 @@ class JobSpec(BaseModel):
         if self.kind == "classify" and len(self.labels) < 2:
             raise ValueError("a classify job needs at least two --label values")
         return self
+
+    @model_validator(mode="after")
+    def _checks_apply(self) -> JobSpec:
+        for check in self.checks:
+            check.params = quality_checks.validate(check.name, check.params, self.kind)
+            if check.name == "json_schema" and self.json_schema is None:
+                raise ValueError("check json_schema needs the job's --json-schema")
+        return self
+
+    def check_list(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(c.name, c.params) for c in self.checks]
+
+    def check(self, name: str) -> dict[str, Any] | None:
+        """The parameters of check `name`, if the job declares it."""
+        return next((c.params for c in self.checks if c.name == name), None)

@@ -69,6 +69,14 @@ class Stack:
         raise AssertionError(f"job {job_id} did not finish in {timeout}s: {status}")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/e2e starts `nightshift worker` processes: `-m "not engine"`
+    leaves them out for a fast run."""
+    for item in items:
+        if "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.engine)
+
+
 def _flush(broker_url: str) -> None:
     redis.Redis.from_url(broker_url).flushdb()
 

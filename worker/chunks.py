@@ -11,19 +11,21 @@ deploy, an OOM kill, a lost machine; its chunk simply runs again as a batch.)
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from schemas.db import session, upsert
+from schemas.db import session, update_rows, upsert, upsert_rows
 from schemas.spec import JobSpec
-from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobState, Result, utcnow
-from worker import leases
+from quality.semantic import Embedder
+from schemas.tables import (Attempt, Chunk, ChunkStatus, Item, ItemStatus, Job, JobState, Result,
+                            utcnow)
+from worker import leases, metrics
+from worker.attempts import Outcome
 from worker.engine import EngineHost
-from worker.generate import Outcome, run_items
+from worker.generate import run_items
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,8 @@ class Runtime:
     owner: str
     lease_seconds: float
     heartbeat: leases.Heartbeat
+    # The relevance check's embedding model, loaded on first use.
+    embedder: Embedder = field(default_factory=Embedder)
 
 
 def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
@@ -57,7 +61,8 @@ def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
             return "cancelled"
         tag = f"{job_id}:{seq}"
         if deliveries < ISOLATE_FROM_DELIVERY:
-            outcomes = run_items(rt.host, spec, [(s, k, p) for s, k, p, _ in items], tag)
+            outcomes = run_items(rt.host, spec, [(s, k, p) for s, k, p, _ in items], tag,
+                                 rt.embedder)
             write(rt.db_url, job_id, seq, rt.owner, outcomes)
             return "done"
         for item_seq, key, payload, tries in items:
@@ -66,7 +71,8 @@ def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
                     f"poison item: a worker died while running it {tries} times"))
             else:
                 _count_try(rt.db_url, job_id, item_seq)
-                outcome = run_items(rt.host, spec, [(item_seq, key, payload)], tag)[0]
+                outcome = run_items(rt.host, spec, [(item_seq, key, payload)], tag,
+                                    rt.embedder)[0]
             write(rt.db_url, job_id, seq, rt.owner, [outcome], last=False)
         write(rt.db_url, job_id, seq, rt.owner, [])
         return "isolated"
@@ -112,21 +118,19 @@ def write(db_url: str, job_id: str, seq: int, owner: str, outcomes: list[Outcome
                        .values(status=ChunkStatus.DONE, lease_owner=None,
                                lease_expires_at=None))
             _maybe_complete(db, job_id)
+    metrics.observe(outcomes)  # once written: every path (batch, isolated, poison) ends here
 
 
 def _record(db: Session, job_id: str, owner: str, outcomes: list[Outcome]) -> None:
     dialect = db.get_bind().dialect.name
-    db.execute(upsert(Result.__table__, dialect, ["job_id", "item_seq"]),
-               [o.row(job_id, owner) for o in outcomes])
-    by_status: dict[str, list[int]] = defaultdict(list)
-    for o in outcomes:
-        by_status[o.status].append(o.item_seq)
-    items = cast(Table, Item.__table__)
-    stmt = (items.update()
-            .where(items.c.job_id == bindparam("j"), items.c.seq == bindparam("s"))
-            .values(status=bindparam("st")))
-    db.execute(stmt, [{"j": job_id, "s": s, "st": st}
-                      for st, seqs in by_status.items() for s in seqs])
+    # Bulk statements (unnest on PostgreSQL), not row by row: see schemas.db.upsert_rows.
+    upsert_rows(db.connection(), Result.__table__, ["job_id", "item_seq"],
+                [o.row(job_id, owner) for o in outcomes])
+    ledger = [t.ledger_row(job_id, o.item_seq, owner) for o in outcomes for t in o.tries]
+    if ledger:
+        db.execute(upsert(Attempt.__table__, dialect, ["job_id", "item_seq", "attempt"]), ledger)
+    update_rows(db.connection(), Item.__table__, ["job_id", "seq"],
+                [{"job_id": job_id, "seq": o.item_seq, "status": o.status} for o in outcomes])
 
 
 def _finish_cancelled(db_url: str, job_id: str, seq: int) -> None:

@@ -1,116 +1,272 @@
-"""Turn a chunk's items into outcomes on the engine host: one bad item fails alone."""
+"""Turn a chunk's items into outcomes on the engine host, checking every answer.
+
+Every item's first request goes in at once (the engine batches them with other chunks'
+items). As each answer comes back it is checked; one that falls short is asked again at
+once, one step further along the ladder, so a retry joins the running batch and never
+holds up the chunk's other items. A bad item fails alone. An engine that dies raises out
+of here: the chunk is handed back and runs again elsewhere, and those lost answers are
+not attempts (infrastructure retries never spend the quality budget).
+"""
 
 from __future__ import annotations
 
 import uuid
-from concurrent.futures import Future, as_completed
-from dataclasses import dataclass, field
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
 from typing import Any
 
-from schemas.spec import JobSpec, Sampling
+from quality import checks, ladder, semantic
+from quality.checks import Answer, Verdict
+from quality.ladder import Plan
+from schemas.spec import JobSpec
 from schemas.tables import ItemStatus
+from worker.attempts import ItemRun, Outcome, Try
 from worker.engine import EngineHost
 from worker.labels import label_probabilities
-from worker.prompts import Prompt, PromptTooLong, build, item_seed, sampling_for
+from worker.prompts import (
+    Prompt,
+    PromptTooLong,
+    build,
+    chat,
+    item_seed,
+    messages_for,
+    question,
+    sampling_for,
+)
 
 LABEL_LOGPROBS = 20
+# Sampling fields an attempt may carry into vLLM's SamplingParams.
+GENERATE_FIELDS = ("temperature", "top_p", "max_tokens", "seed", "n", "stop",
+                   "presence_penalty", "frequency_penalty", "repetition_penalty")
 
 
 @dataclass
-class Outcome:
-    """What becomes one row of `results`."""
+class Chunk:
+    """What every item of one run shares."""
 
-    item_seq: int
-    status: str
-    output: str | None = None
-    label: str | None = None
-    probabilities: dict[str, float] | None = None
-    samples: list[str] | None = None
-    error: str | None = None
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    prompt: str | None = None
-    sampling: dict[str, Any] = field(default_factory=dict)
+    host: EngineHost
+    spec: JobSpec
+    tag: str
+    embedder: semantic.Embedder
+    label_tokens: int
 
-    def row(self, job_id: str, worker: str) -> dict[str, Any]:
-        return {"job_id": job_id, "worker": worker, "attempts": 1, **self.__dict__}
-
-
-def sampling_params(spec: JobSpec, chosen: Sampling, key: str, prompt: Prompt,
-                    label_tokens: int) -> tuple[Any, dict[str, Any]]:
-    """vLLM parameters for one item, and what of them the result records."""
-    from vllm import SamplingParams
-    from vllm.sampling_params import StructuredOutputsParams
-
-    seed = item_seed(chosen.seed, key)
-    if spec.kind == "classify":
-        # Greedy over the constrained label set; the probabilities come from the first step.
-        kwargs: dict[str, Any] = dict(
-            temperature=0.0, max_tokens=label_tokens + 2, seed=seed, logprobs=LABEL_LOGPROBS,
-            structured_outputs=StructuredOutputsParams(choice=spec.labels))
-        recorded = {"temperature": 0.0, "seed": seed, "labels": spec.labels}
-    else:
-        kwargs = dict(temperature=chosen.temperature, top_p=chosen.top_p,
-                      max_tokens=min(chosen.max_tokens, prompt.max_tokens), seed=seed,
-                      n=chosen.n, stop=chosen.stop, presence_penalty=chosen.presence_penalty,
-                      frequency_penalty=chosen.frequency_penalty)
-        recorded = {k: v for k, v in kwargs.items() if v is not None}
-        if spec.json_schema is not None:
-            kwargs["structured_outputs"] = StructuredOutputsParams(json=spec.json_schema)
-            recorded["json_schema"] = True
-    return SamplingParams(**kwargs), recorded
+    @property
+    def budget(self) -> int:
+        """Answers per item: the first, and retries only when the job states a bar."""
+        return self.spec.max_attempts if self.spec.checks else 1
 
 
 def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[str, Any]]],
-              tag: str) -> list[Outcome]:
-    """Submit every item at once (the engine batches them with other chunks' items)."""
-    outcomes: list[Outcome] = []
-    waiting: dict[Future[Any], Outcome] = {}
+              tag: str, embedder: semantic.Embedder | None = None) -> list[Outcome]:
     label_tokens = max((len(host.tokenizer.encode(label, add_special_tokens=False))
                         for label in spec.labels), default=0)
+    chunk = Chunk(host, spec, tag, embedder or semantic.Embedder(), label_tokens)
+    outcomes: list[Outcome] = []
+    waiting: dict[Future[Any], tuple[ItemRun, str]] = {}
     for seq, key, payload in items:
         try:
             chosen = sampling_for(spec, payload)
             prompt = build(host.tokenizer, spec, payload, host.max_model_len, chosen.max_tokens)
-            params, recorded = sampling_params(spec, chosen, key, prompt, label_tokens)
+            run = ItemRun(seq, key, payload, chosen, prompt)
+            waiting[_ask(chunk, run, None)] = (run, "answer")
         except (PromptTooLong, KeyError, ValueError, TypeError) as exc:
             outcomes.append(Outcome(seq, ItemStatus.FAILED, error=_reason(exc)))
-            continue
-        request_id = f"{tag}:{seq}:{uuid.uuid4().hex[:8]}"
-        future = host.submit(request_id, prompt.token_ids, params)
-        waiting[future] = Outcome(seq, ItemStatus.RUNNING, prompt=prompt.text,
-                                  prompt_tokens=len(prompt.token_ids), sampling=recorded)
-    for future in as_completed(waiting):
-        outcome = waiting[future]
-        refused = future.exception()
-        if refused is not None:
-            if not isinstance(refused, (ValueError, TypeError)):
-                raise refused
-            outcome.status, outcome.error = ItemStatus.FAILED, f"engine refused: {refused}"
-        else:
-            _fill(outcome, future.result(), spec, host)
-        outcomes.append(outcome)
+    while waiting:
+        done, _ = wait(waiting, return_when=FIRST_COMPLETED)
+        for future in done:
+            run, purpose = waiting.pop(future)
+            refused = future.exception()
+            if refused is not None:
+                if not isinstance(refused, (ValueError, TypeError)):
+                    raise refused
+                outcomes.append(Outcome(run.seq, ItemStatus.FAILED,
+                                        error=f"engine refused: {refused}", tries=run.tries))
+                continue
+            follow = _advance(chunk, run, purpose, future.result())
+            if follow is None:
+                outcomes.append(run.outcome(spec))
+            else:
+                waiting[follow[0]] = (run, follow[1])
     return sorted(outcomes, key=lambda o: o.item_seq)
 
 
-def _fill(outcome: Outcome, result: Any, spec: JobSpec, host: EngineHost) -> None:
-    first = result.outputs[0]
-    outcome.output = first.text
-    outcome.finish_reason = first.finish_reason
-    outcome.completion_tokens = sum(len(o.token_ids) for o in result.outputs)
-    outcome.status = ItemStatus.SUCCEEDED
-    if len(result.outputs) > 1:
-        outcome.samples = [o.text for o in result.outputs]
+def _advance(chunk: Chunk, run: ItemRun, purpose: str, result: Any
+             ) -> tuple[Future[Any], str] | None:
+    """The item's next request after `result`, or None when it is decided."""
+    spec = chunk.spec
+    if purpose == "judge":
+        run.judge_tokens += len(result.outputs[0].token_ids)
+        criteria = semantic.judge_criteria(spec.check("judge") or {}, len(run.last.samples or []))
+        run.last.verdicts.append(semantic.judge_verdict(
+            result.outputs[0].text, criteria, spec.check("judge") or {}))
+        return _retry_or_stop(chunk, run)
+    attempt = run.last
+    _fill(chunk, run, result)
+    answer = Answer(attempt.output, attempt.finish_reason, attempt.completion_tokens,
+                    attempt.samples or [], question(run.payload), attempt.label,
+                    attempt.probabilities, spec.labels,
+                    run.payload.get("json_schema") or spec.json_schema)
+    implicit: list[tuple[str, dict[str, Any]]] = [("label", {})] if spec.kind == "classify" and not spec.check("label") else []
+    attempt.verdicts = checks.run(implicit + spec.check_list(), answer)
+    if attempt.failed:
+        return _retry_or_stop(chunk, run)
+    relevance = spec.check("relevance")
+    if relevance is not None:
+        attempt.verdicts.append(semantic.relevance(chunk.embedder, answer.question,
+                                                   attempt.output, relevance))
+        if attempt.failed:
+            return _retry_or_stop(chunk, run)
+    if spec.check("judge") is not None:
+        judged = _ask_judge(chunk, run)
+        if judged is not None:
+            return judged, "judge"
+    return _retry_or_stop(chunk, run)
+
+
+def _retry_or_stop(chunk: Chunk, run: ItemRun) -> tuple[Future[Any], str] | None:
+    last = run.last
+    if not last.failed or len(run.tries) >= chunk.budget:
+        return None
+    room = chunk.host.max_model_len - len(run.prompt.token_ids)
+    plan = ladder.next_attempt(chunk.spec, last.attempt, last.failed, last.sampling, room)
+    last.next_reason = plan.reason
+    return _ask(chunk, run, plan), "answer"
+
+
+def _ask(chunk: Chunk, run: ItemRun, plan: Plan | None) -> Future[Any]:
+    """Submit the item's next attempt: the first when `plan` is None."""
+    number = len(run.tries) + 1
+    prompt = run.prompt
+    if plan is not None and (plan.feedback or plan.instruction):
+        prompt = _reworded(chunk, run, plan) or prompt
+    sampling = _sampling(chunk, run, plan, number, prompt)
+    # An OpenAI row's response_format is its own JSON Schema (schemas.rows), else the job's.
+    params, recorded = _params(chunk, sampling, plan, run.payload.get("json_schema"))
+    run.tries.append(Try(number, plan.step if plan else "first", prompt.text, recorded,
+                         len(prompt.token_ids)))
+    request_id = f"{chunk.tag}:{run.seq}:{number}:{uuid.uuid4().hex[:8]}"
+    return chunk.host.submit(request_id, prompt.token_ids, params)
+
+
+def _sampling(chunk: Chunk, run: ItemRun, plan: Plan | None, number: int, prompt: Prompt
+              ) -> dict[str, Any]:
+    """The attempt's sampling: the item's own for the first, then the last one's as the
+    plan changes it, always with the attempt's own seed (reproducible run to run)."""
+    if plan is None:
+        sampling = run.chosen.model_dump(exclude_none=True)
+    else:
+        sampling = {k: v for k, v in run.last.sampling.items() if k in GENERATE_FIELDS}
+        sampling["n"] = run.chosen.n
+        sampling.update(plan.sampling)
+        if plan.step == "replace_duplicates":
+            limit = (chunk.spec.check("distinct") or {}).get("max_similarity", 0.9)
+            sampling["n"] = max(len(checks.duplicates(run.last.samples or [], limit)), 1)
+    sampling["seed"] = item_seed(run.chosen.seed, run.key, number - 1)
+    room = chunk.host.max_model_len - len(prompt.token_ids)
+    sampling["max_tokens"] = max(1, min(int(sampling["max_tokens"]), room))
+    return sampling
+
+
+def _params(chunk: Chunk, sampling: dict[str, Any], plan: Plan | None,
+            item_schema: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """vLLM parameters for one attempt, and what of them the ledger records."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    spec = chunk.spec
     if spec.kind == "classify":
-        label = first.text.strip()
-        outcome.label = label if label in spec.labels else None
-        step = first.logprobs[0] if first.logprobs else {}
-        outcome.probabilities = label_probabilities(
-            step, spec.labels, lambda t: host.tokenizer.decode([t]), chosen=label)
-        if outcome.label is None:
-            outcome.status = ItemStatus.FAILED
-            outcome.error = f"the model's answer {first.text!r} is not one of the labels"
+        # Greedy over the constrained label set, its probabilities from the first step; a
+        # self-consistency attempt samples k labels instead.
+        n = int(sampling.get("n", 1)) if plan is not None else 1
+        temperature = float(sampling.get("temperature", 0.7)) if n > 1 else 0.0
+        recorded: dict[str, Any] = {"temperature": temperature, "seed": sampling["seed"],
+                                    "n": n, "labels": spec.labels}
+        return SamplingParams(
+            temperature=temperature, n=n, max_tokens=chunk.label_tokens + 2,
+            seed=sampling["seed"], logprobs=LABEL_LOGPROBS,
+            structured_outputs=StructuredOutputsParams(choice=spec.labels)), recorded
+    kwargs = {k: v for k, v in sampling.items() if k in GENERATE_FIELDS and v is not None}
+    recorded = dict(kwargs)
+    constrain = plan.constrain if plan is not None else None
+    schema = item_schema or spec.json_schema
+    if constrain is None and schema is not None:
+        constrain = {"json": schema}
+    if constrain is not None:
+        kwargs["structured_outputs"] = StructuredOutputsParams(**constrain)
+        recorded["constrained"] = next(iter(constrain))
+    return SamplingParams(**kwargs), recorded
+
+
+def _reworded(chunk: Chunk, run: ItemRun, plan: Plan) -> Prompt | None:
+    """The item's conversation with a length instruction and/or the failed answer and the
+    reasons it fell short; None when that no longer fits the context."""
+    spec, host = chunk.spec, chunk.host
+    if "prompt" in run.payload and run.payload.get("raw"):
+        return None  # a raw completion prompt has no turns to add to
+    messages = [dict(m) for m in messages_for(spec, run.payload)]
+    if plan.instruction:
+        messages[-1]["content"] += "\n\n" + plan.instruction
+    if plan.feedback:
+        messages += [{"role": "assistant", "content": ladder.quote(run.last.output)},
+                     {"role": "user", "content": plan.feedback
+                      + (" " + plan.instruction if plan.instruction else "")}]
+    try:
+        return chat(host.tokenizer, messages, host.max_model_len, run.chosen.max_tokens)
+    except PromptTooLong:
+        return None
+
+
+def _ask_judge(chunk: Chunk, run: ItemRun) -> Future[Any] | None:
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    attempt, host = run.last, chunk.host
+    answers = attempt.samples or [attempt.output]
+    criteria = semantic.judge_criteria(chunk.spec.check("judge") or {}, len(answers))
+    messages = semantic.judge_messages(question(run.payload), answers, criteria)
+    try:
+        prompt = chat(host.tokenizer, messages, host.max_model_len, 12 * len(criteria) + 16)
+    except PromptTooLong:
+        attempt.verdicts.append(Verdict("judge", None, None,
+                                        "not judged: request and answer exceed the context"))
+        return None
+    params = SamplingParams(temperature=0.0, max_tokens=prompt.max_tokens,
+                            structured_outputs=StructuredOutputsParams(
+                                json=semantic.judge_schema(criteria)))
+    request_id = f"{chunk.tag}:{run.seq}:{attempt.attempt}:judge:{uuid.uuid4().hex[:8]}"
+    return host.submit(request_id, prompt.token_ids, params)
+
+
+def _fill(chunk: Chunk, run: ItemRun, result: Any) -> None:
+    spec, host, attempt = chunk.spec, chunk.host, run.last
+    outputs = result.outputs
+    attempt.completion_tokens = sum(len(o.token_ids) for o in outputs)
+    attempt.finish_reason = outputs[0].finish_reason
+    texts = [o.text for o in outputs]
+    if attempt.step == "replace_duplicates":
+        # The earlier samples that were distinct stay; the new ones take the others' place.
+        earlier = run.tries[-2].samples or []
+        limit = (spec.check("distinct") or {}).get("max_similarity", 0.9)
+        dups = set(checks.duplicates(earlier, limit))
+        texts = [s for i, s in enumerate(earlier) if i not in dups] + texts
+    attempt.output = texts[0]
+    if len(texts) > 1:
+        attempt.samples = texts
+    if spec.kind != "classify":
+        return
+    if attempt.step == "self_consistency":
+        votes = Counter(t.strip() for t in texts if t.strip() in spec.labels)
+        attempt.label = votes.most_common(1)[0][0] if votes else None
+        attempt.probabilities = {label: round(votes[label] / len(texts), 6)
+                                 for label in spec.labels}
+        attempt.output = attempt.label or texts[0]
+        return
+    label = texts[0].strip()
+    attempt.label = label if label in spec.labels else None
+    step = outputs[0].logprobs[0] if outputs[0].logprobs else {}
+    attempt.probabilities = label_probabilities(
+        step, spec.labels, lambda t: host.tokenizer.decode([t]), chosen=label)
 
 
 def _reason(exc: BaseException) -> str:

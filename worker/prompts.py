@@ -51,17 +51,33 @@ def build(tokenizer: Any, spec: JobSpec, payload: dict[str, Any], max_model_len:
     """Render through the model's chat template (or take a raw completion prompt)."""
     if "prompt" in payload and payload.get("raw"):
         text = payload["prompt"]
-        ids = tokenizer.encode(text)
-    else:
-        messages = messages_for(spec, payload)
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        ids = tokenizer.encode(text, add_special_tokens=False)
+        return checked(text, tokenizer.encode(text), max_model_len, max_tokens)
+    return chat(tokenizer, messages_for(spec, payload), max_model_len, max_tokens)
+
+
+def chat(tokenizer: Any, messages: list[dict[str, str]], max_model_len: int,
+         max_tokens: int) -> Prompt:
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return checked(text, tokenizer.encode(text, add_special_tokens=False), max_model_len,
+                   max_tokens)
+
+
+def checked(text: str, ids: list[int], max_model_len: int, max_tokens: int) -> Prompt:
     if len(ids) >= max_model_len:
         raise PromptTooLong(
             f"prompt is {len(ids)} tokens; the model's context is {max_model_len} tokens "
             "(shorten the input or start the worker with a larger --max-model-len)"
         )
     return Prompt(text, ids, min(max_tokens, max_model_len - len(ids)))
+
+
+def question(payload: dict[str, Any]) -> str:
+    """The item's own request, without system prompt or examples: what its answer is
+    measured against."""
+    if "prompt" in payload:
+        return str(payload["prompt"])
+    users = [m["content"] for m in payload.get("messages", []) if m["role"] == "user"]
+    return users[-1] if users else ""
 
 
 def item_seed(job_seed: int, key: str, attempt: int = 0) -> int:

@@ -1,0 +1,101 @@
+"""Every cheap check can pass and can fail, with a reason a person can act on; check
+declarations are validated at submit, naming what is wrong."""
+
+from __future__ import annotations
+
+import pytest
+
+from quality import checks
+from quality.checks import Answer, Verdict
+from schemas.spec import JobSpec
+
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+
+
+def verdict(name: str, answer: Answer, **params: object) -> Verdict:
+    normalized = checks.validate(name, dict(params), "classify" if answer.labels else "generate")
+    [v] = checks.run([(name, normalized)], answer)
+    return v
+
+
+@pytest.mark.parametrize(("name", "params", "good", "bad", "reason"), [
+    ("non_empty", {}, Answer("Paris."), Answer("  \n"), "empty"),
+    ("length", {"max": "5", "unit": "words"}, Answer("one two three"),
+     Answer("one two three four five six"), "6 words, more than 5"),
+    ("length", {"min": "20"}, Answer("a sentence that is long enough"), Answer("short"),
+     "5 chars, fewer than 20"),
+    ("not_truncated", {}, Answer("Done.", "stop"), Answer("And then", "length", 64),
+     "cut off at the token budget (64 tokens)"),
+    ("no_repetition", {}, Answer("The tide rises twice a day because the moon pulls the "
+                                 "oceans toward it as the earth turns beneath."),
+     Answer("I like the sea. " * 12), "repeat earlier ones"),
+    ("json", {}, Answer('{"a": 1}'), Answer('{"a": 1'), "not valid JSON"),
+    ("json_schema", {}, Answer('{"name": "Ada"}', json_schema=SCHEMA),
+     Answer('{"age": 3}', json_schema=SCHEMA), "'name' is a required property"),
+    ("regex", {"pattern": r"\d{4}"}, Answer("In 1969."), Answer("Long ago."), r"/\d{4}/"),
+    ("forbid_regex", {"pattern": "(?i)lorem"}, Answer("Fine."), Answer("Lorem ipsum"),
+     "contains 'Lorem'"),
+    ("keywords", {"words": "moon|tide"}, Answer("The Moon drives the tide."),
+     Answer("The sun is hot."), "missing 'moon', 'tide'"),
+    ("no_refusal", {}, Answer("Tides are caused by the moon."),
+     Answer("I'm sorry, but I can't help with that."), "refusal"),
+    ("blocklist", {"words": "secret plan"}, Answer("A public plan."),
+     Answer("Here is the SECRET PLAN."), "contains blocked 'secret plan'"),
+    ("distinct", {}, Answer("a", samples=["A poem about the sea.", "Ten facts on bread."]),
+     Answer("a", samples=["A poem about the sea.", "A poem about the sea!"]),
+     "1 of 2 samples nearly repeat another"),
+    ("label", {}, Answer("pos", label="pos", labels=["pos", "neg"]),
+     Answer("maybe", labels=["pos", "neg"]), "'maybe' is not a label"),
+    ("confidence", {"min": "0.6"},
+     Answer("pos", label="pos", probabilities={"pos": 0.9, "neg": 0.1}, labels=["pos", "neg"]),
+     Answer("pos", label="pos", probabilities={"pos": 0.55, "neg": 0.45},
+            labels=["pos", "neg"]), "confidence 0.55 in 'pos' is below 0.6"),
+])
+def test_a_check_passes_a_good_answer_and_fails_a_bad_one_with_its_reason(
+        name: str, params: dict[str, object], good: Answer, bad: Answer, reason: str) -> None:
+    assert verdict(name, good, **params).passed is True
+    failed = verdict(name, bad, **params)
+    assert failed.passed is False
+    assert reason in failed.reason
+
+
+def test_a_custom_check_is_imported_by_path_and_given_its_parameters() -> None:
+    v = verdict("custom", Answer("twelve words " * 6), fn="tests.quality.custom:short_enough",
+                most="5")
+    assert (v.name, v.passed, v.score) == ("tests.quality.custom:short_enough", False, 12.0)
+    assert verdict("custom", Answer("two words"), fn="tests.quality.custom:short_enough",
+                   most="5").passed is True
+
+
+@pytest.mark.parametrize(("written", "message"), [
+    ("spelling", "unknown check 'spelling'"),
+    ("length:mx=3", "check length: mx: unknown parameter"),
+    ("length:max=many", "check length: max: Input should be a valid integer"),
+    ("regex:pattern=(", "pattern does not compile"),
+    ("confidence", "check 'confidence' does not apply to generate jobs"),
+    ("custom:fn=no_such_module:fn", "custom check 'no_such_module:fn' cannot be imported"),
+    ("json_schema", "check json_schema needs the job's --json-schema"),
+])
+def test_a_wrong_check_is_refused_at_submit_naming_what_is_wrong(written: str,
+                                                                  message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        JobSpec(checks=[written])
+    assert message in str(caught.value)
+
+
+def test_a_check_is_written_name_colon_parameters_and_a_value_may_hold_commas() -> None:
+    spec = JobSpec(checks=["judge:min=3", r"regex:pattern=\d{1,3},ignore_case=true"])
+    assert spec.check("judge") == {"min": 3.0, "criteria": checks.JUDGE_CRITERIA}
+    assert spec.check("regex") == {"pattern": r"\d{1,3}", "ignore_case": True}
+
+
+def test_a_blocklist_file_is_read_at_submit_so_every_worker_checks_the_same_words(
+        tmp_path: object) -> None:
+    from pathlib import Path
+
+    words = Path(str(tmp_path)) / "blocked.txt"
+    words.write_text("first thing\n\nsecond thing\n")
+    spec = JobSpec(checks=[f"blocklist:file={words}"])
+    assert spec.check("blocklist") == {"words": ["first thing", "second thing"]}
+    # What is stored is the words, so a worker without the file validates the same spec.
+    assert JobSpec.model_validate(spec.model_dump()).check("blocklist") == spec.check("blocklist")

@@ -1,0 +1,140 @@
+"""The retry loop around the engine: answers checked as they arrive, retried along the
+ladder without holding up the rest of the chunk, every attempt kept for the ledger.
+
+The engine is a scripted stand-in (answers chosen per prompt and attempt, delivered
+after a delay from another thread, like the engine's step thread); the tokenizer and
+the checks are the real ones. That the ladder helps a real model is shown in
+tests/e2e/test_quality.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from schemas.spec import JobSpec
+from worker.generate import run_items
+
+Script = Callable[[str, int], tuple[str, str, float]]
+
+
+class ScriptedHost:
+    """Answers each request with `script(prompt text, attempt)` -> (text, finish, delay)."""
+
+    max_model_len = 2048
+
+    def __init__(self, tokenizer: Any, script: Script) -> None:
+        self.tokenizer = tokenizer
+        self.script = script
+        self.events: list[str] = []
+        self.params: list[Any] = []
+        self._lock = threading.Lock()
+
+    def submit(self, request_id: str, token_ids: list[int], params: Any) -> Future[Any]:
+        attempt = int(request_id.split(":")[3]) if ":judge:" not in request_id else 0
+        text, finish, delay = self.script(self.tokenizer.decode(token_ids), attempt)
+        with self._lock:
+            self.events.append(f"submit {request_id.split(':')[2]}#{attempt}")
+            self.params.append(params)
+        future: Future[Any] = Future()
+
+        def deliver() -> None:
+            time.sleep(delay)
+            with self._lock:
+                self.events.append(f"answer {request_id.split(':')[2]}#{attempt}")
+            n = getattr(params, "n", 1) or 1
+            future.set_result(SimpleNamespace(outputs=[SimpleNamespace(
+                text=text, finish_reason=finish, token_ids=list(range(len(text.split()))),
+                logprobs=None) for _ in range(n)]))
+
+        threading.Thread(target=deliver, daemon=True).start()
+        return future
+
+
+def _items(*prompts: str) -> list[tuple[int, str, dict[str, Any]]]:
+    return [(i, f"k{i}", {"prompt": p}) for i, p in enumerate(prompts)]
+
+
+def test_a_truncated_answer_is_retried_with_a_larger_budget_and_the_passing_attempt_kept(
+        tokenizer: Any) -> None:
+    def script(prompt: str, attempt: int) -> tuple[str, str, float]:
+        return ("a long ramble that got cut", "length", 0) if attempt == 1 else (
+            "A short complete answer.", "stop", 0)
+
+    host = ScriptedHost(tokenizer, script)
+    spec = JobSpec(checks=["not_truncated"], sampling={"max_tokens": 40, "temperature": 0})
+    [outcome] = run_items(host, spec, _items("Explain tides."), "job:0")  # type: ignore[arg-type]
+
+    assert (outcome.status, outcome.quality, outcome.attempts, outcome.attempt) == (
+        "succeeded", "passed", 2, 2)
+    assert outcome.output == "A short complete answer."
+    first, second = outcome.tries
+    assert first.next_reason is not None and "not_truncated" in first.next_reason
+    assert [v.passed for v in first.verdicts] == [False]
+    assert second.sampling["max_tokens"] == 80  # the budget doubled after truncation
+    assert second.sampling["temperature"] > 0  # a greedy job is not asked the same way again
+    assert "at most" in second.prompt  # and told how long to be
+    assert first.sampling["seed"] != second.sampling["seed"]
+
+
+def test_an_item_that_never_passes_keeps_its_best_attempt_and_fails_quality_with_reasons(
+        tokenizer: Any) -> None:
+    def script(prompt: str, attempt: int) -> tuple[str, str, float]:
+        return ("the the the the the the the the the the the the the the", "length", 0) \
+            if attempt != 2 else ("the the the the the the the the the", "stop", 0)
+
+    host = ScriptedHost(tokenizer, script)
+    spec = JobSpec(checks=["not_truncated", "no_repetition"], max_attempts=3)
+    [outcome] = run_items(host, spec, _items("Say something."), "job:0")  # type: ignore[arg-type]
+
+    assert (outcome.status, outcome.quality, outcome.attempts) == ("failed", "failed", 3)
+    assert outcome.attempt == 2  # one failed check is better than two
+    assert outcome.error is not None and outcome.error.startswith("failed quality after 3")
+    assert "no_repetition" in outcome.error
+    assert [t.step for t in outcome.tries] == ["first", "resample", "feedback"]
+    assert outcome.tries[-1].next_reason is None
+    # After a repetition failure the retry carries a repetition penalty.
+    assert outcome.tries[1].sampling["repetition_penalty"] > 1.0
+    # The feedback step quotes the failed answer and says why it failed.
+    assert "fell short" in outcome.tries[2].prompt
+
+
+def test_a_retry_goes_to_the_engine_while_a_slow_neighbour_is_still_decoding(
+        tokenizer: Any) -> None:
+    def script(prompt: str, attempt: int) -> tuple[str, str, float]:
+        if "slow" in prompt:
+            return ("A fine slow answer.", "stop", 1.0)
+        return ("", "stop", 0) if attempt == 1 else ("Now an answer.", "stop", 0)
+
+    host = ScriptedHost(tokenizer, script)
+    spec = JobSpec(checks=["non_empty"])
+    outcomes = run_items(host, spec, _items("fast one", "slow one"),  # type: ignore[arg-type]
+                         "job:0")
+
+    assert [o.quality for o in outcomes] == ["passed", "passed"]
+    assert host.events.index("submit 0#2") < host.events.index("answer 1#1")
+
+
+def test_without_declared_checks_an_answer_is_taken_as_it_comes(tokenizer: Any) -> None:
+    host = ScriptedHost(tokenizer, lambda p, a: ("cut", "length", 0))
+    [outcome] = run_items(host, JobSpec(), _items("x"), "job:0")  # type: ignore[arg-type]
+    assert (outcome.status, outcome.quality, outcome.attempts, outcome.checks) == (
+        "succeeded", None, 1, None)
+
+
+def test_a_lost_engine_raises_and_no_attempt_is_spent(tokenizer: Any) -> None:
+    class Dead(ScriptedHost):
+        def submit(self, request_id: str, token_ids: list[int], params: Any) -> Future[Any]:
+            future: Future[Any] = Future()
+            future.set_exception(RuntimeError("engine core died"))
+            return future
+
+    with pytest.raises(RuntimeError, match="engine core died"):
+        run_items(Dead(tokenizer, lambda p, a: ("", "", 0)),  # type: ignore[arg-type]
+                  JobSpec(checks=["non_empty"]), _items("x"), "job:0")

@@ -1,0 +1,130 @@
+"""One item's attempts: what each answer was, how it measured, which one the item keeps.
+
+The final result points at its chosen attempt: the first that passed the bar, else the
+best (fewest failed checks, the later on a tie), marked as failing quality with its
+reasons. Every attempt becomes a row of the `attempts` ledger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from quality.checks import Verdict
+from quality.ladder import reasons
+from quality.metrics import reference_metrics
+from schemas.spec import JobSpec, Sampling
+from schemas.tables import ItemStatus, Quality
+from worker.prompts import Prompt
+
+
+@dataclass
+class Try:
+    """One answer the engine gave for the item (a row of `attempts`)."""
+
+    attempt: int
+    step: str
+    prompt: str
+    sampling: dict[str, Any]
+    prompt_tokens: int
+    output: str = ""
+    samples: list[str] | None = None
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    verdicts: list[Verdict] = field(default_factory=list)
+    next_reason: str | None = None
+
+    @property
+    def failed(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.passed is False]
+
+    def ledger_row(self, job_id: str, item_seq: int, worker: str) -> dict[str, Any]:
+        return {"job_id": job_id, "item_seq": item_seq, "attempt": self.attempt,
+                "step": self.step, "prompt": self.prompt, "sampling": self.sampling,
+                "output": self.output, "samples": self.samples, "label": self.label,
+                "probabilities": self.probabilities, "finish_reason": self.finish_reason,
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "checks": [v.as_dict() for v in self.verdicts],
+                "passed": not self.failed, "next_reason": self.next_reason, "worker": worker}
+
+
+@dataclass
+class Outcome:
+    """What becomes one row of `results` (and the item's rows of `attempts`)."""
+
+    item_seq: int
+    status: str
+    output: str | None = None
+    label: str | None = None
+    probabilities: dict[str, float] | None = None
+    samples: list[str] | None = None
+    error: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prompt: str | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 1
+    attempt: int | None = None
+    quality: str | None = None
+    checks: list[dict[str, Any]] | None = None
+    metrics: dict[str, Any] | None = None
+    tries: list[Try] = field(default_factory=list)
+
+    def row(self, job_id: str, worker: str) -> dict[str, Any]:
+        row = {k: v for k, v in self.__dict__.items() if k != "tries"}
+        return {"job_id": job_id, "worker": worker, **row}
+
+
+@dataclass
+class ItemRun:
+    """An item between its first request and its outcome."""
+
+    seq: int
+    key: str
+    payload: dict[str, Any]
+    chosen: Sampling
+    prompt: Prompt
+    tries: list[Try] = field(default_factory=list)
+    # Tokens the judge generated about this item's answers (cost, not answer).
+    judge_tokens: int = 0
+
+    @property
+    def last(self) -> Try:
+        return self.tries[-1]
+
+    def outcome(self, spec: JobSpec) -> Outcome:
+        chosen = next((t for t in self.tries if not t.failed), None) or max(
+            self.tries, key=lambda t: (-len(t.failed), t.attempt))
+        quality, status, error = _judgement(spec, chosen)
+        if error and len(self.tries) > 1:
+            error = f"failed quality after {len(self.tries)} attempts: {error}"
+        return Outcome(
+            self.seq, status, output=chosen.output, label=chosen.label,
+            probabilities=chosen.probabilities, samples=chosen.samples, error=error,
+            finish_reason=chosen.finish_reason,
+            prompt_tokens=sum(t.prompt_tokens for t in self.tries),
+            completion_tokens=sum(t.completion_tokens for t in self.tries) + self.judge_tokens,
+            prompt=chosen.prompt, sampling=chosen.sampling, attempts=len(self.tries),
+            attempt=chosen.attempt, quality=quality,
+            checks=[v.as_dict() for v in chosen.verdicts] if spec.checks else None,
+            metrics=reference_metrics(spec.kind, chosen.output, chosen.label,
+                                      self.payload.get("reference")),
+            tries=self.tries)
+
+
+def _judgement(spec: JobSpec, chosen: Try) -> tuple[str | None, str, str | None]:
+    """(quality, item status, error). An answer below the bar fails with its reasons; a
+    label that is only unconfident is kept, for review."""
+    failed = chosen.failed
+    if not spec.checks:
+        return None, (ItemStatus.FAILED if failed else ItemStatus.SUCCEEDED), (
+            reasons(failed) if failed else None)
+    if not failed:
+        return Quality.PASSED, ItemStatus.SUCCEEDED, None
+    if {v.name for v in failed} == {"confidence"}:
+        return Quality.NEEDS_REVIEW, ItemStatus.SUCCEEDED, None
+    return Quality.FAILED, ItemStatus.FAILED, reasons(failed)
