@@ -55,15 +55,15 @@ def extract(path: Path) -> Document:
     """The document's text and metadata; raises UnreadableDocument with the reason."""
     reader = READERS.get(path.suffix.lower())
     if reader is None:
-        raise UnreadableDocument(f"unsupported file type {path.suffix or '(no extension)'!r} "
-                                 f"(nightshift reads {', '.join(READERS)})")
+        kind = f"file type {path.suffix!r}" if path.suffix else "file without an extension"
+        raise UnreadableDocument(f"unsupported {kind} (nightshift reads {', '.join(READERS)})")
     try:
         size = path.stat().st_size
+        if size == 0:
+            raise UnreadableDocument("empty file")
+        text, pages = reader(path)
     except OSError as exc:
-        raise UnreadableDocument(f"cannot open: {exc.strerror}") from None
-    if size == 0:
-        raise UnreadableDocument("empty file")
-    text, pages = reader(path)
+        raise UnreadableDocument(f"cannot open: {exc.strerror or exc}") from None
     text = _clean(text)
     if not text:
         raise UnreadableDocument("no text in the document")

@@ -180,6 +180,8 @@ def test_empty_corrupt_and_unknown_files_are_unreadable_with_their_reason(
     (tmp_path / "locked.docx").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 512)
     (tmp_path / "latin1.txt").write_bytes(b"caf\xe9")
     (tmp_path / "photo.png").write_bytes(b"\x89PNG\r\n")
+    (tmp_path / "README").write_text("words")
+    (tmp_path / "folder.txt").mkdir()
     assert unreadable(tmp_path / "empty.pdf") == "empty file"
     assert unreadable(tmp_path / "blank.txt") == "no text in the document"
     assert unreadable(tmp_path / "broken.pdf").startswith("not a readable PDF (")
@@ -187,6 +189,8 @@ def test_empty_corrupt_and_unknown_files_are_unreadable_with_their_reason(
     assert unreadable(tmp_path / "locked.docx").startswith("password-protected DOCX")
     assert unreadable(tmp_path / "latin1.txt") == "not UTF-8 text (byte 0xe9 at offset 3)"
     assert unreadable(tmp_path / "photo.png").startswith("unsupported file type '.png'")
+    assert unreadable(tmp_path / "README").startswith("unsupported file without an extension")
+    assert unreadable(tmp_path / "folder.txt") == "cannot open: Is a directory"
 
 
 def mixed_folder(root: Path) -> Path:
