@@ -4,7 +4,9 @@
 (`ts`, `level`, `logger`, `message`, and `exc_info` when there is one), vLLM's own
 records included: vLLM configures its loggers at import from the file that
 `VLLM_LOGGING_CONFIG_PATH` names, read again by its engine-core child process, so this
-must run before vLLM is imported.
+must run before vLLM is imported. What is written to stderr without logging stays as it
+is: tqdm progress bars, native (C++) warnings, and what vLLM's child processes print
+while importing, before their logging is set up.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def configure(fmt: str, level: str) -> None:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)  # warnings.warn (Celery's, torch's) as records too
     if fmt == "json":
         os.environ["VLLM_LOGGING_CONFIG_PATH"] = _vllm_config(level)
 

@@ -49,7 +49,7 @@ def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str 
     argv = ["worker", "--pool=threads", f"--concurrency={slots}", "-Q",
             queue_for(settings.model), "-n", f"{owner.replace(':', '-')}@%h",
             f"--loglevel={loglevel}", "--without-gossip", "--without-mingle"]
-    argv += ["--quiet"] if quiet else []
+    argv = ["--quiet", *argv] if quiet else argv  # a global option: before the subcommand
     try:
         celery_app.worker_main(argv)
     except SystemExit:

@@ -1,0 +1,84 @@
+"""A real worker with `--metrics-port` and `--log-format json` runs a real job: its
+metrics endpoint counts the job's items and tokens, and every log line is JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import NIGHTSHIFT, REDIS, REDIS_DBS, Stack, Worker
+from prometheus_client.parser import text_string_to_metric_families
+
+from schemas import db
+
+
+class MonitoredWorker(Worker):
+    def __init__(self, stack: Stack, port: int) -> None:
+        self.stack = stack
+        self.log = stack.workdir / "worker-monitored.log"
+        args = [NIGHTSHIFT, "worker", "--name", "monitored", "--gpu-memory-utilization",
+                "0.25", "--max-model-len", "2048", "--metrics-port", str(port),
+                "--log-format", "json"]
+        env = {**stack.env(), "NIGHTSHIFT_LEASE_SECONDS": "6"}
+        self.proc = subprocess.Popen(args, env=env, cwd=stack.workdir, start_new_session=True,
+                                     stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@pytest.mark.engine
+def test_a_monitored_worker_serves_metrics_of_the_job_it_ran_and_logs_json(
+        tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    stack = Stack("sqlite", f"sqlite:///{tmp_path / 'nightshift.db'}",
+                  f"{REDIS}/{REDIS_DBS['sqlite']}", tmp_path)
+    db.upgrade(stack.db_url)
+    redis.Redis.from_url(stack.broker_url).flushdb()
+    worker = MonitoredWorker(stack, port)
+    try:
+        worker.wait_ready()
+        path = tmp_path / "in.jsonl"
+        path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Count to {i + 2}."})
+                                + "\n" for i in range(12)))
+        job = stack.cli_json("submit", str(path), "--json", "--chunk-size", "4",
+                             "--max-tokens", "16", "--temperature", "0")["job_id"]
+        final = stack.wait_final(job, timeout=300)
+        assert final["state"] == "completed"
+        time.sleep(0.5)
+        shown = _scrape(port)
+        status = stack.cli_json("status", job, "--json")
+    finally:
+        worker.stop()
+        redis.Redis.from_url(stack.broker_url).flushdb()
+
+    assert shown[("nightshift_items_total", (("status", "succeeded"),))] == final["succeeded"]
+    assert shown[("nightshift_generated_tokens_total", ())] == status["completion_tokens"] > 0
+    assert shown[("nightshift_prompt_tokens_total", ())] == status["prompt_tokens"] > 0
+    assert shown[("nightshift_attempts_total", ())] >= 12
+    assert shown[("nightshift_queue_depth", (("queue", "nightshift.smollm2-135m-instruct"),))] == 0
+    assert shown[("nightshift_engine_running_requests", ())] == 0
+    lines = [line for line in worker.log.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    # No log record in a text format: ours, vLLM's or Celery's (what is left is raw
+    # stderr: tqdm bars, native warnings, child processes' import-time prints).
+    text_records = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ |"
+                              r"(DEBUG|INFO|WARNING|ERROR) \d\d-\d\d \d\d:|\[\d{4}-\d\d-\d\d )")
+    assert [line for line in lines if text_records.match(line)] == []
+    assert any(" ready." in r["message"] for r in records)
+    assert any(r["logger"].startswith("vllm") for r in records)
+    assert any(r["logger"] == "worker.serve" for r in records)
+    assert len(records) > len(lines) / 2
