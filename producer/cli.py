@@ -80,7 +80,9 @@ def cli() -> None:
 @click.option("--spec", "spec_file", type=click.Path(exists=True, path_type=Path),
               help="A job spec (JSON) that the options below override.")
 @click.option("--format", "fmt", type=click.Choice(readers.FORMATS), default="auto",
-              show_default=True)
+              show_default=True, help="auto: by the path, then the first row (a row of only "
+              "path and id is a paths file). documents: a folder, a glob or one file; "
+              "paths: a JSONL of {\"path\"} or {\"id\", \"path\"} rows.")
 @click.option("--temperature", type=float)
 @click.option("--top-p", type=float)
 @click.option("--max-tokens", type=int)
