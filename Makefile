@@ -35,8 +35,8 @@ bench: model
 	$(PY) -m bench.run $(if $(INPUT),--input $(INPUT),)
 
 lint: install lint-docker
-	$(VENV)/bin/ruff check producer worker schemas tests bench
-	$(VENV)/bin/mypy producer worker schemas
+	$(VENV)/bin/ruff check producer worker schemas quality tests bench
+	$(VENV)/bin/mypy producer worker schemas quality
 
 # hadolint on each image, and Docker Compose v2's `config` on the compose file with every
 # profile (docker/env.example gives the passwords it requires). Both come from PyPI wheels.

@@ -75,8 +75,8 @@ def run_batch(path: Path, model: str, kwargs: dict[str, Any], out: Path) -> dict
     return {"wall_s": wall, "tokens": tokens}
 
 
-def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path,
-                   broker_url: str) -> dict[str, Any]:
+def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path, broker_url: str,
+                   submit_args: tuple[str, ...] = ()) -> dict[str, Any]:
     db_url = f"sqlite:///{workdir / 'bench.db'}"
     env = {**os.environ, "NIGHTSHIFT_DATABASE_URL": db_url, "NIGHTSHIFT_BROKER_URL": broker_url}
     redis.Redis.from_url(broker_url).flushdb()
@@ -87,7 +87,8 @@ def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path,
         worker_flags += ["--max-model-len", str(kwargs["max_model_len"])]
     log = workdir / "worker.log"
     start = time.perf_counter()
-    submitted = subprocess.run([ns, "submit", str(path), "--json"], env=env, check=True,
+    submitted = subprocess.run([ns, "submit", str(path), "--json", *submit_args], env=env,
+                               check=True,
                                capture_output=True, text=True)
     submit_s = time.perf_counter() - start
     job = json.loads(submitted.stdout)
@@ -119,7 +120,7 @@ def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path,
     gen_s = (last - ready_clock).total_seconds() if ready_clock else wall - (ready_at - start)
     return {"wall_s": wall, "submit_s": submit_s, "startup_s": ready_at - start - submit_s,
             "gen_s": gen_s, "tokens": status["completion_tokens"], "items": job["items"],
-            "succeeded": status["succeeded"]}
+            "succeeded": status["succeeded"], "job_id": job["job_id"], "db_url": db_url}
 
 
 def _log_ready_time(log: Path) -> datetime | None:

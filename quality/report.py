@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from quality.metrics import expected_calibration_error
 from schemas.db import session
@@ -52,12 +52,12 @@ def _first_tries(db: Any, job_id: str) -> dict[str, Any]:
     for checks, ok in rows:
         passed += bool(ok)
         failures.update(v["name"] for v in checks or [] if v["passed"] is False)
-    tokens = dict(db.execute(
-        select(Attempt.attempt > 1, func.coalesce(func.sum(Attempt.completion_tokens), 0))
-        .where(Attempt.job_id == job_id).group_by(Attempt.attempt > 1)).all())
+    first, retries = db.execute(select(*(
+        func.coalesce(func.sum(case((cond, Attempt.completion_tokens), else_=0)), 0)
+        for cond in (Attempt.attempt == 1, Attempt.attempt > 1))
+    ).where(Attempt.job_id == job_id)).one()
     return {"_first_passed": passed, "first_try_failures_by_check": dict(failures.most_common()),
-            "tokens": {"first_try": int(tokens.get(False, 0)),
-                       "retries": int(tokens.get(True, 0))}}
+            "tokens": {"first_try": int(first), "retries": int(retries)}}
 
 
 def _finals(db: Any, job_id: str, kind: str) -> dict[str, Any]:

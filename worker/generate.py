@@ -107,8 +107,10 @@ def _advance(chunk: Chunk, run: ItemRun, purpose: str, result: Any
                     attempt.samples or [], question(run.payload), attempt.label,
                     attempt.probabilities, spec.labels,
                     run.payload.get("json_schema") or spec.json_schema)
-    implicit: list[tuple[str, dict[str, Any]]] = [("label", {})] if spec.kind == "classify" and not spec.check("label") else []
-    attempt.verdicts = checks.run(implicit + spec.check_list(), answer)
+    declared = spec.check_list()
+    if spec.kind == "classify" and spec.check("label") is None:
+        declared = [("label", {}), *declared]  # a classification's answer is always a label
+    attempt.verdicts = checks.run(declared, answer)
     if attempt.failed:
         return _retry_or_stop(chunk, run)
     relevance = spec.check("relevance")
