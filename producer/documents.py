@@ -30,8 +30,11 @@ from schemas.errors import UnreadableDocument
 logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
-HTML_NOISE = ["script", "style", "noscript", "template", "nav", "header", "footer", "aside",
-              "form", "button", "select", "iframe", "svg", "canvas", "object", "embed"]
+HTML_NOISE = ["script", "style", "noscript", "template", "nav", "aside", "form", "button",
+              "select", "iframe", "svg", "canvas", "object", "embed"]
+# A page's header and footer are furniture; an article's or section's own are its content.
+PAGE_FURNITURE = ["header", "footer"]
+SECTIONS = ["article", "section", "main"]
 NOISE_ROLES = ["navigation", "banner", "contentinfo", "search"]
 HTML_BLOCKS = ["p", "div", "section", "article", "main", "h1", "h2", "h3", "h4", "h5", "h6",
                "ul", "ol", "dl", "table", "blockquote", "pre",
@@ -198,7 +201,8 @@ def _html(path: Path) -> tuple[str, int | None]:
     except Exception as exc:  # lxml refuses very little; whatever it refuses is that file's
         raise UnreadableDocument(f"not readable HTML ({_first_line(exc)})") from None
     noise = soup.find_all(HTML_NOISE) + soup.find_all(role=NOISE_ROLES) + \
-        soup.find_all(hidden=True) + soup.find_all(True, {"aria-hidden": "true"})
+        soup.find_all(hidden=True) + soup.find_all(True, {"aria-hidden": "true"}) + \
+        [e for e in soup.find_all(PAGE_FURNITURE) if e.find_parent(SECTIONS) is None]
     for element in noise:
         if not element.decomposed:
             element.decompose()

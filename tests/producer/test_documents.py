@@ -131,6 +131,14 @@ def test_html_gives_the_main_text_without_scripts_navigation_or_page_furniture(
     assert (doc.pages, doc.size, doc.sha256) == (None, len(HTML.encode()), sha(doc.text))
 
 
+def test_html_keeps_an_articles_own_header_and_footer(tmp_path: Path) -> None:
+    path = tmp_path / "post.html"
+    path.write_text("<body><header>HEADERNOISE</header><article><header><h1>Title</h1>"
+                    "</header><p>Body.</p><footer>By Ann.</footer></article>"
+                    "<footer>FOOTERNOISE</footer></body>")
+    assert extract(path).text == "Title\n\nBody.\n\nBy Ann."
+
+
 def test_html_without_main_reads_the_body_and_its_declared_encoding(tmp_path: Path) -> None:
     path = tmp_path / "old.htm"
     path.write_bytes('<html><head><meta charset="iso-8859-1"></head><body><nav>NAVNOISE</nav>'
