@@ -1,7 +1,12 @@
-"""The data plane without the engine: submit a large JSONL, write results in bulk, ask
-status. Prints figures and adds them to bench/results/dataplane.json.
+"""The data plane without the engine, on SQLite and PostgreSQL: submit a large JSONL,
+write results in bulk, ask a big job's status. Prints figures and writes them to
+bench/results/dataplane.json.
 
-    python -m bench.dataplane --rows 1000000
+    python -m bench.dataplane                 # 1,000,000 rows (make bench-dataplane)
+    python -m bench.dataplane --rows 100000   # a quicker look
+
+Beside nightshift's figures it times plain `sqlite3` parsing and inserting the same
+file, so a run on a busy or slow machine can be read against that yardstick.
 """
 
 from __future__ import annotations
@@ -9,7 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -17,16 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import redis
-from sqlalchemy import select
 
 from schemas import db
-from schemas.tables import Item
-from worker.chunks import write
-from worker.generate import Outcome
 
 BIN = Path(sys.executable).parent
 RESULTS = Path(__file__).parent / "results"
+OUTPUT = "x" * 600  # a result row's answer, as in the issue's yardstick
+WRITE_BATCH = 1_000
 
 
 def make_input(path: Path, rows: int) -> None:
@@ -35,90 +40,183 @@ def make_input(path: Path, rows: int) -> None:
             fh.write(f'{{"id": "r{i}", "prompt": "Summarize item {i} in one sentence."}}\n')
 
 
-def timed_submit(path: Path, env: dict[str, str]) -> dict[str, Any]:
+def plain_sqlite(path: Path, work: Path) -> float:
+    """The yardstick: sqlite3 parsing every line as JSON and inserting it, in batches."""
+    target = work / "plain.db"
+    conn = sqlite3.connect(target, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE lines (n INTEGER PRIMARY KEY, id TEXT, prompt TEXT)")
     start = time.perf_counter()
-    done = subprocess.run([str(BIN / "nightshift"), "submit", str(path), "--json",
-                           "--chunk-size", "256"], env=env, capture_output=True, text=True,
-                          check=True)
-    wall = time.perf_counter() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {**json.loads(done.stdout), "submit_s": wall, "submit_peak_rss_mb": peak_kb / 1024}
+    conn.execute("BEGIN")
+    with path.open(encoding="utf-8") as fh:
+        batch: list[tuple[int, str, str]] = []
+        for n, line in enumerate(fh):
+            row = json.loads(line)
+            batch.append((n, row["id"], row["prompt"]))
+            if len(batch) == WRITE_BATCH:
+                conn.executemany("INSERT INTO lines VALUES (?, ?, ?)", batch)
+                batch.clear()
+        conn.executemany("INSERT INTO lines VALUES (?, ?, ?)", batch)
+    conn.execute("COMMIT")
+    elapsed = time.perf_counter() - start
+    conn.close()
+    target.unlink()
+    return elapsed
+
+
+def submit(env: dict[str, str], path: Path, chunk_size: int) -> dict[str, Any]:
+    """`nightshift submit` as a user runs it: wall time and the process's peak RSS."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen([str(BIN / "nightshift"), "submit", str(path), "--json",
+                                 "--chunk-size", str(chunk_size)], env=env, stdout=out,
+                                stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = status
+        out.seek(0)
+        err.seek(0)
+        if status:
+            raise SystemExit(f"nightshift submit failed:\n{err.read()}")
+        done = json.loads(out.read())
+    return {**done, "submit_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def status_figures(env: dict[str, str], job_id: str) -> dict[str, float]:
+    """The query in this process (median of 20) and the whole CLI call (median of 5)."""
+    from producer.status import status
+
+    url = env["NIGHTSHIFT_DATABASE_URL"]
+    status(url, job_id)  # connect and warm
+    query = []
+    for _ in range(20):
+        start = time.perf_counter()
+        status(url, job_id)
+        query.append(time.perf_counter() - start)
+    cli = []
+    for _ in range(5):
+        start = time.perf_counter()
+        done = subprocess.run([str(BIN / "nightshift"), "status", job_id, "--json"], env=env,
+                              capture_output=True, text=True, check=True)
+        cli.append(time.perf_counter() - start)
+    assert json.loads(done.stdout)["job_id"] == job_id
+    interpreter = []
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        interpreter.append(time.perf_counter() - start)
+    return {"status_query_ms": round(statistics.median(query) * 1000, 2),
+            "status_cli_ms": round(statistics.median(cli) * 1000, 1),
+            "python_start_ms": round(statistics.median(interpreter) * 1000, 1)}
 
 
 def result_write_rate(db_url: str, job_id: str, rows: int) -> float:
-    text = "x" * 600
+    """Rows/s of worker.chunks.write: results upserted and item statuses set, one
+    transaction per 1,000 rows of 600 characters, as a worker writes a finished chunk."""
+    from worker.attempts import Outcome
+    from worker.chunks import write
+
+    sampling = {"temperature": 0.0, "max_tokens": 128, "seed": 1}
     start = time.perf_counter()
-    for chunk, first in enumerate(range(0, rows, 1000)):
-        outcomes = [Outcome(i, "succeeded", output=text, completion_tokens=100)
-                    for i in range(first, min(first + 1000, rows))]
+    for chunk, first in enumerate(range(0, rows, WRITE_BATCH)):
+        outcomes = [Outcome(i, "succeeded", output=OUTPUT, prompt_tokens=20,
+                            completion_tokens=100, finish_reason="stop", sampling=sampling)
+                    for i in range(first, min(first + WRITE_BATCH, rows))]
         write(db_url, job_id, chunk, "bench", outcomes)
     return rows / (time.perf_counter() - start)
 
 
-def status_latency(env: dict[str, str], job_id: str) -> float:
-    from producer.status import status
-
-    status(env["NIGHTSHIFT_DATABASE_URL"], job_id)  # warm
-    start = time.perf_counter()
-    for _ in range(5):
-        status(env["NIGHTSHIFT_DATABASE_URL"], job_id)
-    return (time.perf_counter() - start) / 5 * 1000
-
-
-def run(db_url: str, rows: int, write_rows: int, work: Path) -> dict[str, Any]:
-    broker = "redis://127.0.0.1:6379/15"
+def run(db_url: str, broker: str, path: Path, rows: int, write_rows: int,
+        work: Path) -> dict[str, Any]:
     redis.Redis.from_url(broker).flushdb()
     env = {**os.environ, "NIGHTSHIFT_DATABASE_URL": db_url, "NIGHTSHIFT_BROKER_URL": broker}
-    path = work / "rows.jsonl"
-    if not path.exists():
-        make_input(path, rows)
-    submitted = timed_submit(path, env)
-    with db.session(db_url) as s:
-        assert s.scalar(select(Item.seq).where(Item.job_id == submitted["job_id"])
-                        .order_by(Item.seq.desc()).limit(1)) == rows - 1
-    figures = {"rows": rows, "submit_s": round(submitted["submit_s"], 2),
-               "submit_peak_rss_mb": round(submitted["submit_peak_rss_mb"], 1),
-               "status_ms": round(status_latency(env, submitted["job_id"]), 1)}
-    # Result writes on a job of their own, 1,000 rows of 600 characters per transaction.
-    path_w = work / "w.jsonl"
+    submitted = submit(env, path, 256)
+    assert submitted["items"] == rows, submitted
+    figures: dict[str, Any] = {
+        "rows": rows, "submit_s": round(submitted["submit_s"], 2),
+        "submit_rows_per_s": round(rows / submitted["submit_s"]),
+        "submit_peak_rss_mb": round(submitted["peak_rss_mb"], 1),
+        "messages": _queued(broker)}
+    figures.update(status_figures(env, submitted["job_id"]))
+    # Result writes on a job of their own, its chunks of 1,000 items.
+    path_w = work / "writes.jsonl"
     make_input(path_w, write_rows)
-    wjob = subprocess.run([str(BIN / "nightshift"), "submit", str(path_w), "--json",
-                           "--chunk-size", "1000"], env=env, capture_output=True, text=True,
-                          check=True)
-    figures["result_rows_per_s"] = round(
-        result_write_rate(db_url, json.loads(wjob.stdout)["job_id"], write_rows))
+    wjob = submit(env, path_w, WRITE_BATCH)
+    figures["result_rows"] = write_rows
+    figures["result_rows_per_s"] = round(result_write_rate(db_url, wjob["job_id"], write_rows))
+    from producer.status import status
+
+    done = status(db_url, wjob["job_id"])
+    assert done["succeeded"] == write_rows and done["state"] == "completed", done
     redis.Redis.from_url(broker).flushdb()
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--write-rows", type=int, default=100_000)
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    args = parser.parse_args()
-    out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        out["sqlite"] = run(f"sqlite:///{work / 'dp.db'}", args.rows, args.write_rows, work)
-        print("sqlite", out["sqlite"], flush=True)
-        name = f"nightshift_bench_{os.getpid()}"
-        import psycopg
+def _queued(broker: str) -> int:
+    """Run-chunk messages waiting in Redis (kombu keeps one list per priority step)."""
+    client = redis.Redis.from_url(broker)
+    return sum(int(client.llen(key)) for key in client.scan_iter("nightshift.*")
+               if client.type(key) == b"list")
 
-        with psycopg.connect(args.postgres, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        pg_url = args.postgres.rsplit("/", 1)[0] + "/" + name
-        try:
-            db.upgrade(pg_url)
-            out["postgres"] = run(pg_url, args.rows, args.write_rows, work)
-            print("postgres", out["postgres"], flush=True)
-        finally:
-            db.engine_for(pg_url).dispose()
-            with psycopg.connect(args.postgres, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--write-rows", type=int, default=200_000)
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                        help="an admin URL: the benchmark creates and drops its own database")
+    parser.add_argument("--broker", default="redis://127.0.0.1:6379/1",
+                        help="a Redis database the benchmark may flush")
+    parser.add_argument("--only", choices=("sqlite", "postgres"))
+    args = parser.parse_args()
+    out: dict[str, Any] = {"load_average_at_start": os.getloadavg()[0], "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory(prefix="nightshift-dataplane-") as tmp:
+        work = Path(tmp)
+        path = work / "rows.jsonl"
+        make_input(path, args.rows)
+        out["plain_sqlite3_s"] = round(plain_sqlite(path, work), 2)
+        print(f"plain sqlite3: {out['plain_sqlite3_s']} s for {args.rows} rows", flush=True)
+        if args.only != "postgres":
+            out["sqlite"] = run(f"sqlite:///{work / 'dataplane.db'}", args.broker, path,
+                                args.rows, args.write_rows, work)
+            print("sqlite", json.dumps(out["sqlite"]), flush=True)
+        if args.only != "sqlite":
+            out["postgres"] = _on_postgres(args, path, work)
+            print("postgres", json.dumps(out["postgres"]), flush=True)
+    out["load_average_at_end"] = os.getloadavg()[0]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "dataplane.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out))
+    print(table(out))
+
+
+def _on_postgres(args: argparse.Namespace, path: Path, work: Path) -> dict[str, Any]:
+    name = f"nightshift_bench_{os.getpid()}"
+    with psycopg.connect(args.postgres, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = args.postgres.rsplit("/", 1)[0] + "/" + name
+    try:
+        db.upgrade(url)
+        return run(url, args.broker, path, args.rows, args.write_rows, work)
+    finally:
+        db.engine_for(url).dispose()
+        with psycopg.connect(args.postgres, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def table(out: dict[str, Any]) -> str:
+    rows = [("submit s (rows/s)", lambda f: f"{f['submit_s']} ({f['submit_rows_per_s']:,})"),
+            ("submit peak RSS MB", lambda f: f"{f['submit_peak_rss_mb']}"),
+            ("result writes rows/s", lambda f: f"{f['result_rows_per_s']:,}"),
+            ("status query ms", lambda f: f"{f['status_query_ms']}"),
+            ("status CLI ms", lambda f: f"{f['status_cli_ms']}")]
+    backends = [b for b in ("sqlite", "postgres") if b in out]
+    lines = [f"{'':24}" + "".join(f"{b:>22}" for b in backends)]
+    lines += [f"{label:24}" + "".join(f"{show(out[b]):>22}" for b in backends)
+              for label, show in rows]
+    lines.append(f"(plain sqlite3 on the same file: {out['plain_sqlite3_s']} s; "
+                 f"load average {out['load_average_at_start']:.1f} on {out['cpus']} CPUs)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from pydantic import ValidationError
 
 from producer import documents
@@ -31,6 +32,11 @@ from schemas.rows import OpenAIRequest, PromptRow, reason
 FORMATS = ("auto", "jsonl", "openai", "csv", "documents", "paths")
 PATHS_KEYS = frozenset({"id", "path"})
 GLOB_MAGIC = re.compile(r"[*?[]")
+# The common row, `{"id", "prompt"}`, is checked without pydantic: same verdict, a
+# tenth of the cost. Anything else goes through PromptRow for its exact message.
+PLAIN_KEYS = frozenset({"id", "prompt"})
+PLAIN_IDS = (str, int, type(None))
+_decode = msgspec.json.Decoder().decode
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,13 @@ def _lines(path: Path) -> Iterator[tuple[int, Any] | RowError]:
     """(line number, parsed JSON) per non-blank line, or the reason it isn't JSON."""
     with path.open("rb") as fh:
         for number, raw in enumerate(fh, start=1):
+            try:  # the fast decoder takes well-formed lines; the rest get json's messages
+                parsed = _decode(raw)
+            except (msgspec.DecodeError, ValueError):
+                pass
+            else:
+                yield number, parsed
+                continue
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -182,6 +195,10 @@ def _fields_row(line: int, obj: Any, template: str | None) -> Row | RowError:
         if obj.get("reference") is not None:
             payload["reference"] = str(obj["reference"])
         return Row(line, key, payload)
+    prompt = obj.get("prompt")
+    if (type(prompt) is str and prompt and type(obj.get("id")) in PLAIN_IDS
+            and obj.keys() <= PLAIN_KEYS):
+        return Row(line, key, {"prompt": prompt})
     try:
         row = PromptRow.model_validate(obj)
     except ValidationError as exc:

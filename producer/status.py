@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from schemas import db
 from schemas.errors import JobNotFound
-from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobState, Result, utcnow
+from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobCount, JobState, utcnow
 
 COUNTED = (ItemStatus.PENDING, ItemStatus.RUNNING, ItemStatus.SUCCEEDED, ItemStatus.FAILED,
            ItemStatus.CANCELLED)
@@ -25,11 +25,12 @@ def _job(s: Any, job_id: str) -> Job:
 def status(db_url: str, job_id: str) -> dict[str, Any]:
     with db.session(db_url) as s:
         job = _job(s, job_id)
-        counts = dict(s.execute(select(Item.status, func.count()).where(Item.job_id == job_id)
-                                .group_by(Item.status)).all())
-        tokens = s.execute(select(func.coalesce(func.sum(Result.prompt_tokens), 0),
-                                  func.coalesce(func.sum(Result.completion_tokens), 0))
-                           .where(Result.job_id == job_id)).one()
+        counts: dict[str, int] = {}
+        tokens = [0, 0]
+        for row in s.execute(select(JobCount).where(JobCount.job_id == job_id)).scalars():
+            counts[row.status] = row.items
+            tokens[0] += row.prompt_tokens
+            tokens[1] += row.completion_tokens
         return _shape(job, counts, tokens)
 
 
@@ -37,9 +38,8 @@ def all_jobs(db_url: str, limit: int = 50) -> list[dict[str, Any]]:
     with db.session(db_url) as s:
         jobs = s.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)).all()
         counts: dict[str, dict[str, int]] = {job.id: {} for job in jobs}
-        rows = s.execute(select(Item.job_id, Item.status, func.count())
-                         .where(Item.job_id.in_(list(counts)))
-                         .group_by(Item.job_id, Item.status)).all()
+        rows = s.execute(select(JobCount.job_id, JobCount.status, JobCount.items)
+                         .where(JobCount.job_id.in_(list(counts)))).all()
         for job_id, item_status, n in rows:
             counts[job_id][item_status] = n
         return [_shape(job, counts[job.id], None) for job in jobs]

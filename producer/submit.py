@@ -11,9 +11,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import insert
+import msgspec
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from producer import broker, readers
 from producer.schedule import Schedule
@@ -21,11 +23,14 @@ from schemas import db
 from schemas.errors import InputError
 from schemas.settings import Settings
 from schemas.spec import JobSpec
-from schemas.tables import Chunk, Item, Job, JobState, utcnow
+from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobState, utcnow
 from worker import models
 from worker.app import message_priority
 
-BATCH = 2_000
+BATCH = 5_000
+ITEM_COLUMNS = ("job_id", "seq", "key", "chunk", "payload", "status", "tries")
+CHUNK_COLUMNS = ("job_id", "seq", "size", "status", "deliveries")
+_encode = msgspec.json.Encoder().encode
 SHOWN_ERRORS = 20
 
 
@@ -62,45 +67,86 @@ def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
                   spec=spec.model_dump(mode="json"), source=str(path),
                   input_format=input_format))
         s.flush()
-        batch: list[dict[str, Any]] = []
-        seen: set[str] = set()
+        items = _Items(s, job_id, spec.chunk_size, result, on_invalid)
         for row in readers.read(path, input_format, spec.template):
             if isinstance(row, readers.Skipped):  # unreadable documents leave the job standing
                 result.skipped.append(row)
                 if on_skipped:
                     on_skipped(row)
                 continue
-            if isinstance(row, readers.Row) and row.key in seen:
-                row = readers.RowError(row.line, f"duplicate id {row.key!r}")
-            if isinstance(row, readers.RowError):
-                result.invalid_count += 1
-                if len(result.invalid) < SHOWN_ERRORS:
-                    result.invalid.append(row)
-                if on_invalid:
-                    on_invalid(row)
-                continue
-            seen.add(row.key)
-            seq = result.items
-            batch.append({"job_id": job_id, "seq": seq, "key": row.key,
-                          "chunk": seq // spec.chunk_size, "payload": row.payload})
-            result.items += 1
-            if len(batch) >= BATCH:
-                s.execute(insert(Item), batch)
-                batch.clear()
-        if batch:
-            s.execute(insert(Item), batch)
+            items.add(row)
+        items.flush()
         _refuse_if_invalid(path, result, skip_invalid)
         result.chunks = -(-result.items // spec.chunk_size)
-        sizes = [min(spec.chunk_size, result.items - c * spec.chunk_size)
-                 for c in range(result.chunks)]
-        s.execute(insert(Chunk), [{"job_id": job_id, "seq": c, "size": n}
-                                  for c, n in enumerate(sizes)])
+        db.insert_rows(s.connection(), Chunk.__table__, CHUNK_COLUMNS, [
+            (job_id, c, min(spec.chunk_size, result.items - c * spec.chunk_size),
+             ChunkStatus.PENDING, 0) for c in range(result.chunks)])
         s.get_one(Job, job_id).total, s.get_one(Job, job_id).chunks = result.items, result.chunks
     result.scheduled = held
     if not held:
         broker.enqueue(settings.broker_url, spec.model, job_id, range(result.chunks),
                        priority=message_priority(schedule.priority))
     return result
+
+
+class _Items:
+    """Rows in input order, written a batch at a time. A duplicate id is found by the
+    items table's unique index, not by a set of every id seen (memory stays flat), and
+    becomes that row's error; errors are reported in line order."""
+
+    def __init__(self, s: Session, job_id: str, chunk_size: int, result: Submitted,
+                 on_invalid: Callable[[readers.RowError], None] | None) -> None:
+        self.s, self.job_id, self.chunk_size = s, job_id, chunk_size
+        self.result, self.on_invalid = result, on_invalid
+        self.entries: list[readers.Row | readers.RowError] = []
+
+    def add(self, entry: readers.Row | readers.RowError) -> None:
+        self.entries.append(entry)
+        if len(self.entries) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        entries, self.entries = self.entries, []
+        try:
+            with self.s.begin_nested():
+                self._insert(entries)
+        except IntegrityError:
+            entries = self._duplicates_marked(entries)
+            self._insert(entries)
+        for entry in entries:
+            if isinstance(entry, readers.RowError):
+                self._invalid(entry)
+            else:
+                self.result.items += 1
+
+    def _insert(self, entries: list[readers.Row | readers.RowError]) -> None:
+        first, size, job_id = self.result.items, self.chunk_size, self.job_id
+        rows = [row for row in entries if isinstance(row, readers.Row)]
+        db.insert_rows(self.s.connection(), Item.__table__, ITEM_COLUMNS, [
+            (job_id, seq, row.key, seq // size, _encode(row.payload).decode(),
+             ItemStatus.PENDING, 0)
+            for seq, row in enumerate(rows, start=first)])
+
+    def _duplicates_marked(self, entries: list[readers.Row | readers.RowError]
+                           ) -> list[readers.Row | readers.RowError]:
+        keys = {row.key for row in entries if isinstance(row, readers.Row)}
+        taken = set(self.s.scalars(select(Item.key).where(Item.job_id == self.job_id,
+                                                          Item.key.in_(keys))))
+        marked: list[readers.Row | readers.RowError] = []
+        for entry in entries:
+            if isinstance(entry, readers.Row) and entry.key in taken:
+                entry = readers.RowError(entry.line, f"duplicate id {entry.key!r}")
+            elif isinstance(entry, readers.Row):
+                taken.add(entry.key)
+            marked.append(entry)
+        return marked
+
+    def _invalid(self, error: readers.RowError) -> None:
+        self.result.invalid_count += 1
+        if len(self.result.invalid) < SHOWN_ERRORS:
+            self.result.invalid.append(error)
+        if self.on_invalid:
+            self.on_invalid(error)
 
 
 def _refuse_if_invalid(path: Path, result: Submitted, skip_invalid: bool) -> None:

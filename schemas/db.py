@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, insert
+import msgspec
+from sqlalchemy import JSON, Connection, Engine, create_engine, event, insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from schemas import counters
 from schemas.errors import ConfigError, DatabaseUnreachable
 from schemas.settings import redact
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_json = msgspec.json.Encoder().encode
 
 
 @lru_cache(maxsize=8)
@@ -67,13 +70,128 @@ def check_reachable(url: str) -> None:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Create or migrate the schema with Alembic."""
+    """Create or migrate the schema with Alembic (imported here: a second of start-up
+    that commands which only read, like `status`, should not pay)."""
+    from alembic import command
+    from alembic.config import Config
+
     check_reachable(url)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine_for(url).begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+        if revision == "head":
+            counters.ensure(conn)
+
+
+def insert_rows(conn: Connection, table: Any, columns: Sequence[str],
+                rows: Sequence[tuple[Any, ...]]) -> None:
+    """Rows already in their stored form (JSON as text), inserted in bulk: COPY on
+    PostgreSQL, one prepared INSERT executed many times elsewhere. No ORM, no per-value
+    type processing: this is what makes a million-row submit take seconds."""
+    if not rows:
+        return
+    names = ", ".join(map(conn.dialect.identifier_preparer.quote, columns))
+    if conn.dialect.name != "postgresql":
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        conn.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES "
+                             f"({', '.join([mark] * len(columns))})", list(rows))
+        return
+    statement = f"COPY {table.name} ({names}) FROM STDIN"
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except cursor.connection.IntegrityError as exc:  # as SQLAlchemy reports it elsewhere
+        raise IntegrityError(statement, None, exc) from exc
+    finally:
+        cursor.close()
+
+
+def upsert_rows(conn: Connection, table: Any, keys: Sequence[str],
+                rows: Sequence[dict[str, Any]]) -> None:
+    """One row per key, replaced if it is there, for a whole batch at once. PostgreSQL
+    gets one statement over the batch sent as one JSON document (json_populate_recordset:
+    no per-value adaptation in Python); SQLite one prepared statement executed many
+    times. Columns the rows leave out take their Python-side default, once per batch."""
+    if not rows:
+        return
+    q = conn.dialect.identifier_preparer.quote
+    given = [c.name for c in table.columns if c.name in rows[0]]
+    filled = _defaults(conn, table, rows[0])
+    columns = ", ".join(map(q, given + [name for name, _ in filled]))
+    updates = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in given + [n for n, _ in filled]
+                        if c not in keys)
+    conflict = f"ON CONFLICT ({', '.join(map(q, keys))}) DO UPDATE SET {updates}"
+    head = f"INSERT INTO {table.name} ({columns}) "
+    if conn.dialect.name == "postgresql":
+        picked = ", ".join([f"d.{q(c)}" for c in given] + ["%s"] * len(filled))
+        conn.exec_driver_sql(head + f"SELECT {picked} FROM {_recordset(table)} {conflict}",
+                             (*[value for _, value in filled], _json(rows).decode()))
+        return
+    marks = ", ".join("?" * (len(given) + len(filled)))
+    conn.exec_driver_sql(head + f"VALUES ({marks}) {conflict}",
+                         _tuples(conn, table, given, rows, [value for _, value in filled]))
+
+
+def update_rows(conn: Connection, table: Any, keys: Sequence[str],
+                rows: Sequence[dict[str, Any]]) -> None:
+    """Set each row's other columns where its keys match, for a whole batch at once."""
+    if not rows:
+        return
+    q = conn.dialect.identifier_preparer.quote
+    given = [c.name for c in table.columns if c.name in rows[0]]
+    others = [c for c in given if c not in keys]
+    if conn.dialect.name == "postgresql":
+        sets = ", ".join(f"{q(c)} = d.{q(c)}" for c in others)
+        matched = " AND ".join(f"{table.name}.{q(k)} = d.{q(k)}" for k in keys)
+        conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} FROM {_recordset(table)} "
+                             f"WHERE {matched}", (_json(rows).decode(),))
+        return
+    sets = ", ".join(f"{q(c)} = ?" for c in others)
+    where = " AND ".join(f"{q(k)} = ?" for k in keys)
+    conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} WHERE {where}",
+                         _tuples(conn, table, [*others, *keys], rows, []))
+
+
+def _recordset(table: Any) -> str:
+    return f"json_populate_recordset(NULL::{table.name}, %s::json) AS d"
+
+
+def _defaults(conn: Connection, table: Any, present: dict[str, Any]) -> list[tuple[str, Any]]:
+    filled = []
+    for column in table.columns:
+        default = column.default
+        if column.name not in present and default is not None:
+            value = default.arg(None) if default.is_callable else default.arg
+            encode = _encoder(conn, column)
+            filled.append((column.name, encode(value) if encode and value is not None
+                           else value))
+    return filled
+
+
+def _tuples(conn: Connection, table: Any, names: Sequence[str], rows: Sequence[dict[str, Any]],
+            tail: list[Any]) -> list[tuple[Any, ...]]:
+    """Value tuples as the driver takes them: JSON encoded once, dates as SQLite keeps them."""
+    encoders = [(i, encode) for i, name in enumerate(names)
+                if (encode := _encoder(conn, table.c[name]))]
+    pick = itemgetter(*names) if len(names) > 1 else lambda row: (row[names[0]],)
+    values = []
+    for row in rows:
+        value = list(pick(row))
+        for i, encode in encoders:
+            if value[i] is not None:
+                value[i] = encode(value[i])
+        values.append(tuple(value + tail))
+    return values
+
+
+def _encoder(conn: Connection, column: Any) -> Any:
+    if isinstance(column.type, JSON):
+        return lambda value: _json(value).decode()
+    return column.type.bind_processor(conn.dialect)
 
 
 def upsert(table: Any, dialect: str, keys: list[str]) -> Any:

@@ -138,13 +138,13 @@ def test_openai_completions_body_becomes_a_raw_prompt(tmp_path: Path) -> None:
 
 
 def test_openai_bad_line_is_a_row_error_with_its_line(tmp_path: Path) -> None:
-    good = openai_line("a", "/v1/chat/completions",
-                       {"messages": [{"role": "user", "content": "x"}]})
-    bad = openai_line("b", "/v1/chat/completions", {"messages": [], "tools": []})
+    user = [{"role": "user", "content": "x"}]
+    good = openai_line("a", "/v1/chat/completions", {"messages": user})
+    bad = openai_line("b", "/v1/chat/completions", {"messages": user, "tools": [{}]})
     result = rows(jsonl(tmp_path / "batch.jsonl", good, bad, "{oops"))
     errors = [r for r in result if isinstance(r, RowError)]
     assert [e.line for e in errors] == [2, 3]
-    assert "tools" in errors[0].reason
+    assert "body.tools" in errors[0].reason and "tool calling" in errors[0].reason
     assert "malformed JSON" in errors[1].reason
 
 
@@ -226,3 +226,39 @@ def test_template_runtime_error_is_a_row_error_not_a_crash(tmp_path: Path) -> No
     path = tmp_path / "in.csv"
     path.write_text("id,n\na,1\n")
     assert only_error(rows(path, template="{{ n + 1 }}")).line == 2
+
+
+@pytest.mark.parametrize("obj", [
+    {"id": "a", "prompt": "Hi"}, {"id": 7, "prompt": "Hi"}, {"prompt": "Hi"},
+    {"id": None, "prompt": "Hi"}, {"id": "", "prompt": "Hi"}, {"id": True, "prompt": "Hi"},
+    {"id": 1.5, "prompt": "Hi"}, {"id": "a", "prompt": ""}, {"id": "a", "prompt": 5},
+    {"id": "a", "prompt": None}, {"id": "a", "prompt": "Hi", "extra": 1},
+    {"id": "a", "prompt": "Hi", "reference": "R"}, {"id": ["x"], "prompt": "Hi"},
+])
+def test_the_fast_path_for_prompt_rows_gives_pydantics_verdict(obj: dict[str, Any]) -> None:
+    """Plain {"id", "prompt"} rows skip pydantic; every row gets the same Row or message."""
+    from pydantic import ValidationError
+
+    from producer.readers import _fields_row
+    from schemas.rows import PromptRow, reason
+
+    key = str(obj["id"]) if obj.get("id") not in (None, "") else "3"
+    try:
+        expected: Row | RowError = Row(3, key, PromptRow.model_validate(obj).model_dump(
+            exclude_none=True, exclude={"id"}))
+    except ValidationError as exc:
+        expected = RowError(3, reason(exc))
+    assert _fields_row(3, obj, None) == expected
+
+
+def test_lines_the_fast_decoder_refuses_get_the_json_modules_message(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"prompt": "ok"}\n{"prompt": "\\ud800"}\n{"prompt": "x", "n": NaN}\n'
+                     b'\xef\xbb\xbf{"prompt": "bom"}\n{"prompt": "ok"} x\n')
+    result = rows(path, "jsonl")
+    assert [type(r).__name__ for r in result] == ["Row", "Row", "RowError", "RowError",
+                                                  "RowError"]
+    assert isinstance(result[1], Row) and result[1].payload == {"prompt": "\ud800"}
+    assert str(result[2]) == "line 3: n: unknown field"
+    assert str(result[3]).startswith("line 4: malformed JSON: Unexpected UTF-8 BOM")
+    assert str(result[4]) == "line 5: malformed JSON: Extra data (column 18)"

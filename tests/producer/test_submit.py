@@ -98,3 +98,41 @@ def test_unreachable_database_is_one_line_naming_the_url(tmp_path: Path) -> None
                     broker_url="redis://127.0.0.1:6379/13")
     with pytest.raises(DatabaseUnreachable, match=r"postgresql://u:\*\*\*@127.0.0.1:1/none"):
         submit(settings, JobSpec(), _jsonl(tmp_path, 2))
+
+
+def test_duplicates_across_write_batches_are_found_and_reported_in_line_order(
+        stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Duplicates are found by the table's unique index, batch by batch (no set of every
+    id in memory): one in the same batch, one in a later batch, beside a malformed row."""
+    monkeypatch.setattr("producer.submit.BATCH", 3)
+    rows = ['{"id": "a", "prompt": "1"}', '{"id": "b", "prompt": "2"}',
+            '{"id": "a", "prompt": "3"}', '{"id": "c", "prompt": "4"}', '{"id": "x"',
+            '{"id": "b", "prompt": "6"}', '{"id": "d", "prompt": "7"}']
+    path = tmp_path / "dups.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
+    reported: list[str] = []
+    done = submit(settings, JobSpec(chunk_size=2), path, skip_invalid=True,
+                  on_invalid=lambda e: reported.append(str(e)))
+
+    assert [e.split(":")[0] for e in reported] == ["line 3", "line 5", "line 6"]
+    assert "duplicate id 'a'" in reported[0] and "duplicate id 'b'" in reported[2]
+    assert (done.items, done.invalid_count, done.chunks) == (4, 3, 2)
+    with db.session(stack.db_url) as s:
+        stored = s.execute(select(Item.seq, Item.key, Item.chunk, Item.payload)
+                           .where(Item.job_id == done.job_id).order_by(Item.seq)).all()
+    assert [tuple(r) for r in stored] == [
+        (0, "a", 0, {"prompt": "1"}), (1, "b", 0, {"prompt": "2"}),
+        (2, "c", 1, {"prompt": "4"}), (3, "d", 1, {"prompt": "7"})]
+
+
+def test_without_skip_a_duplicate_in_a_later_batch_still_refuses_the_whole_job(
+        stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("producer.submit.BATCH", 2)
+    path = _jsonl(tmp_path, 5)
+    path.write_text(path.read_text() + '{"id": "i0", "prompt": "again"}\n')
+    settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
+    jobs_before, items_before = _count(stack, Job), _count(stack, Item)
+    with pytest.raises(InputError, match="line 6: duplicate id 'i0'.*no job was created"):
+        submit(settings, JobSpec(), path)
+    assert (_count(stack, Job), _count(stack, Item)) == (jobs_before, items_before)

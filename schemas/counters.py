@@ -1,0 +1,120 @@
+"""Per-job counters kept by the database itself: items per status, tokens of results.
+
+`nightshift status` on a job of a million items must not count a million rows. The
+table `job_counts` holds, per job and status, how many items have that status and the
+tokens of the results with that status; triggers on `items` and `results` keep it
+exact whoever writes (submit, leases, result writes, cancel, retry, SQL by hand).
+PostgreSQL fires one trigger per statement over its transition tables, so a bulk
+write costs one grouped upsert; SQLite has only row triggers, each a B-tree upsert.
+
+A migration that rebuilds `items` or `results` on SQLite (Alembic batch mode) drops
+their triggers: `ensure` puts them back, and `schemas.db.upgrade` calls it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, text
+
+TRIGGERS = ("items_counted_insert", "items_counted_update", "items_counted_delete",
+            "results_counted_insert", "results_counted_update", "results_counted_delete")
+
+_UPSERT = ("INSERT INTO job_counts (job_id, status, items, prompt_tokens, completion_tokens) "
+           "{rows} ON CONFLICT (job_id, status) DO UPDATE SET "
+           "items = job_counts.items + excluded.items, "
+           "prompt_tokens = job_counts.prompt_tokens + excluded.prompt_tokens, "
+           "completion_tokens = job_counts.completion_tokens + excluded.completion_tokens")
+
+
+def _sqlite_ddl() -> list[str]:
+    def row(ref: str, n: str, tokens: bool) -> str:
+        p, c = (f"{n}{ref}.prompt_tokens", f"{n}{ref}.completion_tokens") if tokens \
+            else ("0", "0")
+        items = "0" if tokens else n + "1"
+        # "WHERE true" keeps SQLite's parser from reading ON CONFLICT as a join clause.
+        return _UPSERT.format(rows=f"SELECT {ref}.job_id, {ref}.status, {items}, {p}, {c} "
+                                   "WHERE true") + ";"
+
+    def trigger(name: str, event: str, table: str, body: str, when: str = "") -> str:
+        return (f"CREATE TRIGGER IF NOT EXISTS {name} AFTER {event} ON {table} "
+                f"{when}BEGIN {body} END")
+
+    return [
+        trigger("items_counted_insert", "INSERT", "items", row("NEW", "", False)),
+        trigger("items_counted_update", "UPDATE OF status", "items",
+                row("OLD", "-", False) + row("NEW", "", False),
+                "FOR EACH ROW WHEN OLD.status IS NOT NEW.status "),
+        trigger("items_counted_delete", "DELETE", "items", row("OLD", "-", False)),
+        trigger("results_counted_insert", "INSERT", "results", row("NEW", "", True)),
+        trigger("results_counted_update", "UPDATE", "results",
+                row("OLD", "-", True) + row("NEW", "", True),
+                "FOR EACH ROW WHEN OLD.status IS NOT NEW.status OR OLD.prompt_tokens "
+                "IS NOT NEW.prompt_tokens OR OLD.completion_tokens IS NOT NEW.completion_tokens "),
+        trigger("results_counted_delete", "DELETE", "results", row("OLD", "-", True)),
+    ]
+
+
+def _postgresql_ddl() -> list[str]:
+    def function(name: str, tokens: bool) -> str:
+        counted = ("0, sum(sign * prompt_tokens), sum(sign * completion_tokens)" if tokens
+                   else "sum(sign), 0, 0")
+        changed = ("sum(sign * prompt_tokens) <> 0 OR sum(sign * completion_tokens) <> 0"
+                   if tokens else "sum(sign) <> 0")
+        # Sorted upserts take the counter rows' locks in one order: no deadlocks.
+        grouped = (f"SELECT job_id, status, {counted} FROM ({{rows}}) AS d "
+                   f"GROUP BY job_id, status HAVING {changed} ORDER BY job_id, status")
+        fields = "job_id, status, prompt_tokens, completion_tokens" if tokens \
+            else "job_id, status"
+        old = f"SELECT {fields}, -1 AS sign FROM old_rows"
+        new = f"SELECT {fields}, 1 AS sign FROM new_rows"
+        return f"""
+CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    {_UPSERT.format(rows=grouped.format(rows=new))};
+  ELSIF TG_OP = 'UPDATE' THEN
+    {_UPSERT.format(rows=grouped.format(rows=old + " UNION ALL " + new))};
+  ELSE
+    {_UPSERT.format(rows=grouped.format(rows=old))};
+  END IF;
+  RETURN NULL;
+END $$"""
+
+    def trigger(table: str, event: str, refs: str) -> str:
+        return (f"CREATE OR REPLACE TRIGGER {table}_counted_{event.lower()} AFTER {event} "
+                f"ON {table} REFERENCING {refs} FOR EACH STATEMENT "
+                f"EXECUTE FUNCTION {table}_counted()")
+
+    ddl = [function("items_counted", False), function("results_counted", True)]
+    for table in ("items", "results"):
+        ddl += [trigger(table, "INSERT", "NEW TABLE AS new_rows"),
+                trigger(table, "UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+                trigger(table, "DELETE", "OLD TABLE AS old_rows")]
+    return ddl
+
+
+def _present(conn: Connection) -> int:
+    if conn.dialect.name == "postgresql":
+        query = "SELECT count(*) FROM pg_trigger WHERE tgname = ANY(:names)"
+        return int(conn.execute(text(query), {"names": list(TRIGGERS)}).scalar_one())
+    names = ", ".join(f"'{name}'" for name in TRIGGERS)
+    return int(conn.execute(text("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' "
+                                 f"AND name IN ({names})")).scalar_one())
+
+
+def ensure(conn: Connection) -> None:
+    """Install the triggers if any is missing (idempotent, cheap when all are there)."""
+    if conn.dialect.name not in ("postgresql", "sqlite") or _present(conn) == len(TRIGGERS):
+        return
+    for statement in (_postgresql_ddl() if conn.dialect.name == "postgresql"
+                      else _sqlite_ddl()):
+        conn.exec_driver_sql(statement)
+
+
+def backfill(conn: Connection) -> None:
+    """Counters from the rows already there (the migration that adds the table)."""
+    conn.exec_driver_sql("DELETE FROM job_counts")
+    conn.exec_driver_sql(_UPSERT.format(
+        rows="SELECT job_id, status, count(*), 0, 0 FROM items GROUP BY job_id, status"))
+    conn.exec_driver_sql(_UPSERT.format(
+        rows="SELECT job_id, status, 0, sum(prompt_tokens), sum(completion_tokens) "
+             "FROM results GROUP BY job_id, status"))

@@ -1,0 +1,88 @@
+"""The bulk statements behind submit and result writes (schemas.db): same rows as the
+ORM would store, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from conftest import Stack
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from schemas import db
+from schemas.tables import Item, ItemStatus, Job, Result
+
+
+def _job(stack: Stack) -> str:
+    job_id = uuid.uuid4().hex
+    with db.session(stack.db_url) as s, s.begin():
+        s.add(Job(id=job_id, kind="generate", model="m", spec={}))
+    return job_id
+
+
+def _items(job_id: str, seqs: range, key: str = "k") -> list[tuple[object, ...]]:
+    return [(job_id, n, f"{key}{n}", 0, '{"prompt": "p\\tq\\n"}', ItemStatus.PENDING, 0)
+            for n in seqs]
+
+
+COLUMNS = ("job_id", "seq", "key", "chunk", "payload", "status", "tries")
+
+
+def test_insert_rows_stores_what_the_orm_reads_back(stack: Stack) -> None:
+    job_id = _job(stack)
+    with db.session(stack.db_url) as s, s.begin():
+        db.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(3)))
+    with db.session(stack.db_url) as s:
+        items = s.scalars(select(Item).where(Item.job_id == job_id).order_by(Item.seq)).all()
+    assert [(i.seq, i.key, i.payload, i.status) for i in items] == [
+        (n, f"k{n}", {"prompt": "p\tq\n"}, "pending") for n in range(3)]
+
+
+def test_insert_rows_reports_a_duplicate_key_as_integrity_error(stack: Stack) -> None:
+    """On PostgreSQL too, where COPY's own error is turned into SQLAlchemy's."""
+    job_id = _job(stack)
+    with db.session(stack.db_url) as s, s.begin():
+        db.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(2)))
+        with pytest.raises(IntegrityError), s.begin_nested():
+            db.insert_rows(s.connection(), Item.__table__, COLUMNS,
+                           [(job_id, 5, "k1", 0, "{}", ItemStatus.PENDING, 0)])
+        db.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(2, 3)))
+    with db.session(stack.db_url) as s:
+        assert s.scalars(select(Item.seq).where(Item.job_id == job_id)).all() == [0, 1, 2]
+
+
+def test_upsert_rows_replaces_by_key_and_fills_defaults(stack: Stack) -> None:
+    job_id = _job(stack)
+    with db.session(stack.db_url) as s, s.begin():
+        db.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(2)))
+    before = datetime.now(UTC)
+    first = [{"job_id": job_id, "item_seq": n, "status": "succeeded", "output": f"o{n}",
+              "probabilities": {"yes": 0.75}, "samples": None, "sampling": {"seed": n}}
+             for n in range(2)]
+    with db.session(stack.db_url) as s, s.begin():
+        db.upsert_rows(s.connection(), Result.__table__, ["job_id", "item_seq"], first)
+        db.upsert_rows(s.connection(), Result.__table__, ["job_id", "item_seq"],
+                       [{**first[1], "status": "failed", "output": None, "error": "e"}])
+    with db.session(stack.db_url) as s:
+        rows = s.scalars(select(Result).where(Result.job_id == job_id)
+                         .order_by(Result.item_seq)).all()
+    assert [(r.status, r.output, r.error) for r in rows] == [("succeeded", "o0", None),
+                                                           ("failed", None, "e")]
+    assert rows[0].probabilities == {"yes": 0.75} and rows[0].sampling == {"seed": 0}
+    assert rows[0].samples is None and rows[0].attempts == 1  # the column's default
+    assert rows[0].created_at >= before.replace(microsecond=0)
+
+
+def test_update_rows_sets_each_rows_own_value(stack: Stack) -> None:
+    job_id = _job(stack)
+    with db.session(stack.db_url) as s, s.begin():
+        db.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(4)))
+        db.update_rows(s.connection(), Item.__table__, ["job_id", "seq"],
+                       [{"job_id": job_id, "seq": 1, "status": "succeeded"},
+                        {"job_id": job_id, "seq": 3, "status": "failed"}])
+    with db.session(stack.db_url) as s:
+        statuses = s.scalars(select(Item.status).where(Item.job_id == job_id)
+                             .order_by(Item.seq)).all()
+    assert statuses == ["pending", "succeeded", "pending", "failed"]

@@ -1,0 +1,99 @@
+"""job_counts stays exact whoever writes items and results, on SQLite and PostgreSQL:
+the counts `nightshift status` shows without counting a million rows."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from conftest import Stack
+from sqlalchemy import delete, func, insert, select, text, update
+
+from schemas import counters, db
+from schemas.tables import Item, Job, JobCount, Result
+
+
+def _job(stack: Stack, items: int) -> str:
+    job_id = uuid.uuid4().hex
+    with db.session(stack.db_url) as s, s.begin():
+        s.add(Job(id=job_id, kind="generate", model="m", spec={}))
+        s.flush()
+        s.execute(insert(Item), [{"job_id": job_id, "seq": n, "key": f"k{n}", "chunk": n // 4,
+                                  "payload": {"prompt": "p"}} for n in range(items)])
+    return job_id
+
+
+def _counters(stack: Stack, job_id: str) -> dict[str, tuple[int, int, int]]:
+    with db.session(stack.db_url) as s:
+        rows = s.execute(select(JobCount.status, JobCount.items, JobCount.prompt_tokens,
+                                JobCount.completion_tokens).where(JobCount.job_id == job_id))
+        return {r[0]: (r[1], r[2], r[3]) for r in rows if any(r[1:])}
+
+
+def _recounted(stack: Stack, job_id: str) -> dict[str, tuple[int, int, int]]:
+    """The same figures counted the slow way, from the rows themselves."""
+    with db.session(stack.db_url) as s:
+        items = dict(s.execute(select(Item.status, func.count()).where(Item.job_id == job_id)
+                               .group_by(Item.status)).all())
+        tokens = {r[0]: (int(r[1]), int(r[2])) for r in s.execute(
+            select(Result.status, func.sum(Result.prompt_tokens),
+                   func.sum(Result.completion_tokens))
+            .where(Result.job_id == job_id).group_by(Result.status))}
+    counted = {st: (n, *tokens.get(st, (0, 0))) for st, n in items.items()}
+    counted.update({st: (0, *t) for st, t in tokens.items() if st not in items and any(t)})
+    return {st: c for st, c in counted.items() if any(c)}
+
+
+def _result(job_id: str, seq: int, status: str, prompt: int, completion: int) -> dict[str, Any]:
+    return {"job_id": job_id, "item_seq": seq, "status": status, "prompt_tokens": prompt,
+            "completion_tokens": completion}
+
+
+def test_item_inserts_updates_and_deletes_move_the_counts(stack: Stack) -> None:
+    job_id = _job(stack, 10)
+    assert _counters(stack, job_id) == {"pending": (10, 0, 0)}
+    with db.session(stack.db_url) as s, s.begin():
+        s.execute(update(Item).where(Item.job_id == job_id, Item.chunk == 0)
+                  .values(status="running"))
+        s.execute(update(Item).where(Item.job_id == job_id, Item.seq == 9)
+                  .values(status="cancelled"))
+        s.execute(update(Item).where(Item.job_id == job_id, Item.seq == 8)
+                  .values(tries=Item.tries + 1))  # a status left alone changes no count
+        s.execute(delete(Item).where(Item.job_id == job_id, Item.seq == 7))
+    assert _counters(stack, job_id) == {"pending": (4, 0, 0), "running": (4, 0, 0),
+                                        "cancelled": (1, 0, 0)}
+    assert _counters(stack, job_id) == _recounted(stack, job_id)
+
+
+def test_result_upserts_replace_tokens_instead_of_adding_them(stack: Stack) -> None:
+    """A chunk that runs twice writes its results twice: the tokens count once."""
+    job_id = _job(stack, 3)
+    with db.session(stack.db_url) as s, s.begin():
+        conn = s.connection()
+        db.upsert_rows(conn, Result.__table__, ["job_id", "item_seq"],
+                       [_result(job_id, n, "succeeded", 10, 5) for n in range(3)])
+        db.upsert_rows(conn, Result.__table__, ["job_id", "item_seq"],
+                       [_result(job_id, 0, "succeeded", 10, 7),
+                        _result(job_id, 1, "failed", 10, 0)])
+        db.update_rows(conn, Item.__table__, ["job_id", "seq"],
+                       [{"job_id": job_id, "seq": 0, "status": "succeeded"},
+                        {"job_id": job_id, "seq": 1, "status": "failed"},
+                        {"job_id": job_id, "seq": 2, "status": "succeeded"}])
+    assert _counters(stack, job_id) == {"succeeded": (2, 20, 12), "failed": (1, 10, 0)}
+    assert _counters(stack, job_id) == _recounted(stack, job_id)
+
+
+def test_missing_triggers_are_put_back_and_backfill_recounts(stack: Stack) -> None:
+    """A SQLite table rebuild (Alembic batch mode) drops triggers: upgrade restores them."""
+    job_id = _job(stack, 4)
+    with db.engine_for(stack.db_url).begin() as conn:
+        on = " ON items" if conn.dialect.name == "postgresql" else ""
+        conn.execute(text(f"DROP TRIGGER items_counted_update{on}"))
+        conn.execute(update(Item).where(Item.job_id == job_id).values(status="failed"))
+    assert _counters(stack, job_id) == {"pending": (4, 0, 0)}  # stale without its trigger
+    db.upgrade(stack.db_url)
+    with db.engine_for(stack.db_url).begin() as conn:
+        counters.backfill(conn)
+        conn.execute(update(Item).where(Item.job_id == job_id, Item.seq == 0)
+                     .values(status="pending"))
+    assert _counters(stack, job_id) == {"failed": (3, 0, 0), "pending": (1, 0, 0)}
