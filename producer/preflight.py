@@ -202,10 +202,12 @@ def _eta(report: Report) -> None:
 def load_tokenizer(model_path: str) -> Any:
     """The model's tokenizer; the fast class directly when the directory has its file
     (the same tokenizer AutoTokenizer picks, without importing torch)."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
     if (Path(model_path) / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
         return PreTrainedTokenizerFast.from_pretrained(model_path)
+    from transformers import AutoTokenizer  # imports torch: only when it must
+
     return AutoTokenizer.from_pretrained(model_path)
 
 
