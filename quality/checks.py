@@ -386,6 +386,10 @@ def run(checks: list[tuple[str, dict[str, Any]]], answer: Answer) -> list[Verdic
     verdicts = []
     for name, params in checks:
         check = CHECKS[name]
-        if check.run is not None:
+        if check.run is None:
+            continue
+        try:
             verdicts.append(check.run(answer, check.params.model_validate(params)))
+        except Exception as exc:  # a custom check's bug fails its item, not the chunk
+            verdicts.append(Verdict(name, False, reason=f"the check raised {exc!r}"))
     return verdicts

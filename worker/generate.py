@@ -166,7 +166,8 @@ def _sampling(chunk: Chunk, run: ItemRun, plan: Plan | None, number: int, prompt
             sampling["n"] = max(len(checks.duplicates(run.last.samples or [], limit)), 1)
     sampling["seed"] = item_seed(run.chosen.seed, run.key, number - 1)
     room = chunk.host.max_model_len - len(prompt.token_ids)
-    sampling["max_tokens"] = max(1, min(int(sampling["max_tokens"]), room))
+    wanted = int(sampling.get("max_tokens", run.chosen.max_tokens))
+    sampling["max_tokens"] = max(1, min(wanted, room))
     return sampling
 
 

@@ -9,6 +9,7 @@ tests/e2e/test_quality.py.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -138,3 +139,64 @@ def test_a_lost_engine_raises_and_no_attempt_is_spent(tokenizer: Any) -> None:
     with pytest.raises(RuntimeError, match="engine core died"):
         run_items(Dead(tokenizer, lambda p, a: ("", "", 0)),  # type: ignore[arg-type]
                   JobSpec(checks=["non_empty"]), _items("x"), "job:0")
+
+
+def test_an_unconfident_label_is_decided_by_a_majority_of_samples(tokenizer: Any) -> None:
+    pos, neg = (tokenizer.encode(w, add_special_tokens=False)[0] for w in ("positive", "negative"))
+
+    class Unsure(ScriptedHost):
+        def submit(self, request_id: str, token_ids: list[int], params: Any) -> Future[Any]:
+            self.params.append(params)
+            n = params.n or 1
+            votes = ["negative", "positive", "negative", "negative"][:n] if n > 1 else ["positive"]
+            step = {pos: SimpleNamespace(logprob=math.log(0.55)),
+                    neg: SimpleNamespace(logprob=math.log(0.45))}
+            future: Future[Any] = Future()
+            future.set_result(SimpleNamespace(outputs=[SimpleNamespace(
+                text=v, finish_reason="stop", token_ids=[1], logprobs=[step]) for v in votes]))
+            return future
+
+    host = Unsure(tokenizer, lambda p, a: ("", "", 0))
+    spec = JobSpec(kind="classify", labels=["positive", "negative"],
+                   checks=["confidence:min=0.7,samples=4"], max_attempts=2)
+    [outcome] = run_items(host, spec, _items("meh"), "job:0")  # type: ignore[arg-type]
+
+    first, second = outcome.tries
+    assert first.label == "positive" and first.probabilities == {"positive": 0.55,
+                                                                 "negative": 0.45}
+    assert second.step == "self_consistency" and host.params[1].n == 4
+    assert host.params[1].temperature == 0.7
+    assert second.label == "negative" and second.probabilities == {"positive": 0.25,
+                                                                   "negative": 0.75}
+    assert (outcome.quality, outcome.label, outcome.status) == ("passed", "negative", "succeeded")
+
+
+def test_a_label_still_unconfident_after_its_budget_is_kept_for_review(tokenizer: Any) -> None:
+    pos, neg = (tokenizer.encode(w, add_special_tokens=False)[0] for w in ("positive", "negative"))
+    step = {pos: SimpleNamespace(logprob=math.log(0.6)),
+            neg: SimpleNamespace(logprob=math.log(0.4))}
+
+    class Split(ScriptedHost):
+        def submit(self, request_id: str, token_ids: list[int], params: Any) -> Future[Any]:
+            n = params.n or 1
+            votes = ["positive", "negative"] * (n // 2) if n > 1 else ["positive"]
+            future: Future[Any] = Future()
+            future.set_result(SimpleNamespace(outputs=[SimpleNamespace(
+                text=v, finish_reason="stop", token_ids=[1], logprobs=[step]) for v in votes]))
+            return future
+
+    spec = JobSpec(kind="classify", labels=["positive", "negative"],
+                   checks=["confidence:min=0.8,samples=4"], max_attempts=3)
+    [outcome] = run_items(Split(tokenizer, lambda p, a: ("", "", 0)),  # type: ignore[arg-type]
+                          spec, _items("meh"), "job:0")
+    assert (outcome.quality, outcome.status, outcome.attempts) == ("needs_review",
+                                                                    "succeeded", 3)
+    assert outcome.error is None and outcome.label in ("positive", "negative")
+
+
+def test_a_check_that_raises_fails_its_item_with_the_exception_not_the_chunk(
+        tokenizer: Any) -> None:
+    host = ScriptedHost(tokenizer, lambda p, a: ("an answer", "stop", 0))
+    spec = JobSpec(checks=["custom:fn=tests.quality.custom:broken"], max_attempts=1)
+    [outcome] = run_items(host, spec, _items("x"), "job:0")  # type: ignore[arg-type]
+    assert outcome.status == "failed" and "ZeroDivisionError" in (outcome.error or "")
