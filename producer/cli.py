@@ -94,6 +94,12 @@ def cli() -> None:
 @click.option("--max-attempts", type=click.IntRange(1, 10),
               help="Answers per item at most, retries included [default: 3].")
 @click.option("--ladder", help="Retry steps in order, e.g. resample,feedback,constrain.")
+@click.option("--split", "split_mode", type=click.Choice(["map-reduce", "per-piece"]),
+              help="Documents longer than the context: combine the pieces' answers into "
+                   "one per document, or keep one per piece [default: map-reduce].")
+@click.option("--overlap", type=int, help="Tokens neighbouring pieces share [default: 64].")
+@click.option("--reduce-template", help="Jinja2 template combining pieces' answers: sees "
+              "`parts` (list), `request` and the document's fields.")
 @click.option("--skip-invalid", is_flag=True, help="Leave invalid rows out instead of failing.")
 @click.option("--start-at", help="Hold the job until then: HH:MM (local; today, or tomorrow "
               "if past) or an ISO 8601 datetime.")
@@ -111,7 +117,8 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
            temperature: float | None, top_p: float | None,
            max_tokens: int | None, seed: int | None, samples: int | None,
            chunk_size: int | None, checks: tuple[str, ...], max_attempts: int | None,
-           ladder: str | None, skip_invalid: bool, start_at: str | None,
+           ladder: str | None, split_mode: str | None, overlap: int | None,
+           reduce_template: str | None, skip_invalid: bool, start_at: str | None,
            deadline: str | None, priority: int, dry_run: bool, as_json: bool,
            broker_url: str | None, database_url: str | None) -> None:
     """Create a job from INPUT and enqueue it; prints the job id.
@@ -144,6 +151,8 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
                       json_schema=json_schema, checks=list(checks) or None,
                       max_attempts=max_attempts,
                       ladder=ladder.split(",") if ladder else None,
+                      split=split_mode.replace("-", "_") if split_mode else None,
+                      overlap=overlap, reduce_template=reduce_template,
                       sampling={"temperature": temperature, "top_p": top_p,
                                 "max_tokens": max_tokens, "seed": seed, "n": samples})
     schedule = schedules.parse(start_at, deadline, priority)

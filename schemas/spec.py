@@ -80,10 +80,17 @@ class JobSpec(BaseModel):
     checks: list[CheckSpec] = []
     max_attempts: int = Field(3, ge=1, le=10)
     ladder: list[Step] = Field(["resample", "feedback", "constrain"], min_length=1)
+    # Documents longer than the context are split by the model's own tokens, neighbours
+    # sharing `overlap` tokens. "map_reduce": each piece is answered, then the answers are
+    # combined (with `reduce_template`, recursively if need be) into one per document;
+    # "per_piece": one answer per piece. A long classification averages its pieces' labels.
+    split: Literal["map_reduce", "per_piece"] = "map_reduce"
+    overlap: int = Field(64, ge=0, le=1024)
+    reduce_template: str | None = None
     # Items per broker message: large enough to amortize a lease, small enough to rebalance.
     chunk_size: int = Field(64, ge=1, le=10_000)
 
-    @field_validator("template")
+    @field_validator("template", "reduce_template")
     @classmethod
     def _template_compiles(cls, value: str | None) -> str | None:
         if value is not None:

@@ -158,6 +158,8 @@ class Result(Base):
     quality: Mapped[str | None] = mapped_column(String(16))
     checks: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     metrics: Mapped[dict[str, Any] | None]
+    # A document longer than the context: how many pieces it was split into (see Piece).
+    pieces: Mapped[int | None] = mapped_column(Integer)
     # The prompt exactly as the engine saw it, and the sampling that produced the output.
     prompt: Mapped[str | None] = mapped_column(Text)
     sampling: Mapped[dict[str, Any] | None]
@@ -173,6 +175,8 @@ class Attempt(Base):
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
     item_seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # 0: the item's own answer (a document's final reduce); n > 0: its piece n.
+    piece: Mapped[int] = mapped_column(Integer, primary_key=True, default=0, server_default="0")
     attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
     # The ladder step that produced it: "first", "resample", "feedback", "constrain", ...
     step: Mapped[str] = mapped_column(String(32))
@@ -190,6 +194,35 @@ class Attempt(Base):
     # Why the next attempt was made (the failed checks' reasons), None for the last.
     next_reason: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Piece(Base):
+    """A part of a document longer than the model's context: a map piece (a span of the
+    document's text) or a reduce step that combined other parts' answers."""
+
+    __tablename__ = "pieces"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    item_seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    piece: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "map" or "reduce"
+    # map: the piece's span of the document's text (character offsets).
+    start_char: Mapped[int | None] = mapped_column(Integer)
+    end_char: Mapped[int | None] = mapped_column(Integer)
+    # reduce: the parts it combined.
+    inputs: Mapped[list[int] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    output: Mapped[str | None] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(String(256))
+    probabilities: Mapped[dict[str, Any] | None]
+    quality: Mapped[str | None] = mapped_column(String(16))
+    checks: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    error: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

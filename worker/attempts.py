@@ -35,13 +35,16 @@ class Try:
     completion_tokens: int = 0
     verdicts: list[Verdict] = field(default_factory=list)
     next_reason: str | None = None
+    # 0: the item's own answer; n > 0: an answer for the document's part n.
+    piece: int = 0
 
     @property
     def failed(self) -> list[Verdict]:
         return [v for v in self.verdicts if v.passed is False]
 
     def ledger_row(self, job_id: str, item_seq: int, worker: str) -> dict[str, Any]:
-        return {"job_id": job_id, "item_seq": item_seq, "attempt": self.attempt,
+        return {"job_id": job_id, "item_seq": item_seq, "piece": self.piece,
+                "attempt": self.attempt,
                 "step": self.step, "prompt": self.prompt, "sampling": self.sampling,
                 "output": self.output, "samples": self.samples, "label": self.label,
                 "probabilities": self.probabilities, "finish_reason": self.finish_reason,
@@ -72,10 +75,13 @@ class Outcome:
     quality: str | None = None
     checks: list[dict[str, Any]] | None = None
     metrics: dict[str, Any] | None = None
+    pieces: int | None = None
     tries: list[Try] = field(default_factory=list)
+    # A long document's rows of `pieces` (map pieces and reduce steps).
+    parts: list[dict[str, Any]] = field(default_factory=list)
 
     def row(self, job_id: str, worker: str) -> dict[str, Any]:
-        row = {k: v for k, v in self.__dict__.items() if k != "tries"}
+        row = {k: v for k, v in self.__dict__.items() if k not in ("tries", "parts")}
         return {"job_id": job_id, "worker": worker, **row}
 
 
@@ -91,6 +97,9 @@ class ItemRun:
     tries: list[Try] = field(default_factory=list)
     # Tokens the judge generated about this item's answers (cost, not answer).
     judge_tokens: int = 0
+    # A part of a long document: the document it belongs to and its part number.
+    parent: Any = None
+    piece: int = 0
 
     @property
     def last(self) -> Try:

@@ -17,11 +17,21 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from schemas.db import session, update_rows, upsert, upsert_rows
-from schemas.spec import JobSpec
 from quality.semantic import Embedder
-from schemas.tables import (Attempt, Chunk, ChunkStatus, Item, ItemStatus, Job, JobState, Result,
-                            utcnow)
+from schemas.db import session, update_rows, upsert_rows
+from schemas.spec import JobSpec
+from schemas.tables import (
+    Attempt,
+    Chunk,
+    ChunkStatus,
+    Item,
+    ItemStatus,
+    Job,
+    JobState,
+    Piece,
+    Result,
+    utcnow,
+)
 from worker import leases, metrics
 from worker.attempts import Outcome
 from worker.engine import EngineHost
@@ -122,13 +132,16 @@ def write(db_url: str, job_id: str, seq: int, owner: str, outcomes: list[Outcome
 
 
 def _record(db: Session, job_id: str, owner: str, outcomes: list[Outcome]) -> None:
-    dialect = db.get_bind().dialect.name
-    # Bulk statements (unnest on PostgreSQL), not row by row: see schemas.db.upsert_rows.
+    # One statement per batch on PostgreSQL, executemany on SQLite: see schemas.db.upsert_rows.
     upsert_rows(db.connection(), Result.__table__, ["job_id", "item_seq"],
                 [o.row(job_id, owner) for o in outcomes])
     ledger = [t.ledger_row(job_id, o.item_seq, owner) for o in outcomes for t in o.tries]
     if ledger:
-        db.execute(upsert(Attempt.__table__, dialect, ["job_id", "item_seq", "attempt"]), ledger)
+        upsert_rows(db.connection(), Attempt.__table__,
+                    ["job_id", "item_seq", "piece", "attempt"], ledger)
+    parts = [{"job_id": job_id, "item_seq": o.item_seq, **p} for o in outcomes for p in o.parts]
+    if parts:
+        upsert_rows(db.connection(), Piece.__table__, ["job_id", "item_seq", "piece"], parts)
     update_rows(db.connection(), Item.__table__, ["job_id", "seq"],
                 [{"job_id": job_id, "seq": o.item_seq, "status": o.status} for o in outcomes])
 

@@ -22,6 +22,7 @@ from quality.ladder import Plan
 from schemas.spec import JobSpec
 from schemas.tables import ItemStatus
 from worker.attempts import ItemRun, Outcome, Try
+from worker.documents import DocumentRun, needs_split
 from worker.engine import EngineHost
 from worker.labels import label_probabilities
 from worker.prompts import (
@@ -64,12 +65,36 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
     chunk = Chunk(host, spec, tag, embedder or semantic.Embedder(), label_tokens)
     outcomes: list[Outcome] = []
     waiting: dict[Future[Any], tuple[ItemRun, str]] = {}
+
+    def ask(run: ItemRun) -> Future[Any]:
+        return _ask(chunk, run, None)
+
+    def settle(run: ItemRun, outcome: Outcome) -> None:
+        """An item is decided; a document's piece may lead to the next step instead."""
+        if run.parent is None:
+            outcomes.append(outcome)
+            return
+        more, whole = run.parent.done(run, outcome, ask)
+        waiting.update({future: (part, "answer") for future, part in more})
+        if whole is not None:
+            outcomes.append(whole)
+
     for seq, key, payload in items:
         try:
             chosen = sampling_for(spec, payload)
-            prompt = build(host.tokenizer, spec, payload, host.max_model_len, chosen.max_tokens)
-            run = ItemRun(seq, key, payload, chosen, prompt)
-            waiting[_ask(chunk, run, None)] = (run, "answer")
+            try:
+                prompt: Prompt | None = build(host.tokenizer, spec, payload,
+                                              host.max_model_len, chosen.max_tokens)
+            except PromptTooLong:
+                if "document" not in payload:
+                    raise
+                prompt = None
+            if needs_split(payload, prompt, chosen.max_tokens, host.max_model_len):
+                document = DocumentRun(seq, key, payload, chosen, spec, host)
+                waiting.update({f: (part, "answer") for f, part in document.start(ask)})
+            elif prompt is not None:
+                run = ItemRun(seq, key, payload, chosen, prompt)
+                waiting[ask(run)] = (run, "answer")
         except (PromptTooLong, KeyError, ValueError, TypeError) as exc:
             outcomes.append(Outcome(seq, ItemStatus.FAILED, error=_reason(exc)))
     while waiting:
@@ -80,12 +105,12 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
             if refused is not None:
                 if not isinstance(refused, (ValueError, TypeError)):
                     raise refused
-                outcomes.append(Outcome(run.seq, ItemStatus.FAILED,
-                                        error=f"engine refused: {refused}", tries=run.tries))
+                settle(run, Outcome(run.seq, ItemStatus.FAILED,
+                                    error=f"engine refused: {refused}", tries=run.tries))
                 continue
             follow = _advance(chunk, run, purpose, future.result())
             if follow is None:
-                outcomes.append(run.outcome(spec))
+                settle(run, run.outcome(spec))
             else:
                 waiting[follow[0]] = (run, follow[1])
     return sorted(outcomes, key=lambda o: o.item_seq)
@@ -146,7 +171,7 @@ def _ask(chunk: Chunk, run: ItemRun, plan: Plan | None) -> Future[Any]:
     # An OpenAI row's response_format is its own JSON Schema (schemas.rows), else the job's.
     params, recorded = _params(chunk, sampling, plan, run.payload.get("json_schema"))
     run.tries.append(Try(number, plan.step if plan else "first", prompt.text, recorded,
-                         len(prompt.token_ids)))
+                         len(prompt.token_ids), piece=run.piece))
     request_id = f"{chunk.tag}:{run.seq}:{number}:{uuid.uuid4().hex[:8]}"
     return chunk.host.submit(request_id, prompt.token_ids, params)
 

@@ -25,7 +25,7 @@ from sqlalchemy import inspect
 from schemas import db
 from schemas.tables import Base
 
-TABLES = {"jobs", "items", "chunks", "results", "attempts", "job_counts"}
+TABLES = {"jobs", "items", "chunks", "results", "attempts", "pieces", "job_counts"}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -10,52 +10,15 @@ tests/e2e/test_quality.py.
 from __future__ import annotations
 
 import math
-import threading
-import time
-from collections.abc import Callable
 from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from scripted import ScriptedHost
 
 from schemas.spec import JobSpec
 from worker.generate import run_items
-
-Script = Callable[[str, int], tuple[str, str, float]]
-
-
-class ScriptedHost:
-    """Answers each request with `script(prompt text, attempt)` -> (text, finish, delay)."""
-
-    max_model_len = 2048
-
-    def __init__(self, tokenizer: Any, script: Script) -> None:
-        self.tokenizer = tokenizer
-        self.script = script
-        self.events: list[str] = []
-        self.params: list[Any] = []
-        self._lock = threading.Lock()
-
-    def submit(self, request_id: str, token_ids: list[int], params: Any) -> Future[Any]:
-        attempt = int(request_id.split(":")[3]) if ":judge:" not in request_id else 0
-        text, finish, delay = self.script(self.tokenizer.decode(token_ids), attempt)
-        with self._lock:
-            self.events.append(f"submit {request_id.split(':')[2]}#{attempt}")
-            self.params.append(params)
-        future: Future[Any] = Future()
-
-        def deliver() -> None:
-            time.sleep(delay)
-            with self._lock:
-                self.events.append(f"answer {request_id.split(':')[2]}#{attempt}")
-            n = getattr(params, "n", 1) or 1
-            future.set_result(SimpleNamespace(outputs=[SimpleNamespace(
-                text=text, finish_reason=finish, token_ids=list(range(len(text.split()))),
-                logprobs=None) for _ in range(n)]))
-
-        threading.Thread(target=deliver, daemon=True).start()
-        return future
 
 
 def _items(*prompts: str) -> list[tuple[int, str, dict[str, Any]]]:
