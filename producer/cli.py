@@ -100,6 +100,8 @@ def cli() -> None:
 @click.option("--overlap", type=int, help="Tokens neighbouring pieces share [default: 64].")
 @click.option("--reduce-template", help="Jinja2 template combining pieces' answers: sees "
               "`parts` (list), `request` and the document's fields.")
+@click.option("--reuse-results", is_flag=True, help="A document an earlier job answered with "
+              "the same model, prompts, sampling and checks takes that answer; it does not run.")
 @click.option("--skip-invalid", is_flag=True, help="Leave invalid rows out instead of failing.")
 @click.option("--start-at", help="Hold the job until then: HH:MM (local; today, or tomorrow "
               "if past) or an ISO 8601 datetime.")
@@ -118,8 +120,8 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
            max_tokens: int | None, seed: int | None, samples: int | None,
            chunk_size: int | None, checks: tuple[str, ...], max_attempts: int | None,
            ladder: str | None, split_mode: str | None, overlap: int | None,
-           reduce_template: str | None, skip_invalid: bool, start_at: str | None,
-           deadline: str | None, priority: int, dry_run: bool, as_json: bool,
+           reduce_template: str | None, reuse_results: bool, skip_invalid: bool,
+           start_at: str | None, deadline: str | None, priority: int, dry_run: bool, as_json: bool,
            broker_url: str | None, database_url: str | None) -> None:
     """Create a job from INPUT and enqueue it; prints the job id.
 
@@ -165,11 +167,13 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
     done = do_submit(settings, spec, input_path, fmt, skip_invalid,
                      on_invalid=lambda e: click.echo(f"skipped {e}", err=True)
                      if skip_invalid else None, schedule=schedule,
-                     on_skipped=lambda d: click.echo(f"skipped {d}", err=True))
+                     on_skipped=lambda d: click.echo(f"skipped {d}", err=True),
+                     reuse_results=reuse_results)
     if as_json:
         click.echo(json.dumps({"job_id": done.job_id, "items": done.items,
                                "invalid": done.invalid_count,
                                "skipped": [asdict(d) for d in done.skipped],
+                               "reused": done.reused,
                                "state": "scheduled" if done.scheduled else "queued"}))
     else:
         click.echo(done.job_id)
@@ -179,7 +183,9 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
                    + (f"; {done.invalid_count} invalid rows left out" if done.invalid_count
                       else "")
                    + (f"; {len(done.skipped)} unreadable documents skipped" if done.skipped
-                      else ""), err=True)
+                      else "")
+                   + (f"; {done.reused} answered from earlier jobs" if done.reused else ""),
+                   err=True)
 
 
 def build_spec(spec_file: Path | None, sampling: dict[str, Any], **given: Any) -> JobSpec:

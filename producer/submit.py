@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from producer import broker, readers
 from producer.schedule import Schedule
-from schemas import db
+from schemas import db, dedup
 from schemas.errors import InputError
 from schemas.settings import Settings
 from schemas.spec import JobSpec
@@ -28,7 +28,7 @@ from worker import models
 from worker.app import message_priority
 
 BATCH = 5_000
-ITEM_COLUMNS = ("job_id", "seq", "key", "chunk", "payload", "status", "tries")
+ITEM_COLUMNS = ("job_id", "seq", "key", "chunk", "payload", "status", "tries", "content_key")
 CHUNK_COLUMNS = ("job_id", "seq", "size", "status", "deliveries")
 _encode = msgspec.json.Encoder().encode
 SHOWN_ERRORS = 20
@@ -43,13 +43,15 @@ class Submitted:
     invalid_count: int = 0
     skipped: list[readers.Skipped] = field(default_factory=list)
     scheduled: bool = False
+    # Items answered by an earlier job's result of the same document (--reuse-results).
+    reused: int = 0
 
 
 def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
            skip_invalid: bool = False,
            on_invalid: Callable[[readers.RowError], None] | None = None,
            on_skipped: Callable[[readers.Skipped], None] | None = None,
-           schedule: Schedule | None = None) -> Submitted:
+           schedule: Schedule | None = None, reuse_results: bool = False) -> Submitted:
     """With a `schedule` whose start is still ahead, the job is stored `scheduled` and
     nothing is enqueued: reconcile enqueues it once its start time has passed."""
     schedule = schedule or Schedule()
@@ -67,7 +69,7 @@ def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
                   spec=spec.model_dump(mode="json"), source=str(path),
                   input_format=input_format))
         s.flush()
-        items = _Items(s, job_id, spec.chunk_size, result, on_invalid)
+        items = _Items(s, job_id, spec, result, on_invalid)
         for row in readers.read(path, input_format, spec.template):
             if isinstance(row, readers.Skipped):  # unreadable documents leave the job standing
                 result.skipped.append(row)
@@ -77,6 +79,10 @@ def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
             items.add(row)
         items.flush()
         _refuse_if_invalid(path, result, skip_invalid)
+        if items.keyed:  # documents: each one answered once
+            dedup.mark_duplicates(s.connection(), job_id)
+            if reuse_results:
+                result.reused = dedup.reuse_earlier(s.connection(), job_id)
         result.chunks = -(-result.items // spec.chunk_size)
         db.insert_rows(s.connection(), Chunk.__table__, CHUNK_COLUMNS, [
             (job_id, c, min(spec.chunk_size, result.items - c * spec.chunk_size),
@@ -94,9 +100,11 @@ class _Items:
     items table's unique index, not by a set of every id seen (memory stays flat), and
     becomes that row's error; errors are reported in line order."""
 
-    def __init__(self, s: Session, job_id: str, chunk_size: int, result: Submitted,
+    def __init__(self, s: Session, job_id: str, spec: JobSpec, result: Submitted,
                  on_invalid: Callable[[readers.RowError], None] | None) -> None:
-        self.s, self.job_id, self.chunk_size = s, job_id, chunk_size
+        self.s, self.job_id, self.chunk_size = s, job_id, spec.chunk_size
+        self.fingerprint = dedup.fingerprint(spec)
+        self.keyed = False
         self.result, self.on_invalid = result, on_invalid
         self.entries: list[readers.Row | readers.RowError] = []
 
@@ -122,10 +130,12 @@ class _Items:
     def _insert(self, entries: list[readers.Row | readers.RowError]) -> None:
         first, size, job_id = self.result.items, self.chunk_size, self.job_id
         rows = [row for row in entries if isinstance(row, readers.Row)]
+        keys = [dedup.content_key(self.fingerprint, row.payload) for row in rows]
+        self.keyed = self.keyed or any(keys)
         db.insert_rows(self.s.connection(), Item.__table__, ITEM_COLUMNS, [
             (job_id, seq, row.key, seq // size, _encode(row.payload).decode(),
-             ItemStatus.PENDING, 0)
-            for seq, row in enumerate(rows, start=first)])
+             ItemStatus.PENDING, 0, key)
+            for (seq, row), key in zip(enumerate(rows, start=first), keys, strict=True)])
 
     def _duplicates_marked(self, entries: list[readers.Row | readers.RowError]
                            ) -> list[readers.Row | readers.RowError]:

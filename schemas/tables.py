@@ -106,6 +106,7 @@ class Item(Base):
         Index("ix_items_job_key", "job_id", "key", unique=True),
         Index("ix_items_job_chunk", "job_id", "chunk"),
         Index("ix_items_job_status", "job_id", "status"),
+        Index("ix_items_content_key", "content_key"),
     )
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
@@ -118,6 +119,11 @@ class Item(Base):
     status: Mapped[str] = mapped_column(String(16), default=ItemStatus.PENDING)
     # Times a worker started this item alone after a crash (see worker.chunks: poison items).
     tries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A document's content and everything that decides its answer (model, prompt, sampling,
+    # checks), hashed: equal keys get one answer. `same_as`: the item of this job whose
+    # result this one takes instead of running.
+    content_key: Mapped[str | None] = mapped_column(String(64))
+    same_as: Mapped[int | None] = mapped_column(Integer)
 
 
 class Chunk(Base):

@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from quality.semantic import Embedder
+from schemas import dedup
 from schemas.db import session, update_rows, upsert_rows
 from schemas.spec import JobSpec
 from schemas.tables import (
@@ -100,7 +101,7 @@ def _load(db_url: str, job_id: str, seq: int) -> tuple[JobSpec | None, list[Any]
             return None, []
         items = db.execute(
             select(Item.seq, Item.key, Item.payload, Item.tries)
-            .where(Item.job_id == job_id, Item.chunk == seq,
+            .where(Item.job_id == job_id, Item.chunk == seq, Item.same_as.is_(None),
                    Item.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING)))
             .order_by(Item.seq)
         ).all()
@@ -142,6 +143,7 @@ def _record(db: Session, job_id: str, owner: str, outcomes: list[Outcome]) -> No
     parts = [{"job_id": job_id, "item_seq": o.item_seq, **p} for o in outcomes for p in o.parts]
     if parts:
         upsert_rows(db.connection(), Piece.__table__, ["job_id", "item_seq", "piece"], parts)
+    dedup.share_results(db.connection(), job_id, [o.item_seq for o in outcomes])
     update_rows(db.connection(), Item.__table__, ["job_id", "seq"],
                 [{"job_id": job_id, "seq": o.item_seq, "status": o.status} for o in outcomes])
 

@@ -1,4 +1,5 @@
-"""attempts ledger, document pieces, results' quality columns, jobs' schedule and priority
+"""attempts ledger, document pieces and content keys, results' quality columns, jobs'
+schedule and priority
 
 Revision ID: 0003
 Revises: 0002
@@ -66,6 +67,10 @@ def upgrade() -> None:
         batch.add_column(sa.Column("checks", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("metrics", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("pieces", sa.Integer(), nullable=True))
+    with op.batch_alter_table("items") as batch:
+        batch.add_column(sa.Column("content_key", sa.String(length=64), nullable=True))
+        batch.add_column(sa.Column("same_as", sa.Integer(), nullable=True))
+        batch.create_index("ix_items_content_key", ["content_key"])
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("start_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("deadline", sa.DateTime(timezone=True), nullable=True))
@@ -77,6 +82,10 @@ def downgrade() -> None:
         batch.drop_column("priority")
         batch.drop_column("deadline")
         batch.drop_column("start_at")
+    with op.batch_alter_table("items") as batch:
+        batch.drop_index("ix_items_content_key")
+        batch.drop_column("same_as")
+        batch.drop_column("content_key")
     with op.batch_alter_table("results") as batch:
         for name in ("pieces", "metrics", "checks", "quality", "attempt"):
             batch.drop_column(name)
