@@ -299,10 +299,13 @@ def _done(s: dict[str, Any]) -> int:
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="File [default: stdout]")
 @click.option("--errors", "errors_path", type=click.Path(path_type=Path),
               help="openai: the error file [default: OUTPUT's name with .errors.jsonl].")
+@click.option("--per-piece", is_flag=True, help="One line per piece of each document (split "
+              "documents: every map piece, with its position), not one per document.")
 @click.option("--json", "as_json", is_flag=True, help="Print a summary of the files as JSON.")
 @connection_options
 def results(job_id: str, fmt: str, output: Path | None, errors_path: Path | None,
-            as_json: bool, broker_url: str | None, database_url: str | None) -> None:
+            per_piece: bool, as_json: bool, broker_url: str | None,
+            database_url: str | None) -> None:
     """Export every item's result.
 
     --format openai writes OpenAI Batch API output lines for the requests that produced
@@ -314,12 +317,13 @@ def results(job_id: str, fmt: str, output: Path | None, errors_path: Path | None
       nightshift results JOB --format openai -o batch_output.jsonl   # + batch_output.errors.jsonl
       nightshift results JOB --format openai -o out.jsonl --errors errors.jsonl
       nightshift results JOB --format parquet -o results.parquet --json
+      nightshift results JOB --per-piece > pieces.jsonl     # documents: one line per piece
     """
     settings = settings_from(database_url=database_url)
     db.check_reachable(settings.database_url)
     if as_json and output is None:
         raise ConfigError("--json describes the files written: pass -o FILE")
-    done = export.to_files(settings.database_url, job_id, fmt, output, errors_path)
+    done = export.to_files(settings.database_url, job_id, fmt, output, errors_path, per_piece)
     if as_json:
         click.echo(json.dumps(done))
     elif output is not None:

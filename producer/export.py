@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from schemas import db
 from schemas.errors import ConfigError, JobNotFound
-from schemas.tables import Item, ItemStatus, Job, Quality, Result
+from schemas.tables import Item, ItemStatus, Job, Piece, Quality, Result
 
 FORMATS = ("jsonl", "csv", "parquet", "openai")
 CSV_FIELDS = ["id", "status", "output", "label", "error", "finish_reason", "quality",
@@ -158,7 +158,7 @@ def _not_run(job: Job, item: Item) -> dict[str, str]:
 
 
 def write(db_url: str, job_id: str, fmt: str, out: IO[str] | str,
-          errors: IO[str] | None = None) -> Written:
+          errors: IO[str] | None = None, per_piece: bool = False) -> Written:
     """Write every item of the job. For `openai`, requests without an answer go to
     `errors` (left out, but counted, when it is None)."""
     if fmt == "parquet":
@@ -166,8 +166,17 @@ def write(db_url: str, job_id: str, fmt: str, out: IO[str] | str,
     assert not isinstance(out, str)
     written = Written()
     if fmt == "csv":
-        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        fields = [*CSV_FIELDS, "piece", "start_char", "end_char"] if per_piece else CSV_FIELDS
+        writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
+    if per_piece:
+        for line in piece_records(db_url, job_id):
+            if fmt == "csv":
+                writer.writerow(_as_text(line))
+            else:
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+            written.rows += 1
+        return written
     for job, item, result in rows(db_url, job_id):
         if fmt == "openai":
             line = openai_line(job, item, result)
@@ -185,17 +194,46 @@ def write(db_url: str, job_id: str, fmt: str, out: IO[str] | str,
     return written
 
 
+def piece_records(db_url: str, job_id: str) -> Iterator[dict[str, Any]]:
+    """One line per piece of every document (`--per-piece`): a document that fitted the
+    context is its own piece 1; a split one has a line per map piece, in order."""
+    with db.session(db_url) as s:
+        pieces: dict[int, list[Piece]] = {}
+        for piece in s.scalars(select(Piece).where(Piece.job_id == job_id, Piece.kind == "map")
+                               .order_by(Piece.item_seq, Piece.piece)):
+            pieces.setdefault(piece.item_seq, []).append(piece)
+        s.expunge_all()
+    for job, item, result in rows(db_url, job_id):
+        whole = record(job, item, result)
+        split = pieces.get(item.seq)
+        if not split:
+            yield {**whole, "document": whole.get("document", item.key), "piece": 1,
+                   "start_char": 0, "end_char": None}
+            continue
+        for p in split:
+            yield {"id": f"{item.key}#{p.piece}", "document": whole.get("document", item.key),
+                   "piece": p.piece, "start_char": p.start_char, "end_char": p.end_char,
+                   "status": p.status, "output": p.output, "error": p.error,
+                   "attempts": p.attempts, "prompt_tokens": p.prompt_tokens,
+                   "completion_tokens": p.completion_tokens,
+                   "finish_reason": p.finish_reason, "quality": p.quality, "checks": p.checks,
+                   **({"label": p.label, "probabilities": p.probabilities}
+                      if job.kind == "classify" else {})}
+
+
 def errors_path_for(output: Path) -> Path:
     """The error file beside `-o FILE`: batch_output.jsonl -> batch_output.errors.jsonl."""
     return output.with_name(output.name.removesuffix(".jsonl") + ".errors.jsonl")
 
 
 def to_files(db_url: str, job_id: str, fmt: str, output: Path | None,
-             errors: Path | None = None) -> dict[str, Any]:
+             errors: Path | None = None, per_piece: bool = False) -> dict[str, Any]:
     """What `nightshift results` does: the output (stdout when None) and, for `openai`, the
     error file (written, empty or not, whenever there is a path for it); returns a summary."""
     if fmt == "parquet" and output is None:
         raise ConfigError("--format parquet needs -o FILE")
+    if per_piece and fmt not in ("jsonl", "csv"):
+        raise ConfigError("--per-piece goes with --format jsonl or csv")
     if errors is not None and fmt != "openai":
         raise ConfigError("--errors goes with --format openai (other formats keep every row)")
     if fmt == "openai" and errors is None and output is not None:
@@ -209,7 +247,7 @@ def to_files(db_url: str, job_id: str, fmt: str, output: Path | None,
             out = str(output) if fmt == "parquet" else files.enter_context(
                 output.open("w", encoding="utf-8", newline=""))
         err = files.enter_context(errors.open("w", encoding="utf-8")) if errors else None
-        written = write(db_url, job_id, fmt, out, err)
+        written = write(db_url, job_id, fmt, out, err, per_piece)
     return {"job_id": job_id, "format": fmt, "rows": written.rows,
             "output": str(output) if output else None, "errors": written.errors,
             "errors_output": str(errors) if errors else None}
