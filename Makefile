@@ -7,7 +7,7 @@ EXTRAS   ?= cpu,postgres,parquet,dev
 INPUT    ?=
 PYTEST_ARGS ?=
 
-.PHONY: install model demo test bench lint lint-docker clean
+.PHONY: install model demo test bench bench-dataplane lint lint-docker clean
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ test: model
 
 bench: model
 	$(PY) -m bench.run $(if $(INPUT),--input $(INPUT),)
+
+# The data plane without the engine: 1,000,000-row submit, result writes, status (SQLite and
+# the local PostgreSQL; Redis db 1 is flushed). ROWS=100000 for a quicker look.
+bench-dataplane: install
+	$(PY) -m bench.dataplane $(if $(ROWS),--rows $(ROWS),)
 
 lint: install lint-docker
 	$(VENV)/bin/ruff check producer worker schemas quality tests bench

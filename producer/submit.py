@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from producer import broker, readers
 from producer.schedule import Schedule
-from schemas import db, dedup
+from schemas import counters, db, dedup
 from schemas.errors import InputError
 from schemas.settings import Settings
 from schemas.spec import JobSpec
@@ -78,6 +78,7 @@ def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
                 continue
             items.add(row)
         items.flush()
+        counters.add(s.connection(), job_id, ItemStatus.PENDING, result.items)
         _refuse_if_invalid(path, result, skip_invalid)
         if items.keyed:  # documents: each one answered once
             dedup.mark_duplicates(s.connection(), job_id)

@@ -2,10 +2,14 @@
 
 `nightshift status` on a job of a million items must not count a million rows. The
 table `job_counts` holds, per job and status, how many items have that status and the
-tokens of the results with that status; triggers on `items` and `results` keep it
-exact whoever writes (submit, leases, result writes, cancel, retry, SQL by hand).
-PostgreSQL fires one trigger per statement over its transition tables, so a bulk
-write costs one grouped upsert; SQLite has only row triggers, each a B-tree upsert.
+tokens of the results with that status. Triggers on `items` (updates, deletes) and
+`results` keep it exact whoever changes a status (leases, result writes, cancel, retry,
+SQL by hand). PostgreSQL fires one trigger per statement over its transition tables,
+so a bulk write costs one grouped upsert; SQLite has only row triggers.
+
+Items are inserted by submit alone, a million at a time, and it counts them itself
+(`add`): a row trigger would cost SQLite five times the insert. Code that inserts
+items elsewhere must call `add` in the same transaction.
 
 A migration that rebuilds `items` or `results` on SQLite (Alembic batch mode) drops
 their triggers: `ensure` puts them back, and `schemas.db.upgrade` calls it.
@@ -15,8 +19,10 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, text
 
-TRIGGERS = ("items_counted_insert", "items_counted_update", "items_counted_delete",
+TRIGGERS = ("items_counted_update", "items_counted_delete",
             "results_counted_insert", "results_counted_update", "results_counted_delete")
+# Installed by the first version of migration 0004; inserts are counted by `add` now.
+RETIRED = ("items_counted_insert",)
 
 _UPSERT = ("INSERT INTO job_counts (job_id, status, items, prompt_tokens, completion_tokens) "
            "{rows} ON CONFLICT (job_id, status) DO UPDATE SET "
@@ -39,7 +45,6 @@ def _sqlite_ddl() -> list[str]:
                 f"{when}BEGIN {body} END")
 
     return [
-        trigger("items_counted_insert", "INSERT", "items", row("NEW", "", False)),
         trigger("items_counted_update", "UPDATE OF status", "items",
                 row("OLD", "-", False) + row("NEW", "", False),
                 "FOR EACH ROW WHEN OLD.status IS NOT NEW.status "),
@@ -84,26 +89,39 @@ END $$"""
                 f"ON {table} REFERENCING {refs} FOR EACH STATEMENT "
                 f"EXECUTE FUNCTION {table}_counted()")
 
-    ddl = [function("items_counted", False), function("results_counted", True)]
+    ddl = [function("items_counted", False), function("results_counted", True),
+           trigger("results", "INSERT", "NEW TABLE AS new_rows")]
     for table in ("items", "results"):
-        ddl += [trigger(table, "INSERT", "NEW TABLE AS new_rows"),
-                trigger(table, "UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+        ddl += [trigger(table, "UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
                 trigger(table, "DELETE", "OLD TABLE AS old_rows")]
     return ddl
 
 
-def _present(conn: Connection) -> int:
+def add(conn: Connection, job_id: str, status: str, items: int) -> None:
+    """Count items inserted in bulk (submit), in the inserting transaction."""
+    conn.execute(text(_UPSERT.format(rows="VALUES (:job_id, :status, :items, 0, 0)")),
+                 {"job_id": job_id, "status": status, "items": items})
+
+
+def _present(conn: Connection) -> set[str]:
+    names = [*TRIGGERS, *RETIRED]
     if conn.dialect.name == "postgresql":
-        query = "SELECT count(*) FROM pg_trigger WHERE tgname = ANY(:names)"
-        return int(conn.execute(text(query), {"names": list(TRIGGERS)}).scalar_one())
-    names = ", ".join(f"'{name}'" for name in TRIGGERS)
-    return int(conn.execute(text("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' "
-                                 f"AND name IN ({names})")).scalar_one())
+        query = "SELECT tgname FROM pg_trigger WHERE tgname = ANY(:names)"
+        return set(conn.execute(text(query), {"names": names}).scalars())
+    listed = ", ".join(f"'{name}'" for name in names)
+    return set(conn.execute(text("SELECT name FROM sqlite_master WHERE type = 'trigger' "
+                                 f"AND name IN ({listed})")).scalars())
 
 
 def ensure(conn: Connection) -> None:
-    """Install the triggers if any is missing (idempotent, cheap when all are there)."""
-    if conn.dialect.name not in ("postgresql", "sqlite") or _present(conn) == len(TRIGGERS):
+    """Install the triggers if any is missing, drop retired ones (idempotent, cheap)."""
+    if conn.dialect.name not in ("postgresql", "sqlite"):
+        return
+    present = _present(conn)
+    for name in present & set(RETIRED):
+        on = f" ON {name.split('_', 1)[0]}" if conn.dialect.name == "postgresql" else ""
+        conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}{on}")
+    if present >= set(TRIGGERS):
         return
     for statement in (_postgresql_ddl() if conn.dialect.name == "postgresql"
                       else _sqlite_ddl()):

@@ -4,12 +4,16 @@ the counts `nightshift status` shows without counting a million rows."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 from conftest import Stack
 from sqlalchemy import delete, func, insert, select, text, update
 
+from producer.submit import submit
 from schemas import counters, db
+from schemas.settings import load
+from schemas.spec import JobSpec
 from schemas.tables import Item, Job, JobCount, Result
 
 
@@ -20,6 +24,7 @@ def _job(stack: Stack, items: int) -> str:
         s.flush()
         s.execute(insert(Item), [{"job_id": job_id, "seq": n, "key": f"k{n}", "chunk": n // 4,
                                   "payload": {"prompt": "p"}} for n in range(items)])
+        counters.add(s.connection(), job_id, "pending", items)  # as submit counts them
     return job_id
 
 
@@ -49,7 +54,18 @@ def _result(job_id: str, seq: int, status: str, prompt: int, completion: int) ->
             "completion_tokens": completion}
 
 
-def test_item_inserts_updates_and_deletes_move_the_counts(stack: Stack) -> None:
+def test_submit_counts_its_items_and_skipped_rows_are_not_counted(
+        stack: Stack, tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n'
+                    '{"id": "b", "prompt": "z"}\n')
+    settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
+    done = submit(settings, JobSpec(), path, skip_invalid=True)
+    assert _counters(stack, done.job_id) == {"pending": (2, 0, 0)}
+    assert _counters(stack, done.job_id) == _recounted(stack, done.job_id)
+
+
+def test_item_updates_and_deletes_move_the_counts(stack: Stack) -> None:
     job_id = _job(stack, 10)
     assert _counters(stack, job_id) == {"pending": (10, 0, 0)}
     with db.session(stack.db_url) as s, s.begin():
@@ -84,15 +100,21 @@ def test_result_upserts_replace_tokens_instead_of_adding_them(stack: Stack) -> N
 
 
 def test_missing_triggers_are_put_back_and_backfill_recounts(stack: Stack) -> None:
-    """A SQLite table rebuild (Alembic batch mode) drops triggers: upgrade restores them."""
+    """A SQLite table rebuild (Alembic batch mode) drops triggers: upgrade restores them,
+    and drops the retired insert trigger (submit counts its items itself)."""
     job_id = _job(stack, 4)
     with db.engine_for(stack.db_url).begin() as conn:
         on = " ON items" if conn.dialect.name == "postgresql" else ""
         conn.execute(text(f"DROP TRIGGER items_counted_update{on}"))
         conn.execute(update(Item).where(Item.job_id == job_id).values(status="failed"))
     assert _counters(stack, job_id) == {"pending": (4, 0, 0)}  # stale without its trigger
+    with db.engine_for(stack.db_url).begin() as conn:
+        body = ("BEGIN SELECT 1; END" if conn.dialect.name == "sqlite"
+                else "FOR EACH STATEMENT EXECUTE FUNCTION items_counted()")
+        conn.execute(text(f"CREATE TRIGGER items_counted_insert AFTER INSERT ON items {body}"))
     db.upgrade(stack.db_url)
     with db.engine_for(stack.db_url).begin() as conn:
+        assert counters._present(conn) == set(counters.TRIGGERS)
         counters.backfill(conn)
         conn.execute(update(Item).where(Item.job_id == job_id, Item.seq == 0)
                      .values(status="pending"))
