@@ -31,7 +31,8 @@ PG_ADMIN = os.environ.get("NIGHTSHIFT_TEST_PG", "postgresql://postgres@127.0.0.1
 NIGHTSHIFT = str(Path(sys.executable).with_name("nightshift"))
 # Three Redis databases; set NIGHTSHIFT_TEST_REDIS_DBS="1,2,3" to run a second session beside.
 REDIS_DBS = dict(zip(("sqlite", "postgres", "unit"),
-                     map(int, os.environ.get("NIGHTSHIFT_TEST_REDIS_DBS", "11,12,13").split(","))))
+                     map(int, os.environ.get("NIGHTSHIFT_TEST_REDIS_DBS", "11,12,13").split(",")),
+                     strict=True))
 WORKER_START_TIMEOUT = 400.0
 
 

@@ -10,13 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import docx
 import pytest
 from click.testing import CliRunner, Result
 from conftest import Stack
-from fpdf import FPDF
-from PIL import Image
-from pypdf import PdfReader, PdfWriter
+from samples import HTML, PAGES, write_docx, write_encrypted_pdf, write_image_pdf, write_pdf
 from sqlalchemy import select
 
 from producer import documents
@@ -26,73 +23,6 @@ from producer.readers import Row, RowError, Skipped, detect_format, read
 from schemas import db
 from schemas.errors import InputError, UnreadableDocument
 from schemas.tables import Item
-
-PAGES = ["The first page talks about apples.", "The second page is about pears.",
-         "The third page ends with plums."]
-HTML = """<!doctype html>
-<html><head><title>Site title</title><style>body { color: STYLENOISE; }</style>
-<script>var tracker = "SCRIPTNOISE";</script></head>
-<body>
-  <header><a href="/">Home</a> HEADERNOISE</header>
-  <nav><ul><li><a href="/a">NAVNOISE one</a></li><li>NAVNOISE two</li></ul></nav>
-  <div role="navigation">ROLENOISE</div>
-  <!-- COMMENTNOISE -->
-  <main>
-    <h1>Quarterly report</h1>
-    <p>Revenue grew
-       by <b>twelve</b> percent.</p>
-    <p>Costs fell.<br>Margins rose.</p>
-    <div hidden>HIDDENNOISE</div>
-    <table><tr><th>Region</th><th>Sales</th></tr><tr><td>North</td><td>40</td></tr></table>
-  </main>
-  <aside>ASIDENOISE</aside>
-  <footer>FOOTERNOISE &copy; 2026</footer>
-  <script>document.write("SCRIPTNOISE2")</script>
-</body></html>
-"""
-
-
-def write_pdf(path: Path, pages: list[str]) -> Path:
-    pdf = FPDF()
-    pdf.set_font("Helvetica", size=12)
-    for text in pages:
-        pdf.add_page()
-        pdf.multi_cell(0, 10, text)
-    pdf.output(str(path))
-    return path
-
-
-def write_image_pdf(path: Path) -> Path:
-    """A 'scanned' PDF: two pages that are pictures of text, with no text layer."""
-    image = path.with_suffix(".png")
-    Image.new("RGB", (200, 100), "white").save(image)
-    pdf = FPDF()
-    for _ in range(2):
-        pdf.add_page()
-        pdf.image(str(image), x=10, y=10, w=180)
-    pdf.output(str(path))
-    image.unlink()
-    return path
-
-
-def write_encrypted_pdf(path: Path, user_password: str) -> Path:
-    writer = PdfWriter(clone_from=PdfReader(write_pdf(path, PAGES[:1])))
-    writer.encrypt(user_password, owner_password="owner", algorithm="AES-256")
-    with path.open("wb") as fh:
-        writer.write(fh)
-    return path
-
-
-def write_docx(path: Path) -> Path:
-    document = docx.Document()
-    document.add_heading("Minutes", level=1)
-    document.add_paragraph("The board met on Monday.")
-    table = document.add_table(rows=2, cols=2)
-    for (r, c), text in {(0, 0): "Item", (0, 1): "Vote", (1, 0): "Budget", (1, 1): "Yes"}.items():
-        table.cell(r, c).text = text
-    document.add_paragraph("The meeting closed at noon.")
-    document.save(str(path))
-    return path
 
 
 def sha(text: str) -> str:
