@@ -48,9 +48,9 @@ def mark_duplicates(conn: Connection, job_id: str) -> None:
                  .values(same_as=None))
 
 
-# A copy is a new row of its own time; everything else is the original's.
-COPIED = [c.name for c in Result.__table__.columns
-          if c.name not in ("job_id", "item_seq", "created_at")]
+# A copy is a new row of its own time that cost no tokens; the rest is the original's.
+FRESH = ("job_id", "item_seq", "created_at", "prompt_tokens", "completion_tokens")
+COPIED = [c.name for c in Result.__table__.columns if c.name not in FRESH]
 
 
 def share_results(conn: Connection, job_id: str, seqs: list[int]) -> None:
