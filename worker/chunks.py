@@ -11,6 +11,7 @@ deploy, an OOM kill, a lost machine; its chunk simply runs again as a batch.)
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,7 @@ class Runtime:
 
 def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
     """Returns what happened, for the log: "done", "isolated", "skipped", "cancelled"."""
+    started = time.perf_counter()
     deliveries = leases.claim(rt.db_url, job_id, seq, rt.owner, rt.lease_seconds)
     if not deliveries:
         return "skipped"  # leased by a live worker, or done: a duplicate message
@@ -72,9 +74,13 @@ def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
             return "cancelled"
         tag = f"{job_id}:{seq}"
         if deliveries < ISOLATE_FROM_DELIVERY:
+            timings = {"claim+load": time.perf_counter() - started}
             outcomes = run_items(rt.host, spec, [(s, k, p) for s, k, p, _ in items], tag,
-                                 rt.embedder)
+                                 rt.embedder, timings)
+            wrote = time.perf_counter()
             write(rt.db_url, job_id, seq, rt.owner, outcomes)
+            timings["write"] = time.perf_counter() - wrote
+            _log_overhead(tag, len(items), timings)
             return "done"
         for item_seq, key, payload, tries in items:
             if tries >= MAX_ITEM_TRIES:
@@ -92,6 +98,13 @@ def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
         raise
     finally:
         rt.heartbeat.drop(job_id, seq)
+
+
+def _log_overhead(tag: str, items: int, timings: dict[str, float]) -> None:
+    """The chunk thread's time outside the engine (`bench.run` sums these lines)."""
+    parts = ", ".join(f"{k} {v * 1000:.1f}" for k, v in timings.items())
+    log.info("chunk %s: %d items, outside the engine %.1f ms (%s)", tag, items,
+             sum(timings.values()) * 1000, parts)
 
 
 def _load(db_url: str, job_id: str, seq: int) -> tuple[JobSpec | None, list[Any]]:

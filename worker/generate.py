@@ -10,6 +10,7 @@ not attempts (infrastructure retries never spend the quality budget).
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -59,7 +60,12 @@ class Chunk:
 
 
 def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[str, Any]]],
-              tag: str, embedder: semantic.Embedder | None = None) -> list[Outcome]:
+              tag: str, embedder: semantic.Embedder | None = None,
+              timings: dict[str, float] | None = None) -> list[Outcome]:
+    """With `timings`, adds the seconds spent outside the engine: preparing requests
+    ("prepare"), and checking answers and asking again ("checks")."""
+    started = time.perf_counter()
+    waited = 0.0
     label_tokens = max((len(host.tokenizer.encode(label, add_special_tokens=False))
                         for label in spec.labels), default=0)
     chunk = Chunk(host, spec, tag, embedder or semantic.Embedder(), label_tokens)
@@ -97,8 +103,11 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
                 waiting[ask(run)] = (run, "answer")
         except (PromptTooLong, KeyError, ValueError, TypeError) as exc:
             outcomes.append(Outcome(seq, ItemStatus.FAILED, error=_reason(exc)))
+    prepared = time.perf_counter()
     while waiting:
+        before = time.perf_counter()
         done, _ = wait(waiting, return_when=FIRST_COMPLETED)
+        waited += time.perf_counter() - before
         for future in done:
             run, purpose = waiting.pop(future)
             refused = future.exception()
@@ -113,6 +122,9 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
                 settle(run, run.outcome(spec))
             else:
                 waiting[follow[0]] = (run, follow[1])
+    if timings is not None:
+        timings["prepare"] = prepared - started
+        timings["checks"] = time.perf_counter() - prepared - waited
     return sorted(outcomes, key=lambda o: o.item_seq)
 
 
