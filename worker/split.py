@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, islice
+from operator import gt
 from typing import Any
 
 from schemas.errors import ConfigError
@@ -98,9 +99,8 @@ class _Document:
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
                         return_attention_mask=False, verbose=False)
         offsets = enc["offset_mapping"]
-        # Running maxima: byte-level tokens of one character can share or nest spans.
-        self.starts = list(accumulate((s for s, _ in offsets), max))
-        self.ends = list(accumulate((e for _, e in offsets), max))
+        self.starts = _sorted([s for s, _ in offsets])
+        self.ends = _sorted([e for _, e in offsets])
         self.paragraphs = _gaps(_PARAGRAPH.finditer(text), whole=True)
         self.sentences = _gaps(_SENTENCE.finditer(text), whole=False)
         self.sentence_starts = self.sentences[1]
@@ -163,18 +163,25 @@ class _Document:
         return end
 
 
+def _sorted(offsets: list[int]) -> list[int]:
+    """Offsets made non-decreasing (running maximum), so they can be bisected.
+
+    Left-to-right tokenizers give sorted offsets already; the check is cheaper than the
+    running maximum, which only a tokenizer with offsets out of order would need."""
+    if any(map(gt, offsets, islice(offsets, 1, None))):
+        return list(accumulate(offsets, max))
+    return offsets
+
+
 def _gaps(matches: Any, whole: bool) -> tuple[list[int], list[int]]:
     """Each boundary as (end of the text before it, start of the text after it)."""
     ends: list[int] = []
     resumes: list[int] = []
     for m in matches:
-        if whole:
-            ends.append(m.start())
-            resumes.append(m.end())
-        else:
-            group = next(g for g in (1, 2, 3) if m.group(g) is not None)
-            ends.append(m.start(group))
-            resumes.append(m.end(group))
+        # A sentence match has exactly one group: the whitespace after its end mark.
+        start, end = m.span() if whole else m.span(m.lastindex)
+        ends.append(start)
+        resumes.append(end)
     return ends, resumes
 
 

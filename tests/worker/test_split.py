@@ -195,3 +195,21 @@ def test_ragged_random_text_keeps_every_invariant(tokenizer: Any) -> None:
         overlap = rnd.randint(0, (budget - 1) // 2)
         check_invariants(text, split(text, tokenizer, budget, overlap), tokenizer, budget,
                          overlap)
+
+
+def test_offsets_out_of_order_still_give_pieces_within_budget(tokenizer: Any,
+                                                               long_document: str) -> None:
+    """Offsets out of order (here every 7th token claims to start at 0) are made sorted by
+    running maxima before they are bisected, so counts stay true to the token order."""
+    def crossing(text: str, **kwargs: Any) -> dict[str, Any]:
+        offsets = tokenizer(text, **kwargs)["offset_mapping"]
+        return {"offset_mapping": [(0, e) if i % 7 == 6 else (s, e)
+                                   for i, (s, e) in enumerate(offsets)]}
+
+    text = long_document[:20000]
+    pieces = split(text, crossing, 300, 30)
+    assert len(pieces) > 5 and pieces == split(text, crossing, 300, 30)
+    assert all(p.tokens <= 300 and p.text == text[p.start:p.end] for p in pieces)
+    assert all(tokens_of(tokenizer, p.text) <= 300 + 2 for p in pieces)
+    assert pieces[0].start == 0 and pieces[-1].end == len(text.rstrip())
+    assert all(b.start < a.end for a, b in zip(pieces, pieces[1:], strict=False))
