@@ -1,13 +1,22 @@
-"""Sending "run chunk" messages: ids only, JSON, one per chunk, on the model's queue."""
+"""Sending "run chunk" messages: ids only, JSON, one per chunk, on the model's queue.
+
+A job keeps at most `Settings.window` messages on the broker; each chunk that finishes
+sends the job's next one (`next_chunk`, in the finishing chunk's transaction). A job
+submitted behind a big one of the same model and priority so waits for a window's worth
+of the big one's chunks, not for all of them: jobs take turns.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 from kombu.exceptions import OperationalError
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from schemas.errors import BrokerUnreachable
 from schemas.settings import redact
+from schemas.tables import Job, JobState
 from worker.app import RUN_CHUNK, app_for, queue_for
 
 
@@ -37,3 +46,20 @@ def enqueue(broker_url: str, model: str, job_id: str, seqs: Iterable[int],
             "the job is safe in SQL, run `nightshift reconcile` once the broker is back"
         ) from None
     return sent
+
+
+def first_window(chunks: int, window: int) -> range:
+    return range(min(chunks, window))
+
+
+def next_chunk(s: Session, job_id: str) -> tuple[str, int, int] | None:
+    """Count the job's next chunk as sent; (model, seq, priority) to send it with after the
+    transaction commits, or None when every chunk has been sent or the job has ended."""
+    moved = s.execute(update(Job).where(Job.id == job_id, Job.enqueued < Job.chunks,
+                                        Job.state.in_((JobState.QUEUED, JobState.RUNNING)))
+                      .values(enqueued=Job.enqueued + 1))
+    if not moved.rowcount:  # type: ignore[attr-defined]
+        return None
+    model, enqueued, priority = s.execute(select(Job.model, Job.enqueued, Job.priority)
+                                          .where(Job.id == job_id)).one()
+    return model, enqueued - 1, priority

@@ -369,7 +369,7 @@ def reconcile(as_json: bool, broker_url: str | None, database_url: str | None) -
 
     settings = settings_from(broker_url=broker_url, database_url=database_url)
     db.check_reachable(settings.database_url)
-    done = do_reconcile(settings.database_url, settings.broker_url)
+    done = do_reconcile(settings.database_url, settings.broker_url, window=settings.window)
     if as_json:
         click.echo(json.dumps({"started": done.started, "expired": done.expired,
                                "resent": done.resent}))

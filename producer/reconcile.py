@@ -7,6 +7,8 @@ with time, and heals what the broker lost.
 - A chunk that no message will start (the broker lost it, or its worker died) is
   enqueued again: when its lease has expired, or when it is pending and its model's
   queue holds no messages at all. A message too many is harmless: the lease drops it.
+  Only chunks already sent count (a job's `enqueued`, see producer.broker): the rest
+  wait their turn in the job's window.
 
 Run by `nightshift reconcile` and by every worker every half lease, so a scheduled job
 starts within that long of its start time while any worker is up.
@@ -24,6 +26,7 @@ from sqlalchemy import CursorResult, and_, or_, select, update
 from producer import broker
 from producer.status import stop
 from schemas import db
+from schemas.settings import Settings
 from schemas.tables import Chunk, ChunkStatus, Job, JobState, utcnow
 from worker.app import app_for, message_priority, queue_for
 
@@ -49,10 +52,11 @@ def queue_depth(broker_url: str, model: str) -> int:
             return 0
 
 
-def reconcile(db_url: str, broker_url: str, now: datetime | None = None) -> Reconciled:
+def reconcile(db_url: str, broker_url: str, now: datetime | None = None,
+              window: int = Settings.model_fields["window"].default) -> Reconciled:
     now = now or utcnow()
     done = Reconciled(expired=expire(db_url, now))
-    done.started = start_due(db_url, broker_url, now)
+    done.started = start_due(db_url, broker_url, now, window)
     done.resent = resend(db_url, broker_url, now)
     return done
 
@@ -67,7 +71,7 @@ def expire(db_url: str, now: datetime) -> list[str]:
         return [job.id for job in jobs]
 
 
-def start_due(db_url: str, broker_url: str, now: datetime) -> list[str]:
+def start_due(db_url: str, broker_url: str, now: datetime, window: int) -> list[str]:
     """Enqueue every scheduled job whose start time has passed, highest priority first.
 
     The state changes in SQL before the messages go out: if the broker is lost in
@@ -78,12 +82,13 @@ def start_due(db_url: str, broker_url: str, now: datetime) -> list[str]:
                         .order_by(Job.priority.desc(), Job.start_at)).all()
     started = []
     for job_id, model, chunks, priority in due:
+        first = broker.first_window(chunks, window)
         with db.session(db_url) as s, s.begin():
             won = cast(CursorResult[Any], s.execute(
                 update(Job).where(Job.id == job_id, Job.state == JobState.SCHEDULED)
-                .values(state=JobState.QUEUED))).rowcount
+                .values(state=JobState.QUEUED, enqueued=len(first)))).rowcount
         if won:  # another reconciler may have started it a moment ago
-            broker.enqueue(broker_url, model, job_id, range(chunks),
+            broker.enqueue(broker_url, model, job_id, first,
                            priority=message_priority(priority))
             started.append(job_id)
     return started
@@ -95,7 +100,7 @@ def resend(db_url: str, broker_url: str, now: datetime) -> dict[str, int]:
         rows = s.execute(
             select(Job.id, Job.model, Job.priority, Chunk.seq, Chunk.status)
             .join(Chunk, Chunk.job_id == Job.id)
-            .where(Job.state.in_((JobState.QUEUED, JobState.RUNNING)))
+            .where(Job.state.in_((JobState.QUEUED, JobState.RUNNING)), Chunk.seq < Job.enqueued)
             .where(or_(Chunk.status == ChunkStatus.PENDING,
                        and_(Chunk.status == ChunkStatus.LEASED, Chunk.lease_expires_at < now)))
         ).all()

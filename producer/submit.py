@@ -88,10 +88,13 @@ def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
         db.insert_rows(s.connection(), Chunk.__table__, CHUNK_COLUMNS, [
             (job_id, c, min(spec.chunk_size, result.items - c * spec.chunk_size),
              ChunkStatus.PENDING, 0) for c in range(result.chunks)])
-        s.get_one(Job, job_id).total, s.get_one(Job, job_id).chunks = result.items, result.chunks
+        job = s.get_one(Job, job_id)
+        job.total, job.chunks = result.items, result.chunks
+        first = broker.first_window(result.chunks, settings.window)
+        job.enqueued = 0 if held else len(first)
     result.scheduled = held
     if not held:
-        broker.enqueue(settings.broker_url, spec.model, job_id, range(result.chunks),
+        broker.enqueue(settings.broker_url, spec.model, job_id, first,
                        priority=message_priority(schedule.priority))
     return result
 

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     model_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "nightshift")
     # A worker that stops heartbeating loses its chunk after this long.
     lease_seconds: float = 30.0
+    # Chunk messages each job keeps on the broker: the next one is sent as one finishes, so
+    # jobs of one model and priority take turns instead of waiting behind a big one whole.
+    window: int = Field(64, ge=1)
 
     @classmethod
     def settings_customise_sources(

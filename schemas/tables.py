@@ -90,6 +90,8 @@ class Job(Base):
     input_format: Mapped[str] = mapped_column(String(16), default="jsonl")
     total: Mapped[int] = mapped_column(Integer, default=0)
     chunks: Mapped[int] = mapped_column(Integer, default=0)
+    # Chunks sent to the broker so far, in seq order (see Settings.window).
+    enqueued: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from producer import broker
 from quality.semantic import Embedder
 from schemas import dedup
 from schemas.db import session, update_rows, upsert_rows
@@ -35,6 +36,7 @@ from schemas.tables import (
     utcnow,
 )
 from worker import leases, metrics
+from worker.app import message_priority
 from worker.attempts import Outcome
 from worker.engine import EngineHost
 from worker.generate import run_items
@@ -58,6 +60,8 @@ class Runtime:
     heartbeat: leases.Heartbeat
     # The relevance check's embedding model, loaded on first use.
     embedder: Embedder = field(default_factory=Embedder)
+    # Where a finished chunk sends its job's next one (none: the window does not move).
+    broker_url: str | None = None
 
 
 def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
@@ -78,7 +82,7 @@ def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
             outcomes = run_items(rt.host, spec, [(s, k, p) for s, k, p, _ in items], tag,
                                  rt.embedder, timings)
             wrote = time.perf_counter()
-            write(rt.db_url, job_id, seq, rt.owner, outcomes)
+            write(rt.db_url, job_id, seq, rt.owner, outcomes, broker_url=rt.broker_url)
             timings["write"] = time.perf_counter() - wrote
             _log_overhead(tag, len(items), timings)
             return "done"
@@ -91,7 +95,7 @@ def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
                 outcome = run_items(rt.host, spec, [(item_seq, key, payload)], tag,
                                     rt.embedder)[0]
             write(rt.db_url, job_id, seq, rt.owner, [outcome], last=False)
-        write(rt.db_url, job_id, seq, rt.owner, [])
+        write(rt.db_url, job_id, seq, rt.owner, [], broker_url=rt.broker_url)
         return "isolated"
     except BaseException:
         leases.release(rt.db_url, job_id, seq, rt.owner)
@@ -128,24 +132,34 @@ def _count_try(db_url: str, job_id: str, item_seq: int) -> None:
 
 
 def write(db_url: str, job_id: str, seq: int, owner: str, outcomes: list[Outcome],
-          last: bool = True) -> None:
+          last: bool = True, broker_url: str | None = None) -> None:
     """Results upserted (one row per item however often it ran) and item statuses, in one
-    transaction; with `last`, the chunk is done and the job completes if nothing is open."""
+    transaction; with `last`, the chunk is done, the job completes if nothing is open, and
+    (given a broker) the job's next chunk is sent: its window moves on."""
+    following = None
     with session(db_url) as db, db.begin():
         # Chunks of one job finish one at a time, so the last one sees every other's items
         # final and marks the job completed (PostgreSQL; SQLite already serializes writers).
-        db.execute(select(Job.id).where(Job.id == job_id).with_for_update())
+        source = db.execute(select(Job.input_format).where(Job.id == job_id)
+                            .with_for_update()).scalar()
         if outcomes:
-            _record(db, job_id, owner, outcomes)
+            _record(db, job_id, owner, outcomes, documents=source in ("documents", "paths"))
         if last:
             db.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.seq == seq)
                        .values(status=ChunkStatus.DONE, lease_owner=None,
                                lease_expires_at=None))
             _maybe_complete(db, job_id)
+            if broker_url:
+                following = broker.next_chunk(db, job_id)
+    if following is not None and broker_url:
+        model, next_seq, priority = following
+        broker.enqueue(broker_url, model, job_id, [next_seq],
+                       priority=message_priority(priority))
     metrics.observe(outcomes)  # once written: every path (batch, isolated, poison) ends here
 
 
-def _record(db: Session, job_id: str, owner: str, outcomes: list[Outcome]) -> None:
+def _record(db: Session, job_id: str, owner: str, outcomes: list[Outcome],
+            documents: bool = False) -> None:
     # One statement per batch on PostgreSQL, executemany on SQLite: see schemas.db.upsert_rows.
     upsert_rows(db.connection(), Result.__table__, ["job_id", "item_seq"],
                 [o.row(job_id, owner) for o in outcomes])
@@ -156,7 +170,8 @@ def _record(db: Session, job_id: str, owner: str, outcomes: list[Outcome]) -> No
     parts = [{"job_id": job_id, "item_seq": o.item_seq, **p} for o in outcomes for p in o.parts]
     if parts:
         upsert_rows(db.connection(), Piece.__table__, ["job_id", "item_seq", "piece"], parts)
-    dedup.share_results(db.connection(), job_id, [o.item_seq for o in outcomes])
+    if documents:  # identical documents wait for this result (schemas.dedup)
+        dedup.share_results(db.connection(), job_id, [o.item_seq for o in outcomes])
     update_rows(db.connection(), Item.__table__, ["job_id", "seq"],
                 [{"job_id": job_id, "seq": o.item_seq, "status": o.status} for o in outcomes])
 

@@ -39,7 +39,8 @@ def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str 
     if metrics_port:
         metrics.start(metrics_port, settings.broker_url, settings.model, host)
     heartbeat = leases.Heartbeat(settings.database_url, owner, settings.lease_seconds)
-    tasks.runtime = Runtime(host, settings.database_url, owner, settings.lease_seconds, heartbeat)
+    tasks.runtime = Runtime(host, settings.database_url, owner, settings.lease_seconds, heartbeat,
+                            broker_url=settings.broker_url)
     celery_app.conf.update(broker_settings(settings.broker_url))
     stop = threading.Event()
     threading.Thread(target=_reconcile_every, args=(settings, stop), daemon=True,
@@ -73,7 +74,8 @@ def _reconcile_every(settings: Settings, stop: threading.Event) -> None:
     # Every half lease: a dead worker's chunk runs again within 1.5 leases (45 s by default).
     while not stop.wait(settings.lease_seconds / 2):
         try:
-            done = reconcile(settings.database_url, settings.broker_url)
+            done = reconcile(settings.database_url, settings.broker_url,
+                             window=settings.window)
             if done.started or done.expired:
                 log.info("schedule: started %s, cancelled past deadline %s",
                          done.started, done.expired)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import NIGHTSHIFT, REDIS, REDIS_DBS, Stack, Worker
+from conftest import NIGHTSHIFT, REDIS, REDIS_DBS, WORKER_MEMORY, Stack, Worker
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import db
@@ -24,7 +24,7 @@ class MonitoredWorker(Worker):
         self.stack = stack
         self.log = stack.workdir / "worker-monitored.log"
         args = [NIGHTSHIFT, "worker", "--name", "monitored", "--gpu-memory-utilization",
-                "0.25", "--max-model-len", "2048", "--metrics-port", str(port),
+                str(WORKER_MEMORY), "--max-model-len", "2048", "--metrics-port", str(port),
                 "--log-format", "json"]
         env = {**stack.env(), "NIGHTSHIFT_LEASE_SECONDS": "6"}
         self.proc = subprocess.Popen(args, env=env, cwd=stack.workdir, start_new_session=True,

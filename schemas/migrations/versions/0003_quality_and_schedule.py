@@ -75,10 +75,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("start_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("deadline", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("priority", sa.Integer(), nullable=False, server_default="0"))
+        batch.add_column(sa.Column("enqueued", sa.Integer(), nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("enqueued")
         batch.drop_column("priority")
         batch.drop_column("deadline")
         batch.drop_column("start_at")
