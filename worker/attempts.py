@@ -108,7 +108,7 @@ class ItemRun:
     def outcome(self, spec: JobSpec) -> Outcome:
         chosen = next((t for t in self.tries if not t.failed), None) or max(
             self.tries, key=lambda t: (-len(t.failed), t.attempt))
-        quality, status, error = _judgement(spec, chosen)
+        quality, status, error = judgement(spec, chosen)
         if error and len(self.tries) > 1:
             error = f"failed quality after {len(self.tries)} attempts: {error}"
         return Outcome(
@@ -125,7 +125,7 @@ class ItemRun:
             tries=self.tries)
 
 
-def _judgement(spec: JobSpec, chosen: Try) -> tuple[str | None, str, str | None]:
+def judgement(spec: JobSpec, chosen: Try) -> tuple[str | None, str, str | None]:
     """(quality, item status, error). An answer below the bar fails with its reasons; a
     label that is only unconfident is kept, for review."""
     failed = chosen.failed

@@ -23,7 +23,7 @@ from quality.metrics import reference_metrics
 from schemas.render import render
 from schemas.spec import JobSpec, Sampling
 from schemas.tables import ItemStatus
-from worker.attempts import ItemRun, Outcome, Try, _judgement
+from worker.attempts import ItemRun, Outcome, Try, judgement
 from worker.prompts import Prompt, PromptTooLong, build
 from worker.split import split
 
@@ -242,7 +242,7 @@ class DocumentRun:
             label, label=label, probabilities=probs, labels=self.spec.labels))
         aggregate = Try(1, "aggregate", "", {}, 0, output=label, label=label,
                         probabilities=probs, verdicts=verdicts)
-        quality, status, error = _judgement(self.spec, aggregate)
+        quality, status, error = judgement(self.spec, aggregate)
         note = self._failed_note()
         return self._complete(Outcome(
             self.seq, status, output=label, label=label, probabilities=probs,
