@@ -8,6 +8,7 @@ once per session (both at once, each with a small KV cache) and shared.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -38,6 +39,9 @@ WORKER_START_TIMEOUT = 400.0
 # 0.06 is about 1.4 GiB, some 30,000 tokens of the demo model, plenty for these tests,
 # and several workers (two shared, a victim, a test's own) fit beside each other.
 WORKER_MEMORY = 0.06
+# vLLM's CPU backend binds every engine's OpenMP threads to the same core by default (CPU
+# 0 here, CPU 1 "reserved"): test workers take the cores in turn instead.
+_CORES = itertools.cycle(range(os.cpu_count() or 1))
 
 
 @dataclass
@@ -142,7 +146,8 @@ class Worker:
         self.log = stack.workdir / f"worker-{name}.log"
         args = [NIGHTSHIFT, "worker", "--name", name, "--gpu-memory-utilization", str(memory),
                 "--max-model-len", "2048", "--loglevel", "INFO"]
-        env = {**stack.env(), "NIGHTSHIFT_LEASE_SECONDS": "6"}
+        env = {**stack.env(), "NIGHTSHIFT_LEASE_SECONDS": "6",
+               "VLLM_CPU_OMP_THREADS_BIND": str(next(_CORES))}
         self.proc = subprocess.Popen(args, env=env, cwd=stack.workdir, start_new_session=True,
                                      stdout=self.log.open("w"), stderr=subprocess.STDOUT)
 
