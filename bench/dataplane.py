@@ -188,13 +188,18 @@ def main() -> None:
             out["sqlite"] = run(f"sqlite:///{work / 'dataplane.db'}", args.broker, path,
                                 args.rows, args.write_rows, work)
             print("sqlite", json.dumps(out["sqlite"]), flush=True)
+            _write(out)  # kept if PostgreSQL's part fails
         if args.only != "sqlite":
             out["postgres"] = _on_postgres(args, path, work)
             print("postgres", json.dumps(out["postgres"]), flush=True)
+        _write(out)
+    print(table(out))
+
+
+def _write(out: dict[str, Any]) -> None:
     out["load_average_at_end"] = os.getloadavg()[0]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "dataplane.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(table(out))
 
 
 def _on_postgres(args: argparse.Namespace, path: Path, work: Path) -> dict[str, Any]:
