@@ -35,10 +35,11 @@ REDIS_DBS = dict(zip(("sqlite", "postgres", "unit"),
                      map(int, os.environ.get("NIGHTSHIFT_TEST_REDIS_DBS", "11,12,13").split(",")),
                      strict=True))
 WORKER_START_TIMEOUT = 400.0
-# The CPU backend sizes the KV cache as a share of the machine's memory (23.5 GiB here):
-# 0.06 is about 1.4 GiB, some 30,000 tokens of the demo model, plenty for these tests,
-# and several workers (two shared, a victim, a test's own) fit beside each other.
-WORKER_MEMORY = 0.06
+# The CPU backend gives a worker this share of the machine's memory (23.5 GiB here) for
+# weights, activations and KV cache together: 0.1 is 2.35 GiB, of which the demo model
+# takes about 1.5 and the KV cache the rest (some 19,000 tokens, plenty for these tests),
+# so several workers (two shared, a victim, a test's own) fit beside each other.
+WORKER_MEMORY = 0.1
 # vLLM's CPU backend binds every engine's OpenMP threads to the same core by default (CPU
 # 0 here, CPU 1 "reserved"): test workers take the cores in turn instead.
 _CORES = itertools.cycle(range(os.cpu_count() or 1))

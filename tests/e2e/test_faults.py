@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import redis
-from conftest import Stack, Worker
+from conftest import WORKER_MEMORY, Stack, Worker
 from kombu import Connection, Exchange, Producer
 from sqlalchemy import func, select
 
@@ -45,7 +45,7 @@ def _assert_exactly_once(stack: Stack, job: str, total: int) -> None:
 
 def _victim_with_a_lease(stack: Stack, tmp_path: Path, n: int) -> tuple[Worker, str, int]:
     """A second worker on the stack, started, holding a lease on a chunk of a new job."""
-    victim = Worker(stack, f"victim-{uuid.uuid4().hex[:4]}", memory=0.05)
+    victim = Worker(stack, f"victim-{uuid.uuid4().hex[:4]}", memory=WORKER_MEMORY)
     victim.wait_ready()
     job = _submit(stack, tmp_path, n=n, chunk=3, max_tokens=48)
     deadline = time.monotonic() + 120
