@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 from pydantic import BaseModel, Field
 from vllm.inputs import TokensPrompt
+from vllm.sampling_params import RequestOutputKind
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,9 @@ class EngineHost:
             return
         try:
             prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
+            # Only finished outputs are read; FINAL_ONLY also makes vLLM gather all n samples
+            # into the one final output (by default it carries the last sample alone).
+            request.params.output_kind = RequestOutputKind.FINAL_ONLY
             self.engine.add_request(request.request_id, prompt, request.params)
         except (ValueError, TypeError) as exc:  # this request only: bad length, bad params
             request.future.set_exception(exc)
