@@ -89,6 +89,8 @@ def cli() -> None:
 @click.option("--seed", type=int)
 @click.option("-n", "samples", type=int, help="Samples per item.")
 @click.option("--chunk-size", type=int, help="Items per broker message [default: 64].")
+@click.option("--lora", help="A LoRA adapter directory (peft) or HF repo id every request "
+              "runs with; needs workers started with --enable-lora.")
 @click.option("--check", "checks", multiple=True, metavar="NAME[:key=value,...]",
               help="A quality check every answer must pass (repeat). See `nightshift checks`.")
 @click.option("--max-attempts", type=click.IntRange(1, 10),
@@ -118,7 +120,8 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
            json_schema_file: Path | None, spec_file: Path | None, fmt: str,
            temperature: float | None, top_p: float | None,
            max_tokens: int | None, seed: int | None, samples: int | None,
-           chunk_size: int | None, checks: tuple[str, ...], max_attempts: int | None,
+           chunk_size: int | None, lora: str | None, checks: tuple[str, ...],
+           max_attempts: int | None,
            ladder: str | None, split_mode: str | None, overlap: int | None,
            reduce_template: str | None, reuse_results: bool, skip_invalid: bool,
            start_at: str | None, deadline: str | None, priority: int, dry_run: bool, as_json: bool,
@@ -140,6 +143,7 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
           --check relevance --check judge:min=3 --max-attempts 3
       nightshift submit reviews.csv --kind classify --label pos --label neg \\
           --check confidence:min=0.6
+      nightshift submit prompts.jsonl --lora ./adapters/support-tone   # LoRA per job
     """
     from producer import schedule as schedules
     from producer.submit import submit as do_submit
@@ -149,7 +153,7 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
         template = template_file.read_text(encoding="utf-8")
     json_schema = _read_json(json_schema_file) if json_schema_file else None
     spec = build_spec(spec_file, model=settings.model, kind=kind, labels=list(labels) or None,
-                      system=system, template=template, chunk_size=chunk_size,
+                      system=system, template=template, chunk_size=chunk_size, lora=lora,
                       json_schema=json_schema, checks=list(checks) or None,
                       max_attempts=max_attempts,
                       ladder=ladder.split(",") if ladder else None,
@@ -196,7 +200,7 @@ def build_spec(spec_file: Path | None, sampling: dict[str, Any], **given: Any) -
     if given.get("model") and spec_file is None:
         base["model"] = given["model"]
     try:
-        return JobSpec.model_validate(base)
+        return JobSpec.model_validate(base, context={"at_submit": True})
     except ValidationError as exc:
         raise ConfigError(f"job spec: {reason(exc)}") from None
 
@@ -431,6 +435,10 @@ def upgrade(as_json: bool, broker_url: str | None, database_url: str | None) -> 
 @click.option("--enable-prefix-caching/--no-enable-prefix-caching", default=None)
 @click.option("--tensor-parallel-size", type=int, default=1, show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
+@click.option("--enable-lora", is_flag=True, help="Serve jobs submitted with "
+              "--lora (per-request adapters; a little slower, and on CPU without compiling).")
+@click.option("--max-lora-rank", type=int, help="Largest adapter rank [default: vLLM's, 16].")
+@click.option("--max-loras", type=int, help="Adapters in one batch at once [default: 1].")
 @click.option("--lease-seconds", type=float, help="Lease length [default: 30].")
 @click.option("--name", help="Worker name in logs and leases [default: the host name].")
 @click.option("--loglevel", default="INFO", show_default=True)
@@ -449,6 +457,7 @@ def worker(model: str | None, slots: int, lease_seconds: float | None, name: str
       nightshift worker
       nightshift worker --model /models/llama-3-8b --gpu-memory-utilization 0.9
       nightshift worker --metrics-port 9400 --log-format json
+      nightshift worker --enable-lora --max-lora-rank 8     # jobs with --lora too
     """
     from worker import logs
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from jinja2 import TemplateSyntaxError
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from quality import checks as quality_checks
 from schemas.render import compile_template
@@ -89,6 +90,10 @@ class JobSpec(BaseModel):
     reduce_template: str | None = None
     # Items per broker message: large enough to amortize a lease, small enough to rebalance.
     chunk_size: int = Field(64, ge=1, le=10_000)
+    # A LoRA adapter every request of the job runs with: a directory (made absolute at
+    # submit; workers must see the same path) or a Hugging Face repo id. Served only by
+    # workers started with --enable-lora.
+    lora: str | None = None
 
     @field_validator("template", "reduce_template")
     @classmethod
@@ -100,6 +105,16 @@ class JobSpec(BaseModel):
                 where = f"(line {exc.lineno})"
                 raise ValueError(f"template does not compile: {exc.message} {where}") from None
         return value
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_is_an_adapter(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """At submit (context `at_submit`), a local adapter must be there now: a worker
+        finding it missing could only fail every item. A stored spec is not checked again:
+        the workers' file system is not the producer's."""
+        if value is None or not (info.context or {}).get("at_submit"):
+            return value
+        return adapter_dir(value)
 
     @field_validator("labels")
     @classmethod
@@ -139,3 +154,17 @@ class JobSpec(BaseModel):
     def check(self, name: str) -> dict[str, Any] | None:
         """The parameters of check `name`, if the job declares it."""
         return next((c.params for c in self.checks if c.name == name), None)
+
+
+def adapter_dir(value: str) -> str:
+    """A LoRA adapter as a worker should load it: an existing directory holding
+    `adapter_config.json` (absolute), or a name that is not a path (a Hugging Face repo)."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        if value.startswith(("/", ".", "~")) or value.count("/") != 1:
+            raise ValueError(f"LoRA adapter {value}: no such directory")
+        return value
+    if not (path / "adapter_config.json").is_file():
+        raise ValueError(f"LoRA adapter {value}: no adapter_config.json in it "
+                         "(save it with peft's save_pretrained)")
+    return str(path.resolve())

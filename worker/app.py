@@ -67,5 +67,11 @@ def message_priority(job_priority: int) -> int:
 
 
 def queue_for(model: str) -> str:
-    """Workers are grouped by model: a job only reaches workers that hold its model."""
+    """Workers are grouped by model: a job only reaches workers that hold its model.
+
+    A job with a LoRA adapter shares its base model's queue: vLLM applies adapters per
+    request, so a worker with --enable-lora serves plain and adapter jobs from one engine,
+    and a queue of their own would only split the model's workers in two. The rule is
+    that all workers of a model run --enable-lora when any of its jobs may carry an
+    adapter; one that does not fails those items, naming the option (worker.engine)."""
     return "nightshift." + re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_")

@@ -8,7 +8,9 @@ chunk's requests are already decoding beside them (continuous batching).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import queue
 import threading
 from concurrent.futures import Future
@@ -34,6 +36,10 @@ class EngineOptions(BaseModel):
     enable_prefix_caching: bool | None = None
     tensor_parallel_size: int = 1
     dtype: str = "auto"
+    # Per-job LoRA adapters (JobSpec.lora): off unless asked, as vLLM reserves room for them.
+    enable_lora: bool = False
+    max_lora_rank: int | None = None
+    max_loras: int | None = None
 
     def for_platform(self, on_cpu: bool) -> dict[str, Any]:
         """Engine kwargs: on the CPU build, eager mode and a KV share that starts beside
@@ -62,6 +68,7 @@ class Request:
     prompt_token_ids: list[int]
     params: Any  # vllm.SamplingParams
     future: Future[Any]
+    lora: Any = None  # vllm.lora.request.LoRARequest
 
 
 class EngineDead(RuntimeError):
@@ -87,14 +94,36 @@ class EngineHost:
         self._thread.start()
         threading.Thread(target=self._watch, name="engine-watchdog", daemon=True).start()
 
-    def submit(self, request_id: str, prompt_token_ids: list[int], params: Any) -> Future[Any]:
-        """Queue one request; its future resolves to the finished vLLM RequestOutput."""
+    def submit(self, request_id: str, prompt_token_ids: list[int], params: Any,
+               lora: str | None = None) -> Future[Any]:
+        """Queue one request, with the job's LoRA adapter if it has one; its future
+        resolves to the finished vLLM RequestOutput."""
         future: Future[Any] = Future()
         if self._dead is not None:
             future.set_exception(EngineDead(str(self._dead)))
             return future
-        self._inbox.put(Request(request_id, prompt_token_ids, params, future))
+        try:
+            adapter = self._adapter(lora)
+        except ValueError as exc:  # this job's items fail; the worker serves other jobs
+            future.set_exception(exc)
+            return future
+        self._inbox.put(Request(request_id, prompt_token_ids, params, future, adapter))
         return future
+
+    def _adapter(self, lora: str | None) -> Any:
+        """The LoRARequest for an adapter, refused here (not in the engine core, where a
+        missing adapter would stop the engine) when this worker cannot load it."""
+        if lora is None:
+            return None
+        if self.engine.vllm_config.lora_config is None:
+            raise ValueError(f"the job asks for LoRA adapter {lora} but this worker was "
+                             "started without --enable-lora; restart it with --enable-lora")
+        if lora.startswith("/") and not os.path.isfile(os.path.join(lora, "adapter_config.json")):
+            raise ValueError(f"LoRA adapter {lora}: no adapter_config.json on this worker")
+        from vllm.lora.request import LoRARequest
+
+        # The name is the whole path: vLLM compares adapters by name.
+        return LoRARequest(lora, lora_id(lora), lora)
 
     @property
     def alive(self) -> bool:
@@ -168,7 +197,8 @@ class EngineHost:
             # Only finished outputs are read; FINAL_ONLY also makes vLLM gather all n samples
             # into the one final output (by default it carries the last sample alone).
             request.params.output_kind = RequestOutputKind.FINAL_ONLY
-            self.engine.add_request(request.request_id, prompt, request.params)
+            self.engine.add_request(request.request_id, prompt, request.params,
+                                    lora_request=request.lora)
         except (ValueError, TypeError) as exc:  # this request only: bad length, bad params
             request.future.set_exception(exc)
             return
@@ -182,6 +212,12 @@ class EngineHost:
                     future = self._pending.pop(output.request_id, None)
                 if future is not None and not future.done():
                     future.set_result(output)
+
+
+def lora_id(lora: str) -> int:
+    """vLLM tells adapters apart by a positive int: the same adapter gets the same id in
+    every worker and every run (hash() of a str changes from process to process)."""
+    return int.from_bytes(hashlib.blake2b(lora.encode(), digest_size=4).digest()) % (2**31 - 1) + 1
 
 
 def _running(process: psutil.Process) -> bool:

@@ -182,9 +182,13 @@ def _ask(chunk: Chunk, run: ItemRun, plan: Plan | None) -> Future[Any]:
     sampling = _sampling(chunk, run, plan, number, prompt)
     # An OpenAI row's response_format is its own JSON Schema (schemas.rows), else the job's.
     params, recorded = _params(chunk, sampling, plan, run.payload.get("json_schema"))
+    if chunk.spec.lora:
+        recorded["lora"] = chunk.spec.lora  # results.sampling names the adapter that answered
     run.tries.append(Try(number, plan.step if plan else "first", prompt.text, recorded,
                          len(prompt.token_ids), piece=run.piece))
     request_id = f"{chunk.tag}:{run.seq}:{number}:{uuid.uuid4().hex[:8]}"
+    if chunk.spec.lora:
+        return chunk.host.submit(request_id, prompt.token_ids, params, lora=chunk.spec.lora)
     return chunk.host.submit(request_id, prompt.token_ids, params)
 
 
