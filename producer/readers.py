@@ -195,10 +195,10 @@ def _fields_row(line: int, obj: Any, template: str | None) -> Row | RowError:
         if obj.get("reference") is not None:
             payload["reference"] = str(obj["reference"])
         return Row(line, key, payload)
-    prompt = obj.get("prompt")
-    if (type(prompt) is str and prompt and type(obj.get("id")) in PLAIN_IDS
+    text = obj.get("prompt")
+    if (type(text) is str and text and type(obj.get("id")) in PLAIN_IDS
             and obj.keys() <= PLAIN_KEYS):
-        return Row(line, key, {"prompt": prompt})
+        return Row(line, key, {"prompt": text})
     try:
         row = PromptRow.model_validate(obj)
     except ValidationError as exc:
