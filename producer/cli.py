@@ -433,6 +433,9 @@ def upgrade(as_json: bool, broker_url: str | None, database_url: str | None) -> 
 @click.option("--max-num-seqs", type=int, help="Sequences per engine step [default: vLLM's].")
 @click.option("--max-num-batched-tokens", type=int, help="Tokens per step [default: vLLM's].")
 @click.option("--enable-prefix-caching/--no-enable-prefix-caching", default=None)
+@click.option("--enable-chunked-prefill/--no-enable-chunked-prefill", default=None,
+              help="Split long prompts' prefill over steps [default: off on CPU (vLLM "
+                   "0.32's CPU runner dies on it with seeded sampling), vLLM's on GPU].")
 @click.option("--tensor-parallel-size", type=int, default=1, show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--enable-lora", is_flag=True, help="Serve jobs submitted with "

@@ -34,6 +34,7 @@ class EngineOptions(BaseModel):
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     enable_prefix_caching: bool | None = None
+    enable_chunked_prefill: bool | None = None
     tensor_parallel_size: int = 1
     dtype: str = "auto"
     # Per-job LoRA adapters (JobSpec.lora): off unless asked, as vLLM reserves room for them.
@@ -42,12 +43,16 @@ class EngineOptions(BaseModel):
     max_loras: int | None = None
 
     def for_platform(self, on_cpu: bool) -> dict[str, Any]:
-        """Engine kwargs: on the CPU build, eager mode and a KV share that starts beside
-        another engine's; on a GPU, vLLM's own defaults unless overridden."""
+        """Engine kwargs: on the CPU build, eager mode, half the memory and whole prefills;
+        on a GPU, vLLM's own defaults unless overridden."""
         chosen = self.model_dump(exclude_none=True)
         if on_cpu:
             chosen.setdefault("enforce_eager", True)
             chosen.setdefault("gpu_memory_utilization", 0.5)
+            # vLLM 0.32's CPU runner dies ("CPU Generator does not use offset") when a
+            # seeded sampled request's prompt is prefilled over several steps: whole
+            # prefills only. Every sampled attempt here is seeded (reproducible retries).
+            chosen.setdefault("enable_chunked_prefill", False)
             if chosen["dtype"] == "auto" and not cpu_has_bf16():
                 chosen["dtype"] = "float32"  # bf16 is emulated without AVX512-BF16/AMX: ~5x slower
         return chosen
