@@ -18,8 +18,8 @@ from schemas.settings import load
 from schemas.tables import Result
 from worker.models import materialize_demo
 
-PROMPTS = ["Name three colours of the rainbow.", "What is the capital of France?",
-           "Write one sentence about the sea."]
+# Open questions: a short factual answer ("Paris.") survives a small adapter unchanged.
+PROMPTS = ["Name three colours of the rainbow.", "Write one sentence about the sea."]
 
 
 class LoraWorker(Worker):
