@@ -36,6 +36,13 @@ class Sampling(BaseModel):
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
 
+    @model_validator(mode="after")
+    def _samples_need_temperature(self) -> Sampling:
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError("n > 1 needs a temperature above 0 (greedy samples are all "
+                             "the same)")
+        return self
+
 
 class Example(BaseModel):
     """A few-shot example, sent before each item as a user turn and an assistant turn."""

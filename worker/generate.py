@@ -17,6 +17,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any
 
+from vllm.exceptions import VLLMClientError
+
 from quality import checks, ladder, semantic
 from quality.checks import Answer, Verdict
 from quality.ladder import Plan
@@ -38,6 +40,8 @@ from worker.prompts import (
 )
 
 LABEL_LOGPROBS = 20
+# What an item's own request can be refused for: the item fails, its chunk goes on.
+REFUSED = (PromptTooLong, KeyError, ValueError, TypeError, VLLMClientError)
 # Sampling fields an attempt may carry into vLLM's SamplingParams.
 GENERATE_FIELDS = ("temperature", "top_p", "max_tokens", "seed", "n", "stop",
                    "presence_penalty", "frequency_penalty", "repetition_penalty")
@@ -66,8 +70,9 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
     ("prepare"), and checking answers and asking again ("checks")."""
     started = time.perf_counter()
     waited = 0.0
-    label_tokens = max((len(host.tokenizer.encode(label, add_special_tokens=False))
-                        for label in spec.labels), default=0)
+    # Sampled decoding may spell a label in smaller pieces than its usual tokens, down to
+    # one byte each: room for the longest spelling, the stop token ends it sooner.
+    label_tokens = max((len(label.encode()) for label in spec.labels), default=0)
     chunk = Chunk(host, spec, tag, embedder or semantic.Embedder(), label_tokens)
     outcomes: list[Outcome] = []
     waiting: dict[Future[Any], tuple[ItemRun, str]] = {}
@@ -101,7 +106,7 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
             elif prompt is not None:
                 run = ItemRun(seq, key, payload, chosen, prompt)
                 waiting[ask(run)] = (run, "answer")
-        except (PromptTooLong, KeyError, ValueError, TypeError) as exc:
+        except REFUSED as exc:
             outcomes.append(Outcome(seq, ItemStatus.FAILED, error=_reason(exc)))
     prepared = time.perf_counter()
     while waiting:
@@ -112,12 +117,17 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
             run, purpose = waiting.pop(future)
             refused = future.exception()
             if refused is not None:
-                if not isinstance(refused, (ValueError, TypeError)):
+                if not isinstance(refused, REFUSED):
                     raise refused
                 settle(run, Outcome(run.seq, ItemStatus.FAILED,
                                     error=f"engine refused: {refused}", tries=run.tries))
                 continue
-            follow = _advance(chunk, run, purpose, future.result())
+            try:
+                follow = _advance(chunk, run, purpose, future.result())
+            except REFUSED as exc:  # a retry's request was refused
+                settle(run, Outcome(run.seq, ItemStatus.FAILED, error=_reason(exc),
+                                    tries=run.tries))
+                continue
             if follow is None:
                 settle(run, run.outcome(spec))
             else:

@@ -18,8 +18,8 @@ from schemas.tables import Attempt, Item, Piece
 TOPICS = ["harbour", "lighthouse", "keeper", "storm", "ferry", "market", "bakery", "school"]
 
 
-def _long_markdown(path: Path, paragraphs: int = 60) -> Path:
-    """Several times the test workers' 2048-token context."""
+def _long_markdown(path: Path, paragraphs: int = 160) -> Path:
+    """Several times the test workers' 2048-token context (about 8,000 tokens)."""
     text = "\n\n".join(
         f"## Part {i}\n\nThe {TOPICS[i % 8]} of the old town was described in the records "
         f"of year {1900 + i}. People remembered how the {TOPICS[(i + 3) % 8]} changed with "

@@ -143,9 +143,9 @@ def test_an_unconfident_label_is_retried_by_self_consistency_and_calibration_is_
 def test_near_duplicate_samples_are_replaced_until_the_samples_differ(
         engine_stack: Stack, tmp_path: Path) -> None:
     path = _prompts(tmp_path / "poem.jsonl", [{"id": "p", "prompt": "Write a haiku about rain."}])
-    # Greedy sampling gives three identical samples; the retry must make them distinct.
+    # Near-greedy sampling gives three identical samples; the retry must make them distinct.
     job = engine_stack.cli_json(
-        "submit", str(path), "--json", "-n", "3", "--temperature", "0", "--max-tokens", "32",
+        "submit", str(path), "--json", "-n", "3", "--temperature", "0.01", "--max-tokens", "32",
         "--check", "distinct", "--max-attempts", "3")["job_id"]
     engine_stack.wait_final(job, timeout=300)
 

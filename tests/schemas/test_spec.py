@@ -79,3 +79,11 @@ def test_an_invalid_json_schema_is_refused_with_where_and_why() -> None:
     with pytest.raises(ValidationError, match="JSON Schema is invalid at properties/name"):
         JobSpec(json_schema={"type": "object", "properties": {"name": {"type": "text"}}})
     assert JobSpec(json_schema={"type": "object"}).json_schema == {"type": "object"}
+
+
+def test_several_greedy_samples_are_refused_at_submit() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="n > 1 needs a temperature above 0"):
+        JobSpec(sampling={"n": 3, "temperature": 0})

@@ -163,3 +163,20 @@ def test_a_check_that_raises_fails_its_item_with_the_exception_not_the_chunk(
     spec = JobSpec(checks=["custom:fn=tests.quality.custom:broken"], max_attempts=1)
     [outcome] = run_items(host, spec, _items("x"), "job:0")  # type: ignore[arg-type]
     assert outcome.status == "failed" and "ZeroDivisionError" in (outcome.error or "")
+
+
+def test_a_retry_the_engine_refuses_fails_its_item_and_the_chunk_goes_on(
+        tokenizer: Any) -> None:
+    from vllm.exceptions import VLLMValidationError
+
+    class Picky(ScriptedHost):
+        def submit(self, request_id: str, token_ids: list[int], params: Any) -> Future[Any]:
+            if int(request_id.split(":")[3]) > 1 and "picky" in self.tokenizer.decode(token_ids):
+                raise VLLMValidationError("refused on purpose")
+            return super().submit(request_id, token_ids, params)
+
+    host = Picky(tokenizer, lambda p, a: ("", "stop", 0) if a == 1 else ("fine", "stop", 0))
+    outcomes = run_items(host, JobSpec(checks=["non_empty"]),  # type: ignore[arg-type]
+                         _items("picky one", "easy one"), "job:0")
+    assert [o.status for o in outcomes] == ["failed", "succeeded"]
+    assert "refused on purpose" in (outcomes[0].error or "")
