@@ -30,6 +30,7 @@ from schemas.tables import (
     Item,
     ItemStatus,
     Job,
+    JobCount,
     JobState,
     Piece,
     Result,
@@ -186,8 +187,11 @@ def _finish_cancelled(db_url: str, job_id: str, seq: int) -> None:
 
 
 def _maybe_complete(db: Session, job_id: str) -> None:
-    open_items = db.scalar(select(func.count()).select_from(Item).where(
-        Item.job_id == job_id, Item.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING))))
+    # The job's counters (schemas.counters), current within this transaction: counting
+    # the items themselves would cost every chunk of a big job a pass over its index.
+    open_items = db.scalar(select(func.coalesce(func.sum(JobCount.items), 0)).where(
+        JobCount.job_id == job_id,
+        JobCount.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING))))
     if open_items == 0:
         db.execute(update(Job).where(Job.id == job_id, Job.state.in_(
             (JobState.QUEUED, JobState.RUNNING))).values(state=JobState.COMPLETED,
