@@ -35,7 +35,8 @@ class Embedder:
     def similarity(self, question: str, answer: str) -> float:
         with self._lock:
             model = self._load()
-            q, a = model.encode([question, answer], normalize_embeddings=True)
+            q, a = model.encode([question, answer], normalize_embeddings=True,
+                                show_progress_bar=False)
         return float((q * a).sum())
 
 
