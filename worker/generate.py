@@ -311,7 +311,11 @@ def _fill(chunk: Chunk, run: ItemRun, result: Any) -> None:
         return
     if attempt.step == "self_consistency":
         votes = Counter(t.strip() for t in texts if t.strip() in spec.labels)
-        attempt.label = votes.most_common(1)[0][0] if votes else None
+        top = max(votes.values(), default=0)
+        tied = [label for label in spec.labels if votes[label] == top and top]
+        # A tie goes to the greedy answer's label when it is among the leaders.
+        first = run.tries[0].label
+        attempt.label = first if first in tied else (tied[0] if tied else None)
         attempt.probabilities = {label: round(votes[label] / len(texts), 6)
                                  for label in spec.labels}
         attempt.output = attempt.label or texts[0]

@@ -130,7 +130,8 @@ def test_an_unconfident_label_is_retried_by_self_consistency_and_calibration_is_
         assert a.step == "self_consistency"
         assert len(a.samples or []) == 4 and set(a.samples or []) <= {"positive", "negative"}
         votes = a.probabilities or {}
-        assert abs(sum(votes.values()) - 1.0) < 1e-6 and a.label == max(votes, key=votes.get)
+        assert abs(sum(votes.values()) - 1.0) < 1e-6
+        assert votes[a.label] == max(votes.values())  # the majority (ties: the greedy label)
     for r in results:
         assert r.quality in ("passed", "needs_review")
         assert r.status == "succeeded" and r.label in ("positive", "negative")

@@ -180,3 +180,24 @@ def test_a_retry_the_engine_refuses_fails_its_item_and_the_chunk_goes_on(
                          _items("picky one", "easy one"), "job:0")
     assert [o.status for o in outcomes] == ["failed", "succeeded"]
     assert "refused on purpose" in (outcomes[0].error or "")
+
+
+def test_a_tied_vote_goes_to_the_greedy_answers_label(tokenizer: Any) -> None:
+    pos, neg = (tokenizer.encode(w, add_special_tokens=False)[0] for w in ("positive", "negative"))
+    step = {pos: SimpleNamespace(logprob=math.log(0.55)),
+            neg: SimpleNamespace(logprob=math.log(0.45))}
+
+    class Tied(ScriptedHost):
+        def submit(self, request_id: str, token_ids: list[int], params: Any) -> Future[Any]:
+            votes = ["negative", "positive", "negative", "positive"] if params.n > 1 \
+                else ["positive"]
+            future: Future[Any] = Future()
+            future.set_result(SimpleNamespace(outputs=[SimpleNamespace(
+                text=v, finish_reason="stop", token_ids=[1], logprobs=[step]) for v in votes]))
+            return future
+
+    spec = JobSpec(kind="classify", labels=["negative", "positive"],
+                   checks=["confidence:min=0.9,samples=4"], max_attempts=2)
+    [outcome] = run_items(Tied(tokenizer, lambda p, a: ("", "", 0)),  # type: ignore[arg-type]
+                          spec, _items("meh"), "job:0")
+    assert outcome.tries[1].label == "positive" and outcome.quality == "needs_review"
