@@ -11,9 +11,12 @@ by majority (self-consistency), and near-duplicate samples are replaced one by o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quality.checks import Verdict
+
+if TYPE_CHECKING:
+    from schemas.spec import JobSpec
 
 # Of the failed answer, at most this much is quoted back in a feedback turn.
 QUOTE_CHARS = 1200
@@ -38,8 +41,8 @@ def reasons(failed: list[Verdict]) -> str:
     return "; ".join(f"{v.name}: {v.reason}" if v.reason else v.name for v in failed)
 
 
-def next_attempt(spec: Any, failed_attempt: int, failed: list[Verdict], last: dict[str, Any],
-                 budget: int) -> Plan:
+def next_attempt(spec: JobSpec, failed_attempt: int, failed: list[Verdict],
+                 last: dict[str, Any], budget: int) -> Plan:
     """The plan for attempt `failed_attempt + 1`. `last` is the sampling that failed and
     `budget` the most new tokens the item's prompt leaves room for."""
     names = {v.name for v in failed}
@@ -58,7 +61,7 @@ def next_attempt(spec: Any, failed_attempt: int, failed: list[Verdict], last: di
     if "no_repetition" in names:
         sampling["repetition_penalty"] = min(last.get("repetition_penalty", 1.0) + 0.15, 1.6)
         sampling["frequency_penalty"] = min(last.get("frequency_penalty", 0.0) + 0.3, 2.0)
-    if "not_truncated" in names or _too_long(failed):
+    if "not_truncated" in names or _too_long(spec, failed):
         tokens = int(last.get("max_tokens", budget))
         if "not_truncated" in names:
             sampling["max_tokens"] = min(tokens * 2, budget)
@@ -78,11 +81,13 @@ def _warmer(last: dict[str, Any]) -> dict[str, Any]:
     return {"temperature": 0.6 if t < 0.5 else min(t + 0.2, 1.0)}
 
 
-def _too_long(failed: list[Verdict]) -> bool:
-    return any(v.name == "length" and "more than" in v.reason for v in failed)
+def _too_long(spec: JobSpec, failed: list[Verdict]) -> bool:
+    bound = (spec.check("length") or {}).get("max")
+    return bound is not None and any(v.name == "length" and (v.score or 0) > bound
+                                     for v in failed)
 
 
-def _constraint(spec: Any, names: set[str]) -> dict[str, Any] | None:
+def _constraint(spec: JobSpec, names: set[str]) -> dict[str, Any] | None:
     if spec.json_schema is not None:
         return {"json": spec.json_schema}
     if "json" in names:

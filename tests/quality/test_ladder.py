@@ -1,0 +1,48 @@
+"""Each retry is shaped by what failed: the plan for the next attempt."""
+
+from __future__ import annotations
+
+from quality.checks import Verdict
+from quality.ladder import next_attempt
+from schemas.spec import JobSpec
+
+LOOP = Verdict("no_repetition", False, 0.8, "80% of its 4-word phrases repeat earlier ones")
+CUT = Verdict("not_truncated", False, None, "cut off at the token budget (64 tokens)")
+
+
+def test_a_cut_off_answer_gets_twice_the_budget_and_a_length_instruction() -> None:
+    plan = next_attempt(JobSpec(checks=["not_truncated"]), 1, [CUT],
+                        {"max_tokens": 64, "temperature": 0.0}, budget=1000)
+    assert plan.step == "resample" and plan.sampling["max_tokens"] == 128
+    assert plan.instruction == "Answer completely in at most 38 words."
+    assert plan.sampling["temperature"] == 0.6  # greedy would repeat itself
+
+
+def test_a_loop_gets_a_repetition_penalty_that_grows_with_each_retry() -> None:
+    spec = JobSpec(checks=["no_repetition"])
+    first = next_attempt(spec, 1, [LOOP], {"temperature": 0.7}, budget=1000)
+    second = next_attempt(spec, 2, [LOOP], first.sampling, budget=1000)
+    assert 1.0 < first.sampling["repetition_penalty"] < second.sampling["repetition_penalty"]
+    assert second.step == "feedback" and second.feedback is not None
+    assert LOOP.reason in second.feedback
+
+
+def test_the_constrain_step_asks_for_the_format_that_failed() -> None:
+    spec = JobSpec(checks=["json"], ladder=["constrain"])
+    plan = next_attempt(spec, 1, [Verdict("json", False, None, "not valid JSON")], {}, 500)
+    assert plan.constrain == {"json_object": True}
+    regex = JobSpec(checks=[r"regex:pattern=\d{4}"], ladder=["constrain"])
+    plan = next_attempt(regex, 1, [Verdict("regex", False)], {}, 500)
+    assert plan.constrain == {"regex": r"\d{4}"}
+
+
+def test_the_budget_never_grows_past_what_the_context_leaves() -> None:
+    plan = next_attempt(JobSpec(checks=["not_truncated"]), 1, [CUT], {"max_tokens": 400}, 500)
+    assert plan.sampling["max_tokens"] == 500
+
+
+def test_too_long_an_answer_is_asked_to_be_shorter() -> None:
+    spec = JobSpec(checks=["length:max=50,unit=words"])
+    plan = next_attempt(spec, 1, [Verdict("length", False, 80, "80 words, more than 50")],
+                        {"max_tokens": 100}, 500)
+    assert plan.instruction is not None and "max_tokens" not in plan.sampling
