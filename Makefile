@@ -7,7 +7,7 @@ EXTRAS   ?= cpu,postgres,parquet,dev
 INPUT    ?=
 PYTEST_ARGS ?=
 
-.PHONY: install model demo test bench bench-dataplane lint lint-docker clean
+.PHONY: install model demo test bench bench-quality bench-dataplane lint lint-docker clean
 
 install: $(STAMP)
 
