@@ -11,11 +11,15 @@ $NS worker --loglevel WARNING > .demo/worker.log 2>&1 &
 WORKER=$!
 trap 'kill -TERM $WORKER 2>/dev/null; wait $WORKER 2>/dev/null || true' EXIT
 
+# The quality bar: a cut-off or looping answer is asked again, better (up to 3 answers).
 JOB=$($NS submit producer/examples/questions.jsonl --max-tokens 96 --json \
+      --check not_truncated --check no_repetition \
       | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["job_id"])')
 echo "submitted job $JOB; the worker loads the model first (about a minute on a CPU)"
 $NS watch "$JOB"
 $NS status "$JOB"
+echo
+$NS report "$JOB"
 echo
 echo "a few results, read back from SQL ($NS results $JOB):"
 $NS results "$JOB" -o .demo/results.jsonl
@@ -24,4 +28,5 @@ import json, sys
 for line in sys.stdin:
     r = json.loads(line)
     text = (r["output"] or r["error"] or "").strip()[:200]
-    print("[" + r["id"] + "] " + r["status"] + ": " + text + "\n")'
+    print("[" + r["id"] + "] " + r["status"] + " (" + str(r["attempts"]) + " attempts): "
+          + text + "\n")'
