@@ -97,6 +97,8 @@ class DocumentRun:
                 f"of the {self.host.max_model_len}-token context for the document's text")
         overlap = min(self.spec.overlap, budget // 2 - 1)
         pieces = split(str(self.payload["text"]), self.host.tokenizer, budget, overlap)
+        if not pieces:
+            raise ValueError("the document's text is only whitespace")
         self.map_count = len(pieces)
         self.next_number = len(pieces) + 1
         self.level = [p.index + 1 for p in pieces]
