@@ -42,7 +42,7 @@ def main() -> None:
     night = run_nightshift(path, engine_kwargs(args), work, args.broker_url, tuple(flags))
     shown = reports.build(night["db_url"], night["job_id"])
     shown.update(wall_s=round(night["wall_s"], 1), generated_tokens_per_s=round(
-        night["tokens"] / night["gen_s"], 1), database=night["db_url"], checks=flags)
+        night["tokens"] / night["gen_s"], 1), database=night["db_url"], submit_flags=flags)
     (RESULTS / "quality.json").write_text(json.dumps(shown, indent=2) + "\n")
     print(reports.text(shown))
     print(json.dumps(shown))
