@@ -25,6 +25,29 @@ def _items(*prompts: str) -> list[tuple[int, str, dict[str, Any]]]:
     return [(i, f"k{i}", {"prompt": p}) for i, p in enumerate(prompts)]
 
 
+class Voter(ScriptedHost):
+    """A classifier stand-in: greedy requests answer "positive" with first-step
+    probabilities `belief`; sampled ones (n > 1) answer the first n of `votes`."""
+
+    def __init__(self, tokenizer: Any, belief: float, votes: list[str]) -> None:
+        super().__init__(tokenizer, lambda p, a: ("", "", 0))
+        pos, neg = (tokenizer.encode(w, add_special_tokens=False)[0]
+                    for w in ("positive", "negative"))
+        self.step = {pos: SimpleNamespace(logprob=math.log(belief)),
+                     neg: SimpleNamespace(logprob=math.log(1 - belief))}
+        self.votes = votes
+
+    def submit(self, request_id: str, token_ids: list[int], params: Any) -> Future[Any]:
+        self.params.append(params)
+        n = params.n or 1
+        answers = self.votes[:n] if n > 1 else ["positive"]
+        future: Future[Any] = Future()
+        future.set_result(SimpleNamespace(outputs=[SimpleNamespace(
+            text=v, finish_reason="stop", token_ids=[1], logprobs=[self.step])
+            for v in answers]))
+        return future
+
+
 def test_a_truncated_answer_is_retried_with_a_larger_budget_and_the_passing_attempt_kept(
         tokenizer: Any) -> None:
     def script(prompt: str, attempt: int) -> tuple[str, str, float]:
@@ -105,21 +128,7 @@ def test_a_lost_engine_raises_and_no_attempt_is_spent(tokenizer: Any) -> None:
 
 
 def test_an_unconfident_label_is_decided_by_a_majority_of_samples(tokenizer: Any) -> None:
-    pos, neg = (tokenizer.encode(w, add_special_tokens=False)[0] for w in ("positive", "negative"))
-
-    class Unsure(ScriptedHost):
-        def submit(self, request_id: str, token_ids: list[int], params: Any) -> Future[Any]:
-            self.params.append(params)
-            n = params.n or 1
-            votes = ["negative", "positive", "negative", "negative"][:n] if n > 1 else ["positive"]
-            step = {pos: SimpleNamespace(logprob=math.log(0.55)),
-                    neg: SimpleNamespace(logprob=math.log(0.45))}
-            future: Future[Any] = Future()
-            future.set_result(SimpleNamespace(outputs=[SimpleNamespace(
-                text=v, finish_reason="stop", token_ids=[1], logprobs=[step]) for v in votes]))
-            return future
-
-    host = Unsure(tokenizer, lambda p, a: ("", "", 0))
+    host = Voter(tokenizer, 0.55, ["negative", "positive", "negative", "negative"])
     spec = JobSpec(kind="classify", labels=["positive", "negative"],
                    checks=["confidence:min=0.7,samples=4"], max_attempts=2)
     [outcome] = run_items(host, spec, _items("meh"), "job:0")  # type: ignore[arg-type]
@@ -135,23 +144,10 @@ def test_an_unconfident_label_is_decided_by_a_majority_of_samples(tokenizer: Any
 
 
 def test_a_label_still_unconfident_after_its_budget_is_kept_for_review(tokenizer: Any) -> None:
-    pos, neg = (tokenizer.encode(w, add_special_tokens=False)[0] for w in ("positive", "negative"))
-    step = {pos: SimpleNamespace(logprob=math.log(0.6)),
-            neg: SimpleNamespace(logprob=math.log(0.4))}
-
-    class Split(ScriptedHost):
-        def submit(self, request_id: str, token_ids: list[int], params: Any) -> Future[Any]:
-            n = params.n or 1
-            votes = ["positive", "negative"] * (n // 2) if n > 1 else ["positive"]
-            future: Future[Any] = Future()
-            future.set_result(SimpleNamespace(outputs=[SimpleNamespace(
-                text=v, finish_reason="stop", token_ids=[1], logprobs=[step]) for v in votes]))
-            return future
-
     spec = JobSpec(kind="classify", labels=["positive", "negative"],
                    checks=["confidence:min=0.8,samples=4"], max_attempts=3)
-    [outcome] = run_items(Split(tokenizer, lambda p, a: ("", "", 0)),  # type: ignore[arg-type]
-                          spec, _items("meh"), "job:0")
+    host = Voter(tokenizer, 0.6, ["positive", "negative"] * 2)
+    [outcome] = run_items(host, spec, _items("meh"), "job:0")  # type: ignore[arg-type]
     assert (outcome.quality, outcome.status, outcome.attempts) == ("needs_review",
                                                                     "succeeded", 3)
     assert outcome.error is None and outcome.label in ("positive", "negative")
@@ -183,21 +179,8 @@ def test_a_retry_the_engine_refuses_fails_its_item_and_the_chunk_goes_on(
 
 
 def test_a_tied_vote_goes_to_the_greedy_answers_label(tokenizer: Any) -> None:
-    pos, neg = (tokenizer.encode(w, add_special_tokens=False)[0] for w in ("positive", "negative"))
-    step = {pos: SimpleNamespace(logprob=math.log(0.55)),
-            neg: SimpleNamespace(logprob=math.log(0.45))}
-
-    class Tied(ScriptedHost):
-        def submit(self, request_id: str, token_ids: list[int], params: Any) -> Future[Any]:
-            votes = ["negative", "positive", "negative", "positive"] if params.n > 1 \
-                else ["positive"]
-            future: Future[Any] = Future()
-            future.set_result(SimpleNamespace(outputs=[SimpleNamespace(
-                text=v, finish_reason="stop", token_ids=[1], logprobs=[step]) for v in votes]))
-            return future
-
     spec = JobSpec(kind="classify", labels=["negative", "positive"],
                    checks=["confidence:min=0.9,samples=4"], max_attempts=2)
-    [outcome] = run_items(Tied(tokenizer, lambda p, a: ("", "", 0)),  # type: ignore[arg-type]
-                          spec, _items("meh"), "job:0")
+    host = Voter(tokenizer, 0.55, ["negative", "positive", "negative", "positive"])
+    [outcome] = run_items(host, spec, _items("meh"), "job:0")  # type: ignore[arg-type]
     assert outcome.tries[1].label == "positive" and outcome.quality == "needs_review"
