@@ -426,7 +426,11 @@ def upgrade(as_json: bool, broker_url: str | None, database_url: str | None) -> 
               help="Chunks in flight at once, all in one engine batch: the next chunk's "
                    "requests decode while the last one's stragglers finish.")
 @click.option("--gpu-memory-utilization", type=float,
-              help="KV-cache share [default: 0.5 on CPU, vLLM's on GPU].")
+              help="Memory share for weights and KV cache [default: 0.5 on CPU, vLLM's "
+                   "on GPU]; on the CPU, a share of one memory node.")
+@click.option("--kv-cache-memory", type=click.FloatRange(min=0, min_open=True), metavar="GIB",
+              help="KV-cache size in GiB, instead of a memory share (vLLM's "
+                   "--kv-cache-memory-bytes): the same on every machine.")
 @click.option("--enforce-eager/--no-enforce-eager", default=None,
               help="Skip graph capture [default: on for CPU, off on GPU].")
 @click.option("--max-model-len", type=int, help="Context length [default: the model's].")
@@ -459,6 +463,7 @@ def worker(model: str | None, slots: int, lease_seconds: float | None, name: str
     Examples:
       nightshift worker
       nightshift worker --model /models/llama-3-8b --gpu-memory-utilization 0.9
+      nightshift worker --kv-cache-memory 4                 # GiB of KV cache, any machine
       nightshift worker --metrics-port 9400 --log-format json
       nightshift worker --enable-lora --max-lora-rank 8     # jobs with --lora too
     """
@@ -470,6 +475,9 @@ def worker(model: str | None, slots: int, lease_seconds: float | None, name: str
 
     settings = settings_from(broker_url=broker_url, database_url=database_url, model=model,
                              lease_seconds=lease_seconds)
+    kv_gib = engine.pop("kv_cache_memory")
+    if kv_gib is not None:
+        engine["kv_cache_memory_bytes"] = int(kv_gib * 2**30)
     try:
         options = EngineOptions(**engine)
     except ValidationError as exc:

@@ -35,11 +35,11 @@ REDIS_DBS = dict(zip(("sqlite", "postgres", "unit"),
                      map(int, os.environ.get("NIGHTSHIFT_TEST_REDIS_DBS", "11,12,13").split(",")),
                      strict=True))
 WORKER_START_TIMEOUT = 400.0
-# The CPU backend gives a worker this share of the machine's memory (23.5 GiB here) for
-# weights, activations and KV cache together: 0.1 is 2.35 GiB, of which the demo model
-# takes about 1.5 and the KV cache the rest (some 19,000 tokens, plenty for these tests),
-# so several workers (two shared, a victim, a test's own) fit beside each other.
-WORKER_MEMORY = 0.1
+# Each test worker's KV cache, in GiB: some 22,000 tokens of the demo model in float32,
+# plenty for these tests, so several workers (two shared, a victim, a test's own) fit beside
+# each other. A size, not a memory share: vLLM's CPU backend takes its share of one memory
+# node, whose size differs from machine to machine (23.5 GiB on one, 12.2 on another).
+WORKER_KV_GIB = 1.0
 # vLLM's CPU backend binds every engine's OpenMP threads to the same core by default (CPU
 # 0 here, CPU 1 "reserved"): test workers take the cores in turn instead.
 _CORES = itertools.cycle(range(os.cpu_count() or 1))
@@ -142,10 +142,10 @@ def stack(request: pytest.FixtureRequest, session_dir: Path, pg_url: str) -> Ite
 
 
 class Worker:
-    def __init__(self, stack: Stack, name: str, memory: float = WORKER_MEMORY) -> None:
+    def __init__(self, stack: Stack, name: str) -> None:
         self.stack = stack
         self.log = stack.workdir / f"worker-{name}.log"
-        args = [NIGHTSHIFT, "worker", "--name", name, "--gpu-memory-utilization", str(memory),
+        args = [NIGHTSHIFT, "worker", "--name", name, "--kv-cache-memory", str(WORKER_KV_GIB),
                 "--max-model-len", "2048", "--loglevel", "INFO"]
         env = {**stack.env(), "NIGHTSHIFT_LEASE_SECONDS": "6",
                "VLLM_CPU_OMP_THREADS_BIND": str(next(_CORES))}

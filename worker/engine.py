@@ -29,6 +29,9 @@ class EngineOptions(BaseModel):
     """vLLM engine arguments a worker exposes; None means "the platform's default"."""
 
     gpu_memory_utilization: float | None = Field(None, gt=0.0, le=1.0)
+    # An explicit KV-cache size overrides the share above: on the CPU the share is of one
+    # memory node, whose size and the process's own footprint vary from machine to machine.
+    kv_cache_memory_bytes: int | None = Field(None, gt=0)
     enforce_eager: bool | None = None
     max_model_len: int | None = None
     max_num_seqs: int | None = None

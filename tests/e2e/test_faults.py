@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import redis
-from conftest import WORKER_MEMORY, Stack, Worker
+from conftest import Stack, Worker
 from kombu import Connection, Exchange, Producer
 from sqlalchemy import func, select
 
@@ -23,10 +23,11 @@ from worker.app import RUN_CHUNK, queue_for
 MODEL = "smollm2-135m-instruct"
 
 
-def _submit(stack: Stack, tmp_path: Path, n: int, chunk: int, max_tokens: int) -> str:
+def _submit(stack: Stack, tmp_path: Path, n: int, chunk: int, max_tokens: int,
+            ask: str = "Write a sentence about the number {i}.") -> str:
     path = tmp_path / "in.jsonl"
-    path.write_text("".join(json.dumps({"id": f"k{i}", "prompt": f"Write a sentence about "
-                                        f"the number {i}."}) + "\n" for i in range(n)))
+    path.write_text("".join(json.dumps({"id": f"k{i}", "prompt": ask.format(i=i)}) + "\n"
+                            for i in range(n)))
     return stack.cli_json("submit", str(path), "--json", "--chunk-size", str(chunk),
                           "--max-tokens", str(max_tokens))["job_id"]
 
@@ -44,10 +45,14 @@ def _assert_exactly_once(stack: Stack, job: str, total: int) -> None:
 
 
 def _victim_with_a_lease(stack: Stack, tmp_path: Path, n: int) -> tuple[Worker, str, int]:
-    """A second worker on the stack, started, holding a lease on a chunk of a new job."""
-    victim = Worker(stack, f"victim-{uuid.uuid4().hex[:4]}", memory=WORKER_MEMORY)
+    """A second worker on the stack, started, holding a lease on a chunk of a new job.
+
+    Long answers keep the chunks leased for many seconds: short ones (48 tokens) were done
+    in four, before a loaded machine's `submit` process had even exited."""
+    victim = Worker(stack, f"victim-{uuid.uuid4().hex[:4]}")
     victim.wait_ready()
-    job = _submit(stack, tmp_path, n=n, chunk=3, max_tokens=48)
+    job = _submit(stack, tmp_path, n=n, chunk=3, max_tokens=192, ask="Write a long story, "
+                  "in many paragraphs, about the number {i}.")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         with db.session(stack.db_url) as s:
@@ -58,7 +63,11 @@ def _victim_with_a_lease(stack: Stack, tmp_path: Path, n: int) -> tuple[Worker, 
             return victim, job, held
         time.sleep(0.2)
     victim.stop()
-    raise AssertionError("the victim never took a chunk")
+    with db.session(stack.db_url) as s:
+        owners = s.execute(select(Chunk.seq, Chunk.status, Chunk.lease_owner, Chunk.deliveries)
+                           .where(Chunk.job_id == job)).all()
+    tail = victim.log.read_text(errors="replace")[-3000:]
+    raise AssertionError(f"the victim never took a chunk; chunks {owners}; its log:\n{tail}")
 
 
 def test_a_killed_worker_loses_nothing_and_another_finishes_its_chunk(

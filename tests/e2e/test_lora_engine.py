@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import redis
-from conftest import NIGHTSHIFT, REDIS, REDIS_DBS, WORKER_MEMORY, Stack, Worker
+from conftest import NIGHTSHIFT, REDIS, REDIS_DBS, WORKER_KV_GIB, Stack, Worker
 from lora import RANK, make_adapter
 from sqlalchemy import select
 
@@ -26,8 +26,8 @@ class LoraWorker(Worker):
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
         self.log = stack.workdir / "worker-lora.log"
-        args = [NIGHTSHIFT, "worker", "--name", "lora", "--gpu-memory-utilization",
-                str(WORKER_MEMORY), "--max-model-len", "1024", "--enable-lora",
+        args = [NIGHTSHIFT, "worker", "--name", "lora", "--kv-cache-memory",
+                str(WORKER_KV_GIB), "--max-model-len", "1024", "--enable-lora",
                 "--max-lora-rank", str(RANK)]
         env = {**stack.env(), "NIGHTSHIFT_LEASE_SECONDS": "6"}
         self.proc = subprocess.Popen(args, env=env, cwd=stack.workdir, start_new_session=True,

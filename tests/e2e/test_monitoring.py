@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import NIGHTSHIFT, REDIS, REDIS_DBS, WORKER_MEMORY, Stack, Worker
+from conftest import NIGHTSHIFT, REDIS, REDIS_DBS, WORKER_KV_GIB, Stack, Worker
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import db
@@ -23,8 +23,8 @@ class MonitoredWorker(Worker):
     def __init__(self, stack: Stack, port: int) -> None:
         self.stack = stack
         self.log = stack.workdir / "worker-monitored.log"
-        args = [NIGHTSHIFT, "worker", "--name", "monitored", "--gpu-memory-utilization",
-                str(WORKER_MEMORY), "--max-model-len", "2048", "--metrics-port", str(port),
+        args = [NIGHTSHIFT, "worker", "--name", "monitored", "--kv-cache-memory",
+                str(WORKER_KV_GIB), "--max-model-len", "2048", "--metrics-port", str(port),
                 "--log-format", "json"]
         env = {**stack.env(), "NIGHTSHIFT_LEASE_SECONDS": "6"}
         self.proc = subprocess.Popen(args, env=env, cwd=stack.workdir, start_new_session=True,
