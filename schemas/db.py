@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from functools import lru_cache
+from itertools import repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -131,14 +133,21 @@ def upsert_rows(conn: Connection, table: Any, keys: Sequence[str],
         conn.exec_driver_sql(head + f"SELECT {picked} FROM {_recordset(table)} {conflict}",
                              (*[value for _, value in filled], _json(rows).decode()))
         return
-    marks = ", ".join("?" * (len(given) + len(filled)))
+    # A column that is None in every row is written as a literal NULL: the sqlite3 module
+    # binds each None through an adapter lookup (a chunk's results: 5.0 ms bound, 2.1 not).
+    nulls = _all_none(rows, given)
+    marks = ", ".join(["NULL" if c in nulls else "?" for c in given] + ["?"] * len(filled))
     conn.exec_driver_sql(head + f"VALUES ({marks}) {conflict}",
-                         _tuples(conn, table, given, rows, [value for _, value in filled]))
+                         _tuples(conn, table, [c for c in given if c not in nulls], rows,
+                                 [value for _, value in filled]))
 
 
 def update_rows(conn: Connection, table: Any, keys: Sequence[str],
                 rows: Sequence[dict[str, Any]]) -> None:
-    """Set each row's other columns where its keys match, for a whole batch at once."""
+    """Set each row's other columns where its keys match, for a whole batch at once.
+    PostgreSQL joins the batch sent as one JSON document; SQLite runs one statement per
+    group of rows that set the same values under the same leading keys, over the list of
+    their last key (a chunk's items: one statement per status, not one per item)."""
     if not rows:
         return
     q = conn.dialect.identifier_preparer.quote
@@ -150,10 +159,17 @@ def update_rows(conn: Connection, table: Any, keys: Sequence[str],
         conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} FROM {_recordset(table)} "
                              f"WHERE {matched}", (_json(rows).decode(),))
         return
+    *lead, last = keys
     sets = ", ".join(f"{q(c)} = ?" for c in others)
-    where = " AND ".join(f"{q(k)} = ?" for k in keys)
-    conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} WHERE {where}",
-                         _tuples(conn, table, [*others, *keys], rows, []))
+    where = "".join(f"{q(k)} = ? AND " for k in lead)
+    statement = (f"UPDATE {table.name} SET {sets} WHERE {where}"
+                 f"{q(last)} IN (SELECT value FROM json_each(?))")
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    shared = [*others, *lead]
+    for values, row in zip(_tuples(conn, table, shared, rows, []), rows, strict=True):
+        groups.setdefault(values, []).append(row[last])
+    for values, lasts in groups.items():
+        conn.exec_driver_sql(statement, (*values, _json(lasts).decode()))
 
 
 def _recordset(table: Any) -> str:
@@ -167,25 +183,31 @@ def _defaults(conn: Connection, table: Any, present: dict[str, Any]) -> list[tup
         if column.name not in present and default is not None:
             value = default.arg(None) if default.is_callable else default.arg
             encode = _encoder(conn, column)
-            filled.append((column.name, encode(value) if encode and value is not None
-                           else value))
+            if encode and value is not None:
+                value = encode(value)
+            elif isinstance(value, datetime) and conn.dialect.name == "sqlite":
+                value = value.isoformat(" ")  # as sqlite3's adapter would, once per batch
+            filled.append((column.name, value))
     return filled
+
+
+def _all_none(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> set[str]:
+    return {name for name in names if rows[0][name] is None
+            and list(map(itemgetter(name), rows)).count(None) == len(rows)}
 
 
 def _tuples(conn: Connection, table: Any, names: Sequence[str], rows: Sequence[dict[str, Any]],
             tail: list[Any]) -> list[tuple[Any, ...]]:
-    """Value tuples as the driver takes them: JSON encoded once, dates as SQLite keeps them."""
-    encoders = [(i, encode) for i, name in enumerate(names)
-                if (encode := _encoder(conn, table.c[name]))]
-    pick = itemgetter(*names) if len(names) > 1 else lambda row: (row[names[0]],)
-    values = []
-    for row in rows:
-        value = list(pick(row))
-        for i, encode in encoders:
-            if value[i] is not None:
-                value[i] = encode(value[i])
-        values.append(tuple(value + tail))
-    return values
+    """Value tuples as the driver takes them: JSON encoded once, dates as SQLite keeps them.
+    Column by column (picked, transposed and zipped back in C): a batch is a thousand rows."""
+    if not rows:
+        return []
+    columns: list[Sequence[Any]] = [[row[names[0]] for row in rows]] if len(names) == 1 \
+        else list(zip(*map(itemgetter(*names), rows), strict=True))
+    for i, name in enumerate(names):
+        if encode := _encoder(conn, table.c[name]):
+            columns[i] = [None if v is None else encode(v) for v in columns[i]]
+    return list(zip(*columns, *[repeat(value, len(rows)) for value in tail], strict=True))
 
 
 def _encoder(conn: Connection, column: Any) -> Any:
