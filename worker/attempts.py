@@ -81,8 +81,10 @@ class Outcome:
     parts: list[dict[str, Any]] = field(default_factory=list)
 
     def row(self, job_id: str, worker: str) -> dict[str, Any]:
-        row = {k: v for k, v in self.__dict__.items() if k not in ("tries", "parts")}
-        return {"job_id": job_id, "worker": worker, **row}
+        row = self.__dict__.copy()  # a thousand per chunk: a copy, not a comprehension
+        del row["tries"], row["parts"]
+        row["job_id"], row["worker"] = job_id, worker
+        return row
 
 
 @dataclass

@@ -9,6 +9,7 @@ http://HOST:PORT/metrics. Metrics never fail a chunk: a metrics error is logged.
 from __future__ import annotations
 
 import logging
+from collections import Counter as TallyCounter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -37,16 +38,27 @@ CHECK_FAILURES = Counter("nightshift_check_failures",
 
 def observe(outcomes: Iterable[Any]) -> None:
     """Count a chunk's written outcomes (anything with status, prompt_tokens,
-    completion_tokens, attempts and checks)."""
+    completion_tokens, attempts and checks): summed first, then one increment per counter
+    (each increment takes a lock; a chunk has a thousand outcomes)."""
     try:
+        items: TallyCounter[str] = TallyCounter()
+        failures: TallyCounter[str] = TallyCounter()
+        prompt = generated = attempts = 0
         for o in outcomes:
-            ITEMS.labels(o.status).inc()
-            PROMPT_TOKENS.inc(o.prompt_tokens or 0)
-            GENERATED_TOKENS.inc(o.completion_tokens or 0)
-            ATTEMPTS.inc(getattr(o, "attempts", 1) or 1)
+            items[o.status] += 1
+            prompt += o.prompt_tokens or 0
+            generated += o.completion_tokens or 0
+            attempts += getattr(o, "attempts", 1) or 1
             for check in getattr(o, "checks", None) or []:
                 if check.get("passed") is False:
-                    CHECK_FAILURES.labels(check.get("name", "?")).inc()
+                    failures[check.get("name", "?")] += 1
+        for status, n in items.items():
+            ITEMS.labels(status).inc(n)
+        PROMPT_TOKENS.inc(prompt)
+        GENERATED_TOKENS.inc(generated)
+        ATTEMPTS.inc(attempts)
+        for name, n in failures.items():
+            CHECK_FAILURES.labels(name).inc(n)
     except Exception:
         log.exception("metrics: could not count a chunk's outcomes")
 
