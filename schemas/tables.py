@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -102,13 +103,18 @@ class Job(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
+_HAS_KEY = text("content_key IS NOT NULL")
+
+
 class Item(Base):
     __tablename__ = "items"
     __table_args__ = (
         Index("ix_items_job_key", "job_id", "key", unique=True),
         Index("ix_items_job_chunk", "job_id", "chunk"),
         Index("ix_items_job_status", "job_id", "status"),
-        Index("ix_items_content_key", "content_key"),
+        # Only documents have content keys: a job of prompts adds nothing to this index.
+        Index("ix_items_content_key", "content_key", sqlite_where=_HAS_KEY,
+              postgresql_where=_HAS_KEY),
     )
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
