@@ -111,7 +111,8 @@ class Item(Base):
     __table_args__ = (
         Index("ix_items_job_key", "job_id", "key", unique=True),
         Index("ix_items_job_chunk", "job_id", "chunk"),
-        Index("ix_items_job_status", "job_id", "status"),
+        # No index on status: job_counts holds the counts, and each status change (claim,
+        # release, result write) would pay for one; cancelling walks the job's items.
         # Only documents have content keys: a job of prompts adds nothing to this index.
         Index("ix_items_content_key", "content_key", sqlite_where=_HAS_KEY,
               postgresql_where=_HAS_KEY),
