@@ -111,3 +111,18 @@ def test_upgrade_twice_is_a_no_op(empty_db: str) -> None:
     db.upgrade(empty_db)
     db.upgrade(empty_db)
     assert current(empty_db) == head() and differences(empty_db) == []
+
+
+def test_an_items_status_change_touches_no_index(empty_db: str) -> None:
+    """No index holds an item's status, and on PostgreSQL its pages keep half their room:
+    claiming an item and writing its result are HOT updates (migrations 0006 and 0007)."""
+    db.upgrade(empty_db)
+    engine = db.engine_for(empty_db)
+    indexed = {column for index in inspect(engine).get_indexes("items")
+               for column in index["column_names"]}
+    assert "status" not in indexed and "chunk" in indexed
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            options = conn.exec_driver_sql(
+                "SELECT reloptions FROM pg_class WHERE relname = 'items'").scalar()
+        assert options == ["fillfactor=50"]
