@@ -142,6 +142,35 @@ def upsert_rows(conn: Connection, table: Any, keys: Sequence[str],
                                  [value for _, value in filled]))
 
 
+def replace_rows(conn: Connection, table: Any, keys: Sequence[str],
+                 rows: Sequence[dict[str, Any]]) -> None:
+    """Each row replaced whole (one row per key), for a writer that no one else races on
+    the same keys (worker.chunks.write holds its job's row lock). PostgreSQL deletes the
+    batch's keys, one statement per run of equal leading keys, and COPYs the rows in: no
+    JSON document to parse, half the server's time of `upsert_rows`. Elsewhere, an upsert."""
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        upsert_rows(conn, table, keys, rows)
+        return
+    q = conn.dialect.identifier_preparer.quote
+    *lead, last = keys
+    runs: dict[tuple[Any, ...], list[Any]] = {}
+    for row in rows:
+        runs.setdefault(tuple(row[k] for k in lead), []).append(row[last])
+    where = "".join(f"{q(k)} = %s AND " for k in lead)
+    for shared, lasts in runs.items():  # the range lets the primary key's index find them
+        conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE {where}{q(last)} BETWEEN %s "
+                             f"AND %s AND {q(last)} = ANY(%s)",
+                             (*shared, min(lasts), max(lasts), lasts))
+    given = [c.name for c in table.columns if c.name in rows[0]]
+    nulls = _all_none(rows, given)  # left out: NULL is what COPY gives them
+    sent = [c for c in given if c not in nulls]
+    filled = _defaults(conn, table, rows[0])
+    insert_rows(conn, table, sent + [name for name, _ in filled],
+                _tuples(conn, table, sent, rows, [value for _, value in filled]))
+
+
 def update_rows(conn: Connection, table: Any, keys: Sequence[str],
                 rows: Sequence[dict[str, Any]]) -> None:
     """Set each row's other columns where its keys match, for a whole batch at once.

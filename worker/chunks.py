@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from producer import broker
 from quality.semantic import Embedder
 from schemas import dedup
-from schemas.db import session, update_rows, upsert_rows
+from schemas.db import replace_rows, session, update_rows, upsert_rows
 from schemas.spec import JobSpec
 from schemas.tables import (
     Attempt,
@@ -161,9 +161,10 @@ def write(db_url: str, job_id: str, seq: int, owner: str, outcomes: list[Outcome
 
 def _record(db: Session, job_id: str, owner: str, outcomes: list[Outcome],
             documents: bool = False) -> None:
-    # One statement per batch on PostgreSQL, executemany on SQLite: see schemas.db.upsert_rows.
-    upsert_rows(db.connection(), Result.__table__, ["job_id", "item_seq"],
-                [o.row(job_id, owner) for o in outcomes])
+    # Replaced whole: write() holds the job's row lock, so no one races on these keys
+    # (schemas.db.replace_rows: COPY on PostgreSQL, executemany on SQLite).
+    replace_rows(db.connection(), Result.__table__, ["job_id", "item_seq"],
+                 [o.row(job_id, owner) for o in outcomes])
     ledger = [t.ledger_row(job_id, o.item_seq, owner) for o in outcomes for t in o.tries]
     if ledger:
         upsert_rows(db.connection(), Attempt.__table__,

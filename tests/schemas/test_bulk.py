@@ -86,3 +86,22 @@ def test_update_rows_sets_each_rows_own_value(stack: Stack) -> None:
         statuses = s.scalars(select(Item.status).where(Item.job_id == job_id)
                              .order_by(Item.seq)).all()
     assert statuses == ["pending", "succeeded", "pending", "failed"]
+
+
+def test_replace_rows_replaces_each_row_whole_once_per_key(stack: Stack) -> None:
+    """PostgreSQL deletes and COPYs, SQLite upserts: the same rows either way, a column
+    None in every row included."""
+    job_id = _job(stack)
+    first = [{"job_id": job_id, "item_seq": n, "status": "failed", "output": None,
+              "error": f"e{n}", "sampling": {"seed": n}} for n in range(3)]
+    again = [{"job_id": job_id, "item_seq": n, "status": "succeeded", "output": f"o{n}",
+              "error": None, "sampling": {"seed": n}} for n in (2, 0)]
+    with db.session(stack.db_url) as s, s.begin():
+        db.replace_rows(s.connection(), Result.__table__, ["job_id", "item_seq"], first)
+        db.replace_rows(s.connection(), Result.__table__, ["job_id", "item_seq"], again)
+    with db.session(stack.db_url) as s:
+        rows = s.scalars(select(Result).where(Result.job_id == job_id)
+                         .order_by(Result.item_seq)).all()
+    assert [(r.item_seq, r.status, r.output, r.error) for r in rows] == [
+        (0, "succeeded", "o0", None), (1, "failed", None, "e1"), (2, "succeeded", "o2", None)]
+    assert rows[2].sampling == {"seed": 2} and rows[2].attempts == 1
