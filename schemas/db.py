@@ -159,10 +159,12 @@ def replace_rows(conn: Connection, table: Any, keys: Sequence[str],
     for row in rows:
         runs.setdefault(tuple(row[k] for k in lead), []).append(row[last])
     where = "".join(f"{q(k)} = %s AND " for k in lead)
+    kind = table.c[last].type.compile(dialect=conn.dialect)
     for shared, lasts in runs.items():  # the range lets the primary key's index find them
         conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE {where}{q(last)} BETWEEN %s "
-                             f"AND %s AND {q(last)} = ANY(%s)",
-                             (*shared, min(lasts), max(lasts), lasts))
+                             f"AND %s AND {q(last)} IN (SELECT value::{kind} FROM "
+                             f"json_array_elements_text(%s))",  # JSON: no per-value adapting
+                             (*shared, min(lasts), max(lasts), _json(lasts).decode()))
     given = [c.name for c in table.columns if c.name in rows[0]]
     nulls = _all_none(rows, given)  # left out: NULL is what COPY gives them
     sent = [c for c in given if c not in nulls]
