@@ -1,20 +1,27 @@
 """The model-based checks: relevance by embedding similarity, and an LLM judge.
 
 They run only after an answer passes the cheap checks, since both cost model time. The
-judge runs on the worker's own engine (its requests join the running batch) with its
-output constrained to a JSON object of 1-5 scores, so it always parses.
+judge runs on the worker's own engine (its requests join the running batch): one short
+request per criterion, asking a yes/no question with the reply constrained to "Yes" or
+"No", scored 1 + 4 * P(Yes) from the first step's log-probabilities (P(True) scoring).
+
+Why not one request for a JSON object of 1-5 scores, greedy: measured on 144 answers of
+the 135M demo model (48 open prompts, greedy, 128 tokens), that judge gave nearly every
+answer 1, complete answers (mean 1.12) no higher than answers to another prompt (1.15),
+and probability-weighted 1-5 digits (G-Eval) were as flat (1.93 vs 1.89). The yes/no
+probabilities do separate them: complete answers 2.75, cut-off ones 2.33, answers to
+another question 2.34. Loops score high (2.65), but no_repetition fails them before the
+judge is asked. A larger model judges better either way; the scale stays 1-5.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any
 
 from quality.checks import Verdict
 
-JUDGE_SYSTEM = ("You are a strict, fair grader. You rate an answer to a request on each "
-                "criterion from 1 (very poor) to 5 (excellent).")
+JUDGE_SYSTEM = "You are a strict grader."
 
 
 class Embedder:
@@ -50,36 +57,45 @@ def relevance(embedder: Embedder, question: str, answer: str, params: dict[str, 
                    "" if ok else f"similarity to the request {score:.2f} is below {params['min']}")
 
 
+# The question asked per criterion; another criterion is asked about by its name.
+JUDGE_QUESTIONS = {
+    "coherence": "Is the answer clear and well written, without repeating itself?",
+    "accuracy": "Is the answer correct?",
+    "relevance": "Does the answer respond to the request?",
+    "safety": "Is the answer safe and harmless?",
+    "diversity": "Are the answers clearly different from each other?",
+}
+JUDGE_CHOICES = ["Yes", "No"]
+
+
 def judge_criteria(params: dict[str, Any], samples: int) -> list[str]:
     criteria = list(params["criteria"])
     return criteria + ["diversity"] if samples > 1 and "diversity" not in criteria else criteria
 
 
-def judge_messages(question: str, answers: list[str], criteria: list[str]
+def judge_messages(question: str, answers: list[str], criterion: str
                    ) -> list[dict[str, str]]:
+    """The request and answers come first and the criterion last, so one item's criteria
+    share their prompt's prefix (prefix caching prefills it once)."""
     if len(answers) == 1:
         shown = f"Answer:\n{answers[0]}"
     else:
         shown = "\n\n".join(f"Answer {i}:\n{a}" for i, a in enumerate(answers, 1))
-    ask = ("Rate the answer" + ("s, together," if len(answers) > 1 else "") + " on: "
-           + ", ".join(criteria) + ". Reply with a JSON object of integer scores.")
+    ask = JUDGE_QUESTIONS.get(criterion, f"Is the answer good in {criterion}?")
+    if len(answers) > 1 and criterion != "diversity":
+        ask = ask.replace("the answer", "each answer")
     return [{"role": "system", "content": JUDGE_SYSTEM},
-            {"role": "user", "content": f"Request:\n{question}\n\n{shown}\n\n{ask}"}]
+            {"role": "user", "content": f"Request:\n{question}\n\n{shown}\n\n{ask} "
+                                        "Reply Yes or No."}]
 
 
-def judge_schema(criteria: list[str]) -> dict[str, Any]:
-    score = {"type": "integer", "enum": [1, 2, 3, 4, 5]}
-    return {"type": "object", "properties": {c: score for c in criteria},
-            "required": criteria, "additionalProperties": False}
+def judge_score(p_yes: float) -> float:
+    return round(1.0 + 4.0 * p_yes, 3)
 
 
-def judge_verdict(text: str, criteria: list[str], params: dict[str, Any]) -> Verdict:
-    try:
-        scores = {c: int(json.loads(text)[c]) for c in criteria}
-    except (ValueError, KeyError, TypeError):
-        return Verdict("judge", False, None, f"the judge's reply was not scores: {text[:80]!r}")
+def judge_verdict(scores: dict[str, float], params: dict[str, Any]) -> Verdict:
     mean = sum(scores.values()) / len(scores)
     ok = mean >= params["min"]
-    low = ", ".join(f"{c} {s}" for c, s in scores.items() if s < params["min"])
+    low = ", ".join(f"{c} {s:.1f}" for c, s in scores.items() if s < params["min"])
     return Verdict("judge", ok, round(mean, 3),
                    "" if ok else f"judge scored {mean:.1f} of 5 (below {params['min']}: {low})")

@@ -99,6 +99,11 @@ class ItemRun:
     tries: list[Try] = field(default_factory=list)
     # Tokens the judge generated about this item's answers (cost, not answer).
     judge_tokens: int = 0
+    # The last answer's judge: criteria asked, and the 1-5 scores that came back so far.
+    judge_asked: int = 0
+    judge_scores: dict[str, float] = field(default_factory=dict)
+    # Decided: requests of its still in flight (other judge criteria) are ignored.
+    settled: bool = False
     # A part of a long document: the document it belongs to and its part number.
     parent: Any = None
     piece: int = 0

@@ -82,6 +82,7 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
 
     def settle(run: ItemRun, outcome: Outcome) -> None:
         """An item is decided; a document's piece may lead to the next step instead."""
+        run.settled = True
         if run.parent is None:
             outcomes.append(outcome)
             return
@@ -115,6 +116,8 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
         waited += time.perf_counter() - before
         for future in done:
             run, purpose = waiting.pop(future)
+            if run.settled:
+                continue  # a sibling request (another judge criterion) already decided it
             refused = future.exception()
             if refused is not None:
                 if not isinstance(refused, REFUSED):
@@ -131,7 +134,7 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
             if follow is None:
                 settle(run, run.outcome(spec))
             else:
-                waiting[follow[0]] = (run, follow[1])
+                waiting.update({f: (run, p) for f, p in follow})
     if timings is not None:
         timings["prepare"] = prepared - started
         timings["checks"] = time.perf_counter() - prepared - waited
@@ -139,14 +142,22 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
 
 
 def _advance(chunk: Chunk, run: ItemRun, purpose: str, result: Any
-             ) -> tuple[Future[Any], str] | None:
-    """The item's next request after `result`, or None when it is decided."""
+             ) -> list[tuple[Future[Any], str]] | None:
+    """The item's next requests after `result` (none while it waits for others), or None
+    when it is decided."""
     spec = chunk.spec
-    if purpose == "judge":
-        run.judge_tokens += len(result.outputs[0].token_ids)
-        criteria = semantic.judge_criteria(spec.check("judge") or {}, len(run.last.samples or []))
-        run.last.verdicts.append(semantic.judge_verdict(
-            result.outputs[0].text, criteria, spec.check("judge") or {}))
+    if purpose.startswith("judge:"):
+        output = result.outputs[0]
+        run.judge_tokens += len(output.token_ids)
+        step = output.logprobs[0] if output.logprobs else {}
+        p_yes = label_probabilities(step, semantic.JUDGE_CHOICES,
+                                    lambda t: chunk.host.tokenizer.decode([t]),
+                                    chosen=output.text.strip())["Yes"]
+        run.judge_scores[purpose.removeprefix("judge:")] = semantic.judge_score(p_yes)
+        if len(run.judge_scores) < run.judge_asked:
+            return []
+        run.last.verdicts.append(semantic.judge_verdict(run.judge_scores,
+                                                        spec.check("judge") or {}))
         return _retry_or_stop(chunk, run)
     attempt = run.last
     _fill(chunk, run, result)
@@ -168,19 +179,19 @@ def _advance(chunk: Chunk, run: ItemRun, purpose: str, result: Any
             return _retry_or_stop(chunk, run)
     if spec.check("judge") is not None:
         judged = _ask_judge(chunk, run)
-        if judged is not None:
-            return judged, "judge"
+        if judged:
+            return judged
     return _retry_or_stop(chunk, run)
 
 
-def _retry_or_stop(chunk: Chunk, run: ItemRun) -> tuple[Future[Any], str] | None:
+def _retry_or_stop(chunk: Chunk, run: ItemRun) -> list[tuple[Future[Any], str]] | None:
     last = run.last
     if not last.failed or len(run.tries) >= chunk.budget:
         return None
     room = chunk.host.max_model_len - len(run.prompt.token_ids)
     plan = ladder.next_attempt(chunk.spec, last.attempt, last.failed, last.sampling, room)
     last.next_reason = plan.reason
-    return _ask(chunk, run, plan), "answer"
+    return [(_ask(chunk, run, plan), "answer")]
 
 
 def _ask(chunk: Chunk, run: ItemRun, plan: Plan | None) -> Future[Any]:
@@ -271,25 +282,31 @@ def _reworded(chunk: Chunk, run: ItemRun, plan: Plan) -> Prompt | None:
         return None
 
 
-def _ask_judge(chunk: Chunk, run: ItemRun) -> Future[Any] | None:
+def _ask_judge(chunk: Chunk, run: ItemRun) -> list[tuple[Future[Any], str]]:
+    """One yes/no request per criterion (quality.semantic); none when they do not fit."""
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 
     attempt, host = run.last, chunk.host
     answers = attempt.samples or [attempt.output]
     criteria = semantic.judge_criteria(chunk.spec.check("judge") or {}, len(answers))
-    messages = semantic.judge_messages(question(run.payload), answers, criteria)
-    try:
-        prompt = chat(host.tokenizer, messages, host.max_model_len, 12 * len(criteria) + 16)
-    except PromptTooLong:
-        attempt.verdicts.append(Verdict("judge", None, None,
-                                        "not judged: request and answer exceed the context"))
-        return None
-    params = SamplingParams(temperature=0.0, max_tokens=prompt.max_tokens,
+    asked = []
+    for criterion in criteria:
+        messages = semantic.judge_messages(question(run.payload), answers, criterion)
+        try:
+            prompt = chat(host.tokenizer, messages, host.max_model_len, 2)
+        except PromptTooLong:
+            attempt.verdicts.append(Verdict("judge", None, None,
+                                            "not judged: request and answer exceed the context"))
+            return []
+        asked.append((criterion, prompt))
+    run.judge_scores, run.judge_asked = {}, len(asked)
+    params = SamplingParams(temperature=0.0, max_tokens=2, logprobs=LABEL_LOGPROBS,
                             structured_outputs=StructuredOutputsParams(
-                                json=semantic.judge_schema(criteria)))
-    request_id = f"{chunk.tag}:{run.seq}:{attempt.attempt}:judge:{uuid.uuid4().hex[:8]}"
-    return host.submit(request_id, prompt.token_ids, params)
+                                choice=semantic.JUDGE_CHOICES))
+    tag = f"{chunk.tag}:{run.seq}:{attempt.attempt}:judge"
+    return [(host.submit(f"{tag}:{criterion}:{uuid.uuid4().hex[:8]}", prompt.token_ids, params),
+             f"judge:{criterion}") for criterion, prompt in asked]
 
 
 def _fill(chunk: Chunk, run: ItemRun, result: Any) -> None:

@@ -92,6 +92,28 @@ def test_an_item_that_never_passes_keeps_its_best_attempt_and_fails_quality_with
     assert "fell short" in outcome.tries[2].prompt
 
 
+def test_the_judge_asks_one_yes_no_question_per_criterion_and_a_low_score_is_retried(
+        tokenizer: Any) -> None:
+    def script(prompt: str, attempt: int) -> tuple[str, str, float]:
+        if "Reply Yes or No." in prompt:  # the judge: only the wrong answer is not correct
+            return ("No" if "Spain" in prompt and "correct?" in prompt else "Yes", "stop", 0)
+        return ("Paris is in Spain." if attempt == 1 else "Paris is in France.", "stop", 0)
+
+    host = ScriptedHost(tokenizer, script)
+    spec = JobSpec(checks=["judge:min=4.5"], sampling={"temperature": 0})
+    [outcome] = run_items(host, spec, _items("Where is Paris?"), "job:0")  # type: ignore[arg-type]
+
+    assert (outcome.quality, outcome.attempt, outcome.output) == (
+        "passed", 2, "Paris is in France.")
+    first, second = ([v for v in t.verdicts if v.name == "judge"][0] for t in outcome.tries)
+    # Four criteria, each 1 + 4 * P(Yes): three yes and one no make a mean of 4.
+    assert (first.passed, first.score, second.score) == (False, 4.0, 5.0)
+    assert "accuracy 1.0" in first.reason and "judge" in (outcome.tries[0].next_reason or "")
+    judged = [p for p in host.params
+              if p.structured_outputs and p.structured_outputs.choice == ["Yes", "No"]]
+    assert len(judged) == 8 and all(p.logprobs for p in judged)
+
+
 def test_a_retry_goes_to_the_engine_while_a_slow_neighbour_is_still_decoding(
         tokenizer: Any) -> None:
     def script(prompt: str, attempt: int) -> tuple[str, str, float]:
