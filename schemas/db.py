@@ -166,11 +166,9 @@ def replace_rows(conn: Connection, table: Any, keys: Sequence[str],
                              f"json_array_elements_text(%s))",  # JSON: no per-value adapting
                              (*shared, min(lasts), max(lasts), _json(lasts).decode()))
     given = [c.name for c in table.columns if c.name in rows[0]]
-    nulls = _all_none(rows, given)  # left out: NULL is what COPY gives them
-    sent = [c for c in given if c not in nulls]
     filled = _defaults(conn, table, rows[0])
-    insert_rows(conn, table, sent + [name for name, _ in filled],
-                _tuples(conn, table, sent, rows, [value for _, value in filled]))
+    insert_rows(conn, table, given + [name for name, _ in filled],
+                _tuples(conn, table, given, rows, [value for _, value in filled]))
 
 
 def update_rows(conn: Connection, table: Any, keys: Sequence[str],
