@@ -68,7 +68,7 @@ def next_attempt(spec: JobSpec, failed_attempt: int, failed: list[Verdict],
         plan.instruction = (f"Answer completely in at most {max(int(tokens * 0.6), 10)} words.")
     if step == "feedback":
         plan.feedback = ("Your previous answer fell short of the bar: " + why +
-                         ". Answer the original request again, fixing that.")
+                         ". Answer the request again, fixing that.")
     elif step == "constrain":
         plan.constrain = _constraint(spec, names)
     return plan

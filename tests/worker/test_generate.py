@@ -90,6 +90,8 @@ def test_an_item_that_never_passes_keeps_its_best_attempt_and_fails_quality_with
     assert outcome.tries[1].sampling["repetition_penalty"] > 1.0
     # The feedback step quotes the failed answer and says why it failed.
     assert "fell short" in outcome.tries[2].prompt
+    assert outcome.tries[2].prompt.rstrip().endswith("The request: Say something.<|im_end|>\n"
+                                                     "<|im_start|>assistant")
 
 
 def test_the_judge_asks_one_yes_no_question_per_criterion_and_a_low_score_is_retried(
