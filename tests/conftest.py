@@ -31,6 +31,9 @@ REDIS = os.environ.get("NIGHTSHIFT_TEST_REDIS", "redis://127.0.0.1:6379")
 PG_ADMIN = os.environ.get("NIGHTSHIFT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 NIGHTSHIFT = str(Path(sys.executable).with_name("nightshift"))
 # Three Redis databases; set NIGHTSHIFT_TEST_REDIS_DBS="1,2,3" to run a second session beside.
+# The shared workers (engine_stacks) listen on the first two; a test that starts a worker of
+# its own uses the third, else a shared worker takes its messages and drops them (its own
+# database has no such job).
 REDIS_DBS = dict(zip(("sqlite", "postgres", "unit"),
                      map(int, os.environ.get("NIGHTSHIFT_TEST_REDIS_DBS", "11,12,13").split(",")),
                      strict=True))

@@ -36,6 +36,10 @@ def claim(db_url: str, job_id: str, seq: int, owner: str, ttl: float) -> int:
                     deliveries=Chunk.deliveries + 1)
         )).rowcount
         if not taken:
+            if db.get(Chunk, (job_id, seq)) is None:
+                log.warning("chunk %s/%s is not in this worker's database: does another "
+                            "deployment, with another database, share this Redis database?",
+                            job_id, seq)
             return 0
         db.execute(update(Item).where(Item.job_id == job_id, Item.chunk == seq,
                                       Item.status == ItemStatus.PENDING)

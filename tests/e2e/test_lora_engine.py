@@ -43,7 +43,7 @@ def _results(stack: Stack, job_id: str) -> list[Result]:
 def test_a_job_with_a_lora_adapter_answers_differently_and_records_the_adapter(
         tmp_path: Path) -> None:
     stack = Stack("sqlite", f"sqlite:///{tmp_path / 'nightshift.db'}",
-                  f"{REDIS}/{REDIS_DBS['sqlite']}", tmp_path)
+                  f"{REDIS}/{REDIS_DBS['unit']}", tmp_path)
     db.upgrade(stack.db_url)
     redis.Redis.from_url(stack.broker_url).flushdb()
     adapter = make_adapter(materialize_demo(load().model_dir), tmp_path / "adapter")

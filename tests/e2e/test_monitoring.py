@@ -45,7 +45,7 @@ def test_a_monitored_worker_serves_metrics_of_the_job_it_ran_and_logs_json(
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
     stack = Stack("sqlite", f"sqlite:///{tmp_path / 'nightshift.db'}",
-                  f"{REDIS}/{REDIS_DBS['sqlite']}", tmp_path)
+                  f"{REDIS}/{REDIS_DBS['unit']}", tmp_path)
     db.upgrade(stack.db_url)
     redis.Redis.from_url(stack.broker_url).flushdb()
     worker = MonitoredWorker(stack, port)

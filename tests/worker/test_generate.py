@@ -151,6 +151,16 @@ def test_a_lost_engine_raises_and_no_attempt_is_spent(tokenizer: Any) -> None:
                   JobSpec(checks=["non_empty"]), _items("x"), "job:0")
 
 
+def test_the_label_is_the_one_the_probabilities_put_first_not_the_greedy_token(
+        tokenizer: Any) -> None:
+    host = Voter(tokenizer, 0.45, [])  # greedy says "positive", its first step 0.45 / 0.55
+    spec = JobSpec(kind="classify", labels=["positive", "negative"])
+    [outcome] = run_items(host, spec, _items("meh"), "job:0")  # type: ignore[arg-type]
+
+    assert (outcome.label, outcome.output) == ("negative", "negative")
+    assert outcome.probabilities == {"positive": 0.45, "negative": 0.55}
+
+
 def test_an_unconfident_label_is_decided_by_a_majority_of_samples(tokenizer: Any) -> None:
     host = Voter(tokenizer, 0.55, ["negative", "positive", "negative", "negative"])
     spec = JobSpec(kind="classify", labels=["positive", "negative"],

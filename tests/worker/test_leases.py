@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import pytest
 from conftest import Stack
 
 from producer.submit import submit
@@ -57,3 +59,10 @@ def test_heartbeat_keeps_a_lease_alive_and_release_hands_it_back(stack: Stack,
         assert s.get_one(Chunk, (job, 0)).status == ChunkStatus.PENDING
         assert s.get_one(Item, (job, 0)).status == ItemStatus.PENDING
     assert leases.claim(stack.db_url, job, 0, "w2", ttl=60)
+
+
+def test_a_message_for_a_job_this_database_lacks_is_dropped_with_a_warning(
+        stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="worker.leases"):
+        assert not leases.claim(stack.db_url, "f" * 32, 0, "w1", ttl=60)
+    assert "share this Redis database" in caplog.text
