@@ -7,7 +7,7 @@ EXTRAS   ?= cpu,postgres,parquet,dev
 INPUT    ?=
 PYTEST_ARGS ?=
 
-.PHONY: install model demo test bench bench-quality bench-dataplane lint lint-docker clean
+.PHONY: install model demo test bench bench-quality bench-dataplane bench-engine lint lint-docker clean
 
 install: $(STAMP)
 
@@ -42,6 +42,10 @@ bench-quality: model
 # the local PostgreSQL; Redis db 1 is flushed). ROWS=100000 for a quicker look.
 bench-dataplane: install
 	$(PY) -m bench.dataplane $(if $(ROWS),--rows $(ROWS),)
+
+# The worker's engine defaults against one change each (bench/engine_options.py).
+bench-engine: model
+	$(PY) -m bench.engine_options $(if $(N),-n $(N),)
 
 lint: install lint-docker
 	$(VENV)/bin/ruff check producer worker schemas quality tests bench
