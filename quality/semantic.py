@@ -11,7 +11,9 @@ answer 1, complete answers (mean 1.12) no higher than answers to another prompt 
 and probability-weighted 1-5 digits (G-Eval) were as flat (1.93 vs 1.89). The yes/no
 probabilities do separate them: complete answers 2.75, cut-off ones 2.33, answers to
 another question 2.34. Loops score high (2.65), but no_repetition fails them before the
-judge is asked. A larger model judges better either way; the scale stays 1-5.
+judge is asked. Asking the opposite question too ("is it confusing?", "does it contain
+mistakes?") and averaging flattened them again (2.92 vs 2.87): the demo model says yes to
+both. A larger model judges better either way; the scale stays 1-5.
 """
 
 from __future__ import annotations
