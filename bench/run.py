@@ -116,21 +116,26 @@ def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path, broker_url
     with db.session(db_url) as s:
         first, last = s.execute(select(func.min(Result.created_at), func.max(Result.created_at))
                                 .where(Result.job_id == job["job_id"])).one()
-    overhead_ms, chunk_items = _overhead(log)
+    overhead_ms, chunk_items, overhead_parts = _overhead(log)
     ready_clock = _log_ready_time(log)
     gen_s = (last - ready_clock).total_seconds() if ready_clock else wall - (ready_at - start)
     return {"wall_s": wall, "submit_s": submit_s, "startup_s": ready_at - start - submit_s,
             "gen_s": gen_s, "tokens": status["completion_tokens"], "items": job["items"],
             "succeeded": status["succeeded"], "job_id": job["job_id"], "db_url": db_url,
-            "overhead_ms": overhead_ms, "overhead_items": chunk_items}
+            "overhead_ms": overhead_ms, "overhead_items": chunk_items,
+            "overhead_parts_ms": overhead_parts}
 
 
-def _overhead(log: Path) -> tuple[float, int]:
+def _overhead(log: Path) -> tuple[float, int, dict[str, float]]:
     """The chunk threads' time outside the engine (lease, load, prompts, checks, SQL
-    writes), summed from the worker's "outside the engine" lines."""
-    found = re.findall(r": (\d+) items, outside the engine ([\d.]+) ms",
+    writes), summed from the worker's "outside the engine" lines, in all and by part."""
+    found = re.findall(r": (\d+) items, outside the engine ([\d.]+) ms \(([^)]*)\)",
                        log.read_text(errors="replace"))
-    return sum(float(ms) for _, ms in found), sum(int(n) for n, _ in found)
+    parts: dict[str, float] = {}
+    for _, _, shown in found:
+        for name, ms in re.findall(r"([\w+]+) ([\d.]+)", shown):
+            parts[name] = parts.get(name, 0.0) + float(ms)
+    return sum(float(ms) for _, ms, _ in found), sum(int(n) for n, _, _ in found), parts
 
 
 def _log_ready_time(log: Path) -> datetime | None:
@@ -186,6 +191,9 @@ def report(offline: dict[str, Any], batch: dict[str, Any], night: dict[str, Any]
         # engine per item (mostly overlapped with decoding, since chunks run side by side).
         "overhead_ms_per_item": round(night["overhead_ms"] / max(night["overhead_items"], 1),
                                       2),
+        "overhead_parts_ms_per_item": {
+            name: round(ms / max(night["overhead_items"], 1), 2)
+            for name, ms in night["overhead_parts_ms"].items()},
         "gen_s_minus_offline_ms_per_item": round(
             (night["gen_s"] - offline["gen_s"]) * 1000 / night["items"], 2),
     }
