@@ -33,6 +33,7 @@ from worker.prompts import (
     PromptTooLong,
     build,
     chat,
+    encode_many,
     item_seed,
     messages_for,
     question,
@@ -91,12 +92,13 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
         if whole is not None:
             outcomes.append(whole)
 
+    known = encode_many(host.tokenizer, spec, [payload for _, _, payload in items])
     for seq, key, payload in items:
         try:
             chosen = sampling_for(spec, payload)
             try:
                 prompt: Prompt | None = build(host.tokenizer, spec, payload,
-                                              host.max_model_len, chosen.max_tokens)
+                                              host.max_model_len, chosen.max_tokens, known)
             except PromptTooLong:
                 if "document" not in payload:
                     raise

@@ -46,20 +46,53 @@ def messages_for(spec: JobSpec, payload: dict[str, Any]) -> list[dict[str, str]]
     return head + shots + [m for m in own if m["role"] != "system"]
 
 
+# Token ids already known for (prompt text, with special tokens) pairs: see encode_many.
+Known = dict[tuple[str, bool], list[int]]
+
+
 def build(tokenizer: Any, spec: JobSpec, payload: dict[str, Any], max_model_len: int,
-          max_tokens: int) -> Prompt:
+          max_tokens: int, known: Known | None = None) -> Prompt:
     """Render through the model's chat template (or take a raw completion prompt)."""
     if "prompt" in payload and payload.get("raw"):
         text = payload["prompt"]
-        return checked(text, tokenizer.encode(text), max_model_len, max_tokens)
-    return chat(tokenizer, messages_for(spec, payload), max_model_len, max_tokens)
+        return checked(text, _encode(tokenizer, text, True, known), max_model_len, max_tokens)
+    return chat(tokenizer, messages_for(spec, payload), max_model_len, max_tokens, known)
 
 
 def chat(tokenizer: Any, messages: list[dict[str, str]], max_model_len: int,
-         max_tokens: int) -> Prompt:
+         max_tokens: int, known: Known | None = None) -> Prompt:
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return checked(text, tokenizer.encode(text, add_special_tokens=False), max_model_len,
-                   max_tokens)
+    return checked(text, _encode(tokenizer, text, False, known), max_model_len, max_tokens)
+
+
+def encode_many(tokenizer: Any, spec: JobSpec, payloads: list[dict[str, Any]]) -> Known:
+    """Token ids of many items' prompts, in one tokenizer call per kind (chat or raw).
+
+    The tokenizer gives up the GIL while it encodes, and a worker thread that encodes item
+    by item waits for the engine's stepping thread to hand it back, once per item, up to
+    a switch interval (5 ms): `make bench` measured 5.3 ms per item to prepare a chunk,
+    where preparing alone takes 0.07 ms."""
+    texts: dict[bool, list[str]] = {True: [], False: []}
+    for payload in payloads:
+        try:
+            if "prompt" in payload and payload.get("raw"):
+                texts[True].append(payload["prompt"])
+            else:
+                texts[False].append(tokenizer.apply_chat_template(
+                    messages_for(spec, payload), add_generation_prompt=True, tokenize=False))
+        except Exception:  # noqa: BLE001 - build() raises it again, failing that item alone
+            continue
+    known: Known = {}
+    for special, batch in texts.items():
+        if batch:
+            ids = tokenizer(batch, add_special_tokens=special)["input_ids"]
+            known.update(zip(((text, special) for text in batch), ids, strict=True))
+    return known
+
+
+def _encode(tokenizer: Any, text: str, special: bool, known: Known | None) -> list[int]:
+    ids = known.get((text, special)) if known else None
+    return ids if ids is not None else tokenizer.encode(text, add_special_tokens=special)
 
 
 def checked(text: str, ids: list[int], max_model_len: int, max_tokens: int) -> Prompt:

@@ -11,6 +11,7 @@ from worker.prompts import (
     PromptTooLong,
     build,
     classify_instruction,
+    encode_many,
     item_seed,
     messages_for,
     sampling_for,
@@ -112,3 +113,19 @@ def test_row_sampling_overrides_the_jobs() -> None:
     sampling = sampling_for(spec, {"sampling": {"max_tokens": 8}})
     assert (sampling.temperature, sampling.max_tokens) == (0.7, 8)
     assert sampling_for(spec, {"prompt": "x"}) is spec.sampling
+
+
+def test_prompts_encoded_together_have_the_tokens_each_would_alone(tokenizer: Any) -> None:
+    spec = JobSpec(system="Be brief.")
+    payloads = [{"prompt": "Name a colour."}, {"prompt": "Once upon a time", "raw": True},
+                {"messages": [{"role": "user", "content": "Hi, how are you?"}]},
+                {"no prompt": "at all"}]
+    known = encode_many(tokenizer, spec, payloads)
+
+    assert len(known) == 3  # the item without a prompt is left to fail on its own
+    for payload in payloads[:3]:
+        together = build(tokenizer, spec, payload, 2048, 64, known)
+        alone = build(tokenizer, spec, payload, 2048, 64)
+        assert together.token_ids == alone.token_ids and together.text == alone.text
+    with pytest.raises(KeyError):
+        build(tokenizer, spec, payloads[3], 2048, 64, known)
