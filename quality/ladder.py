@@ -76,9 +76,11 @@ def next_attempt(spec: JobSpec, failed_attempt: int, failed: list[Verdict],
 
 def _warmer(last: dict[str, Any]) -> dict[str, Any]:
     """A new seed comes with the attempt number; a little more temperature breaks a greedy
-    answer's determinism without wandering off."""
+    answer's determinism without wandering off. Little: on the demo model, retries of a
+    greedy job at 0.3 (then +0.1) rather than 0.6 (then +0.2) left 13 of 100 items failing
+    a structural or relevance check after three attempts instead of 27 (bench.quality)."""
     t = float(last.get("temperature", 0.7))
-    return {"temperature": 0.6 if t < 0.5 else min(t + 0.2, 1.0)}
+    return {"temperature": 0.3 if t < 0.3 else min(t + 0.1, 1.0)}
 
 
 def _too_long(spec: JobSpec, failed: list[Verdict]) -> bool:

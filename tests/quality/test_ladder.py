@@ -15,7 +15,7 @@ def test_a_cut_off_answer_gets_twice_the_budget_and_a_length_instruction() -> No
                         {"max_tokens": 64, "temperature": 0.0}, budget=1000)
     assert plan.step == "resample" and plan.sampling["max_tokens"] == 128
     assert plan.instruction == "Answer completely in at most 38 words."
-    assert plan.sampling["temperature"] == 0.6  # greedy would repeat itself
+    assert plan.sampling["temperature"] == 0.3  # greedy would repeat itself
 
 
 def test_a_loop_gets_a_repetition_penalty_that_grows_with_each_retry() -> None:
