@@ -38,10 +38,11 @@ REDIS_DBS = dict(zip(("sqlite", "postgres", "unit"),
                      map(int, os.environ.get("NIGHTSHIFT_TEST_REDIS_DBS", "11,12,13").split(",")),
                      strict=True))
 WORKER_START_TIMEOUT = 400.0
-# Each test worker's KV cache, in GiB: some 22,000 tokens of the demo model in float32,
-# plenty for these tests, so several workers (two shared, a victim, a test's own) fit beside
-# each other. A size, not a memory share: vLLM's CPU backend takes its share of one memory
-# node, whose size differs from machine to machine (23.5 GiB on one, 12.2 on another).
+# Each test worker's KV cache, in GiB: some 22,000 tokens of the demo model in float32
+# (twice that in bf16), plenty for these tests, so several workers (two shared, a victim,
+# a test's own) fit beside each other. A size, not a memory share: vLLM's CPU backend takes
+# its share of one memory node, whose size differs from machine to machine (23.5 GiB on
+# one, 12.2 on another).
 WORKER_KV_GIB = 1.0
 # vLLM's CPU backend binds every engine's OpenMP threads to the same core by default (CPU
 # 0 here, CPU 1 "reserved"): test workers take the cores in turn instead.

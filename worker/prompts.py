@@ -46,53 +46,63 @@ def messages_for(spec: JobSpec, payload: dict[str, Any]) -> list[dict[str, str]]
     return head + shots + [m for m in own if m["role"] != "system"]
 
 
-# Token ids already known for (prompt text, with special tokens) pairs: see encode_many.
-Known = dict[tuple[str, bool], list[int]]
+# A prompt's text and its token ids.
+Encoded = tuple[str, list[int]]
+
+
+def render(tokenizer: Any, spec: JobSpec, payload: dict[str, Any]) -> tuple[str, bool]:
+    """The prompt's text through the model's chat template (or a raw completion prompt as
+    it is), and whether the tokenizer adds its special tokens to it (raw only)."""
+    if "prompt" in payload and payload.get("raw"):
+        return payload["prompt"], True
+    return _template(tokenizer, messages_for(spec, payload)), False
 
 
 def build(tokenizer: Any, spec: JobSpec, payload: dict[str, Any], max_model_len: int,
-          max_tokens: int, known: Known | None = None) -> Prompt:
-    """Render through the model's chat template (or take a raw completion prompt)."""
-    if "prompt" in payload and payload.get("raw"):
-        text = payload["prompt"]
-        return checked(text, _encode(tokenizer, text, True, known), max_model_len, max_tokens)
-    return chat(tokenizer, messages_for(spec, payload), max_model_len, max_tokens, known)
+          max_tokens: int, encoded: Encoded | None = None) -> Prompt:
+    """The item's prompt, checked against the context; `encoded` is its text and tokens
+    from encode_many, where the chunk has them."""
+    if encoded is None:
+        text, special = render(tokenizer, spec, payload)
+        encoded = text, tokenizer.encode(text, add_special_tokens=special)
+    return checked(*encoded, max_model_len, max_tokens)
 
 
 def chat(tokenizer: Any, messages: list[dict[str, str]], max_model_len: int,
-         max_tokens: int, known: Known | None = None) -> Prompt:
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return checked(text, _encode(tokenizer, text, False, known), max_model_len, max_tokens)
+         max_tokens: int) -> Prompt:
+    text = _template(tokenizer, messages)
+    return checked(text, tokenizer.encode(text, add_special_tokens=False), max_model_len,
+                   max_tokens)
 
 
-def encode_many(tokenizer: Any, spec: JobSpec, payloads: list[dict[str, Any]]) -> Known:
-    """Token ids of many items' prompts, in one tokenizer call per kind (chat or raw).
+def encode_many(tokenizer: Any, spec: JobSpec, payloads: list[dict[str, Any]]
+                ) -> list[Encoded | None]:
+    """Many items' prompts, rendered one by one and tokenized in one call per kind (chat or
+    raw); None for an item that does not render (build() raises it again, for that item).
 
     The tokenizer gives up the GIL while it encodes, and a worker thread that encodes item
     by item waits for the engine's stepping thread to hand it back, once per item, up to
     a switch interval (5 ms): `make bench` measured 5.3 ms per item to prepare a chunk,
     where preparing alone takes 0.07 ms."""
-    texts: dict[bool, list[str]] = {True: [], False: []}
+    rendered: list[tuple[str, bool] | None] = []
     for payload in payloads:
         try:
-            if "prompt" in payload and payload.get("raw"):
-                texts[True].append(payload["prompt"])
-            else:
-                texts[False].append(tokenizer.apply_chat_template(
-                    messages_for(spec, payload), add_generation_prompt=True, tokenize=False))
+            rendered.append(render(tokenizer, spec, payload))
         except Exception:  # noqa: BLE001 - build() raises it again, failing that item alone
-            continue
-    known: Known = {}
-    for special, batch in texts.items():
-        if batch:
-            ids = tokenizer(batch, add_special_tokens=special)["input_ids"]
-            known.update(zip(((text, special) for text in batch), ids, strict=True))
-    return known
+            rendered.append(None)
+    encoded: list[Encoded | None] = [None] * len(payloads)
+    for special in (True, False):
+        picked = [(i, r[0]) for i, r in enumerate(rendered) if r is not None and r[1] == special]
+        if picked:
+            ids = tokenizer([text for _, text in picked], add_special_tokens=special)
+            for (i, text), token_ids in zip(picked, ids["input_ids"], strict=True):
+                encoded[i] = text, token_ids
+    return encoded
 
 
-def _encode(tokenizer: Any, text: str, special: bool, known: Known | None) -> list[int]:
-    ids = known.get((text, special)) if known else None
-    return ids if ids is not None else tokenizer.encode(text, add_special_tokens=special)
+def _template(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                             tokenize=False))
 
 
 def checked(text: str, ids: list[int], max_model_len: int, max_tokens: int) -> Prompt:

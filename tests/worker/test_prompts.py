@@ -120,12 +120,12 @@ def test_prompts_encoded_together_have_the_tokens_each_would_alone(tokenizer: An
     payloads = [{"prompt": "Name a colour."}, {"prompt": "Once upon a time", "raw": True},
                 {"messages": [{"role": "user", "content": "Hi, how are you?"}]},
                 {"no prompt": "at all"}]
-    known = encode_many(tokenizer, spec, payloads)
+    encoded = encode_many(tokenizer, spec, payloads)
 
-    assert len(known) == 3  # the item without a prompt is left to fail on its own
-    for payload in payloads[:3]:
-        together = build(tokenizer, spec, payload, 2048, 64, known)
+    assert encoded[3] is None  # the item without a prompt is left to fail on its own
+    for payload, item_encoded in zip(payloads[:3], encoded, strict=False):
+        together = build(tokenizer, spec, payload, 2048, 64, item_encoded)
         alone = build(tokenizer, spec, payload, 2048, 64)
         assert together.token_ids == alone.token_ids and together.text == alone.text
     with pytest.raises(KeyError):
-        build(tokenizer, spec, payloads[3], 2048, 64, known)
+        build(tokenizer, spec, payloads[3], 2048, 64, encoded[3])
