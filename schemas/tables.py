@@ -120,7 +120,9 @@ class Item(Base):
               postgresql_where=_HAS_KEY),
     )
 
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    # Per-item tables (items, results, attempts, pieces) have no foreign key to jobs:
+    # they are written with their job created or locked (migration 0008).
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     # The input's own id (`id`, `custom_id`, a file name); unique within its job.
     key: Mapped[str] = mapped_column(String(512))
@@ -156,7 +158,7 @@ class Result(Base):
 
     __tablename__ = "results"
 
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     item_seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     status: Mapped[str] = mapped_column(String(16))
     output: Mapped[str | None] = mapped_column(Text)
@@ -190,7 +192,7 @@ class Attempt(Base):
 
     __tablename__ = "attempts"
 
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     item_seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     # 0: the item's own answer (a document's final reduce); n > 0: its piece n.
     piece: Mapped[int] = mapped_column(Integer, primary_key=True, default=0, server_default="0")
@@ -220,7 +222,7 @@ class Piece(Base):
 
     __tablename__ = "pieces"
 
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     item_seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     piece: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[str] = mapped_column(String(8))  # "map" or "reduce"

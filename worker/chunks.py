@@ -15,8 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, func, select, update
 
 from producer import broker
 from quality.semantic import Embedder
@@ -139,17 +138,19 @@ def write(db_url: str, job_id: str, seq: int, owner: str, outcomes: list[Outcome
     (given a broker) the job's next chunk is sent: its window moves on."""
     following = None
     with session(db_url) as db, db.begin():
+        conn = db.connection()  # Core statements: the ORM's bookkeeping cost a chunk 1.5 ms
         # Chunks of one job finish one at a time, so the last one sees every other's items
         # final and marks the job completed (PostgreSQL; SQLite already serializes writers).
-        source = db.execute(select(Job.input_format).where(Job.id == job_id)
-                            .with_for_update()).scalar()
+        source = conn.execute(select(Job.input_format).where(Job.id == job_id)
+                              .with_for_update()).scalar()
         if outcomes:
-            _record(db, job_id, owner, outcomes, documents=source in ("documents", "paths"))
+            _record(conn, job_id, owner, outcomes, documents=source in ("documents", "paths"))
         if last:
-            db.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.seq == seq)
-                       .values(status=ChunkStatus.DONE, lease_owner=None,
-                               lease_expires_at=None))
-            _maybe_complete(db, job_id)
+            conn.execute(update(Chunk)
+                         .where(Chunk.job_id == job_id, Chunk.seq == seq)
+                         .values(status=ChunkStatus.DONE, lease_owner=None,
+                                 lease_expires_at=None))
+            _maybe_complete(conn, job_id)
             if broker_url:
                 following = broker.next_chunk(db, job_id)
     if following is not None and broker_url:
@@ -159,22 +160,21 @@ def write(db_url: str, job_id: str, seq: int, owner: str, outcomes: list[Outcome
     metrics.observe(outcomes)  # once written: every path (batch, isolated, poison) ends here
 
 
-def _record(db: Session, job_id: str, owner: str, outcomes: list[Outcome],
+def _record(conn: Connection, job_id: str, owner: str, outcomes: list[Outcome],
             documents: bool = False) -> None:
     # Replaced whole: write() holds the job's row lock, so no one races on these keys
     # (schemas.db.replace_rows: COPY on PostgreSQL, executemany on SQLite).
-    replace_rows(db.connection(), Result.__table__, ["job_id", "item_seq"],
+    replace_rows(conn, Result.__table__, ["job_id", "item_seq"],
                  [o.row(job_id, owner) for o in outcomes])
     ledger = [t.ledger_row(job_id, o.item_seq, owner) for o in outcomes for t in o.tries]
     if ledger:
-        upsert_rows(db.connection(), Attempt.__table__,
-                    ["job_id", "item_seq", "piece", "attempt"], ledger)
+        upsert_rows(conn, Attempt.__table__, ["job_id", "item_seq", "piece", "attempt"], ledger)
     parts = [{"job_id": job_id, "item_seq": o.item_seq, **p} for o in outcomes for p in o.parts]
     if parts:
-        upsert_rows(db.connection(), Piece.__table__, ["job_id", "item_seq", "piece"], parts)
+        upsert_rows(conn, Piece.__table__, ["job_id", "item_seq", "piece"], parts)
     if documents:  # identical documents wait for this result (schemas.dedup)
-        dedup.share_results(db.connection(), job_id, [o.item_seq for o in outcomes])
-    update_rows(db.connection(), Item.__table__, ["job_id", "seq"],
+        dedup.share_results(conn, job_id, [o.item_seq for o in outcomes])
+    update_rows(conn, Item.__table__, ["job_id", "seq"],
                 [{"job_id": job_id, "seq": o.item_seq, "status": o.status} for o in outcomes])
 
 
@@ -187,13 +187,13 @@ def _finish_cancelled(db_url: str, job_id: str, seq: int) -> None:
                    .values(status=ChunkStatus.DONE, lease_owner=None, lease_expires_at=None))
 
 
-def _maybe_complete(db: Session, job_id: str) -> None:
+def _maybe_complete(conn: Connection, job_id: str) -> None:
     # The job's counters (schemas.counters), current within this transaction: counting
     # the items themselves would cost every chunk of a big job a pass over its index.
-    open_items = db.scalar(select(func.coalesce(func.sum(JobCount.items), 0)).where(
+    open_items = conn.execute(select(func.coalesce(func.sum(JobCount.items), 0)).where(
         JobCount.job_id == job_id,
-        JobCount.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING))))
+        JobCount.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING)))).scalar()
     if open_items == 0:
-        db.execute(update(Job).where(Job.id == job_id, Job.state.in_(
+        conn.execute(update(Job).where(Job.id == job_id, Job.state.in_(
             (JobState.QUEUED, JobState.RUNNING))).values(state=JobState.COMPLETED,
                                                          finished_at=utcnow()))

@@ -20,10 +20,10 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from conftest import PG_ADMIN
-from sqlalchemy import inspect
+from sqlalchemy import func, insert, inspect, select, update
 
-from schemas import db
-from schemas.tables import Base
+from schemas import counters, db
+from schemas.tables import Base, Item, Job, JobCount, Result
 
 TABLES = {"jobs", "items", "chunks", "results", "attempts", "pieces", "job_counts"}
 
@@ -126,3 +126,31 @@ def test_an_items_status_change_touches_no_index(empty_db: str) -> None:
             options = conn.exec_driver_sql(
                 "SELECT reloptions FROM pg_class WHERE relname = 'items'").scalar()
         assert options == ["fillfactor=50"]
+
+
+def test_dropping_the_job_keys_keeps_rows_counters_and_their_triggers(empty_db: str) -> None:
+    """0008 rebuilds SQLite's per-item tables: a job written before it keeps its items,
+    results and counts, and later status changes are still counted."""
+    db.upgrade(empty_db, "0007")
+    with db.engine_for(empty_db).begin() as conn:
+        counters.ensure(conn)
+        conn.execute(insert(Job.__table__), {"id": "j1", "kind": "generate", "model": "m",
+                                              "spec": {}})
+        conn.execute(insert(Item.__table__), [
+            {"job_id": "j1", "seq": n, "key": f"k{n}", "chunk": 0, "payload": {"prompt": "p"}}
+            for n in range(3)])
+        counters.add(conn, "j1", "pending", 3)
+        conn.execute(update(Item.__table__).where(Item.seq == 0).values(status="succeeded"))
+        conn.execute(insert(Result.__table__), {"job_id": "j1", "item_seq": 0,
+                                                 "status": "succeeded", "completion_tokens": 7})
+    db.upgrade(empty_db)
+
+    engine = db.engine_for(empty_db)
+    assert all(inspect(engine).get_foreign_keys(t) == [] for t in ("items", "results"))
+    with engine.begin() as conn:
+        conn.execute(update(Item.__table__).where(Item.seq == 1).values(status="failed"))
+        counts = dict(conn.execute(select(JobCount.status, JobCount.items)).all())
+        tokens = conn.execute(select(func.sum(JobCount.completion_tokens))).scalar()
+        assert counters._present(conn) >= set(counters.TRIGGERS)
+    assert {k: v for k, v in counts.items() if v} == {"pending": 1, "succeeded": 1, "failed": 1}
+    assert tokens == 7
