@@ -36,7 +36,7 @@ bench: model
 
 # The quality bar on the demo model: first-try vs after-retries pass rate (bench/quality.py).
 bench-quality: model
-	$(PY) -m bench.quality $(if $(N),-n $(N),)
+	$(PY) -m bench.quality --baseline $(if $(N),-n $(N),)
 
 # The data plane without the engine: 1,000,000-row submit, result writes, status (SQLite and
 # the local PostgreSQL; Redis db 1 is flushed). ROWS=100000 for a quicker look.

@@ -5,6 +5,11 @@ nightshift end to end with the checks {not_truncated, no_repetition, relevance,
 judge:min=3} and 3 attempts per item. Prints `nightshift report`'s figures (first-try
 and after-retries pass rates, failures by check, retry tokens) and writes them to
 bench/results/quality.json; the job's database stays in bench/results/quality/ for SQL.
+
+With --baseline the same file runs again with `--max-attempts 1` (a fresh worker and
+database): retries killed, its pass rate is the first try's, measured rather than read
+off the ledger. The two can differ by an answer or two: a CPU's logits move slightly
+with the batch's shape, and the baseline's batches hold no retries.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ def main() -> None:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.5)
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also run the file with --max-attempts 1")
     args = parser.parse_args()
     work = RESULTS / "quality"
     shutil.rmtree(work, ignore_errors=True)
@@ -43,8 +50,18 @@ def main() -> None:
     shown = reports.build(night["db_url"], night["job_id"])
     shown.update(wall_s=round(night["wall_s"], 1), generated_tokens_per_s=round(
         night["tokens"] / night["gen_s"], 1), database=night["db_url"], submit_flags=flags)
+    if args.baseline:
+        (work / "baseline").mkdir()
+        once = ["--max-attempts", "1", *flags[2:]]
+        base = run_nightshift(path, engine_kwargs(args), work / "baseline", args.broker_url,
+                              tuple(once))
+        shown["baseline_max_attempts_1"] = reports.build(base["db_url"], base["job_id"])[
+            "final_pass_rate"]
     (RESULTS / "quality.json").write_text(json.dumps(shown, indent=2) + "\n")
     print(reports.text(shown))
+    if args.baseline:
+        print(f"with --max-attempts 1: pass rate {shown['baseline_max_attempts_1']:.1%} "
+              f"(first try above: {shown['first_try_pass_rate']:.1%})")
     print(json.dumps(shown))
 
 

@@ -116,6 +116,27 @@ def test_the_judge_asks_one_yes_no_question_per_criterion_and_a_low_score_is_ret
     assert len(judged) == 8 and all(p.logprobs for p in judged)
 
 
+def test_an_item_the_judge_never_passes_keeps_the_answer_it_scored_highest(
+        tokenizer: Any) -> None:
+    answers = {1: "Paris is big.", 2: "Paris is a place.", 3: "Paris is there."}
+
+    def script(prompt: str, attempt: int) -> tuple[str, str, float]:
+        if "Reply Yes or No." not in prompt:
+            return answers[attempt], "stop", 0
+        doubts = ("correct?",) if answers[1] in prompt else ("correct?", "respond to")
+        return ("No" if any(d in prompt for d in doubts) else "Yes", "stop", 0)
+
+    host = ScriptedHost(tokenizer, script)
+    spec = JobSpec(checks=["judge:min=4.5"], max_attempts=3, sampling={"temperature": 0})
+    [outcome] = run_items(host, spec, _items("Tell me about Paris."),  # type: ignore[arg-type]
+                          "job:0")
+
+    scores = [[v.score for v in t.verdicts if v.name == "judge"][0] for t in outcome.tries]
+    assert scores == [4.0, 3.0, 3.0]
+    # Each fails one check; the first scored highest, so it is kept over the later ones.
+    assert (outcome.quality, outcome.attempt, outcome.output) == ("failed", 1, answers[1])
+
+
 def test_a_retry_goes_to_the_engine_while_a_slow_neighbour_is_still_decoding(
         tokenizer: Any) -> None:
     def script(prompt: str, attempt: int) -> tuple[str, str, float]:
