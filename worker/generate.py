@@ -11,57 +11,25 @@ not attempts (infrastructure retries never spend the quality budget).
 from __future__ import annotations
 
 import time
-import uuid
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
 from typing import Any
 
 from vllm.exceptions import VLLMClientError
 
 from quality import checks, ladder, semantic
-from quality.checks import Answer, Verdict
-from quality.ladder import Plan
+from quality.checks import Answer
 from schemas.spec import JobSpec
 from schemas.tables import ItemStatus
-from worker.attempts import ItemRun, Outcome, Try
+from worker.attempts import ItemRun, Outcome
 from worker.documents import DocumentRun, needs_split
 from worker.engine import EngineHost
 from worker.labels import label_probabilities
-from worker.prompts import (
-    Prompt,
-    PromptTooLong,
-    build,
-    chat,
-    encode_many,
-    item_seed,
-    messages_for,
-    question,
-    sampling_for,
-)
+from worker.prompts import Prompt, PromptTooLong, build, encode_many, question, sampling_for
+from worker.requests import Chunk, ask, ask_judge
 
-LABEL_LOGPROBS = 20
 # What an item's own request can be refused for: the item fails, its chunk goes on.
 REFUSED = (PromptTooLong, KeyError, ValueError, TypeError, VLLMClientError)
-# Sampling fields an attempt may carry into vLLM's SamplingParams.
-GENERATE_FIELDS = ("temperature", "top_p", "max_tokens", "seed", "n", "stop",
-                   "presence_penalty", "frequency_penalty", "repetition_penalty")
-
-
-@dataclass
-class Chunk:
-    """What every item of one run shares."""
-
-    host: EngineHost
-    spec: JobSpec
-    tag: str
-    embedder: semantic.Embedder
-    label_tokens: int
-
-    @property
-    def budget(self) -> int:
-        """Answers per item: the first, and retries only when the job states a bar."""
-        return self.spec.max_attempts if self.spec.checks else 1
 
 
 def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[str, Any]]],
@@ -78,8 +46,8 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
     outcomes: list[Outcome] = []
     waiting: dict[Future[Any], tuple[ItemRun, str]] = {}
 
-    def ask(run: ItemRun) -> Future[Any]:
-        return _ask(chunk, run, None)
+    def first(run: ItemRun) -> Future[Any]:
+        return ask(chunk, run, None)
 
     def settle(run: ItemRun, outcome: Outcome) -> None:
         """An item is decided; a document's piece may lead to the next step instead."""
@@ -87,7 +55,7 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
         if run.parent is None:
             outcomes.append(outcome)
             return
-        more, whole = run.parent.done(run, outcome, ask)
+        more, whole = run.parent.done(run, outcome, first)
         waiting.update({future: (part, "answer") for future, part in more})
         if whole is not None:
             outcomes.append(whole)
@@ -106,10 +74,10 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
                 prompt = None
             if needs_split(payload, prompt, chosen.max_tokens, host.max_model_len):
                 document = DocumentRun(seq, key, payload, chosen, spec, host)
-                waiting.update({f: (part, "answer") for f, part in document.start(ask)})
+                waiting.update({f: (part, "answer") for f, part in document.start(first)})
             elif prompt is not None:
                 run = ItemRun(seq, key, payload, chosen, prompt)
-                waiting[ask(run)] = (run, "answer")
+                waiting[first(run)] = (run, "answer")
         except REFUSED as exc:
             outcomes.append(Outcome(seq, ItemStatus.FAILED, error=_reason(exc)))
     prepared = time.perf_counter()
@@ -181,7 +149,7 @@ def _advance(chunk: Chunk, run: ItemRun, purpose: str, result: Any
         if attempt.failed:
             return _retry_or_stop(chunk, run)
     if spec.check("judge") is not None:
-        judged = _ask_judge(chunk, run)
+        judged = ask_judge(chunk, run)
         if judged:
             return judged
     return _retry_or_stop(chunk, run)
@@ -194,126 +162,7 @@ def _retry_or_stop(chunk: Chunk, run: ItemRun) -> list[tuple[Future[Any], str]] 
     room = chunk.host.max_model_len - len(run.prompt.token_ids)
     plan = ladder.next_attempt(chunk.spec, last.attempt, last.failed, last.sampling, room)
     last.next_reason = plan.reason
-    return [(_ask(chunk, run, plan), "answer")]
-
-
-def _ask(chunk: Chunk, run: ItemRun, plan: Plan | None) -> Future[Any]:
-    """Submit the item's next attempt: the first when `plan` is None."""
-    number = len(run.tries) + 1
-    prompt = run.prompt
-    if plan is not None and (plan.feedback or plan.instruction):
-        prompt = _reworded(chunk, run, plan) or prompt
-    sampling = _sampling(chunk, run, plan, number, prompt)
-    # An OpenAI row's response_format is its own JSON Schema (schemas.rows), else the job's.
-    params, recorded = _params(chunk, sampling, plan, run.payload.get("json_schema"))
-    if chunk.spec.lora:
-        recorded["lora"] = chunk.spec.lora  # results.sampling names the adapter that answered
-    run.tries.append(Try(number, plan.step if plan else "first", prompt.text, recorded,
-                         len(prompt.token_ids), piece=run.piece))
-    request_id = f"{chunk.tag}:{run.seq}:{number}:{uuid.uuid4().hex[:8]}"
-    if chunk.spec.lora:
-        return chunk.host.submit(request_id, prompt.token_ids, params, lora=chunk.spec.lora)
-    return chunk.host.submit(request_id, prompt.token_ids, params)
-
-
-def _sampling(chunk: Chunk, run: ItemRun, plan: Plan | None, number: int, prompt: Prompt
-              ) -> dict[str, Any]:
-    """The attempt's sampling: the item's own for the first, then the last one's as the
-    plan changes it, always with the attempt's own seed (reproducible run to run)."""
-    if plan is None:
-        sampling = run.chosen.model_dump(exclude_none=True)
-    else:
-        sampling = {k: v for k, v in run.last.sampling.items() if k in GENERATE_FIELDS}
-        sampling["n"] = run.chosen.n
-        sampling.update(plan.sampling)
-        if plan.step == "replace_duplicates":
-            limit = (chunk.spec.check("distinct") or {}).get("max_similarity", 0.9)
-            sampling["n"] = max(len(checks.duplicates(run.last.samples or [], limit)), 1)
-    sampling["seed"] = item_seed(run.chosen.seed, run.key, number - 1)
-    room = chunk.host.max_model_len - len(prompt.token_ids)
-    wanted = int(sampling.get("max_tokens", run.chosen.max_tokens))
-    sampling["max_tokens"] = max(1, min(wanted, room))
-    return sampling
-
-
-def _params(chunk: Chunk, sampling: dict[str, Any], plan: Plan | None,
-            item_schema: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-    """vLLM parameters for one attempt, and what of them the ledger records."""
-    from vllm import SamplingParams
-    from vllm.sampling_params import StructuredOutputsParams
-
-    spec = chunk.spec
-    if spec.kind == "classify":
-        # Greedy over the constrained label set, its probabilities from the first step; a
-        # self-consistency attempt samples k labels instead.
-        n = int(sampling.get("n", 1)) if plan is not None else 1
-        temperature = float(sampling.get("temperature", 0.7)) if n > 1 else 0.0
-        recorded: dict[str, Any] = {"temperature": temperature, "seed": sampling["seed"],
-                                    "n": n, "labels": spec.labels}
-        return SamplingParams(
-            temperature=temperature, n=n, max_tokens=chunk.label_tokens + 2,
-            seed=sampling["seed"], logprobs=LABEL_LOGPROBS,
-            structured_outputs=StructuredOutputsParams(choice=spec.labels)), recorded
-    kwargs = {k: v for k, v in sampling.items() if k in GENERATE_FIELDS and v is not None}
-    recorded = dict(kwargs)
-    constrain = plan.constrain if plan is not None else None
-    schema = item_schema or spec.json_schema
-    if constrain is None and schema is not None:
-        constrain = {"json": schema}
-    if constrain is not None:
-        kwargs["structured_outputs"] = StructuredOutputsParams(**constrain)
-        recorded["constrained"] = next(iter(constrain))
-    return SamplingParams(**kwargs), recorded
-
-
-def _reworded(chunk: Chunk, run: ItemRun, plan: Plan) -> Prompt | None:
-    """The item's conversation with a length instruction and/or the failed answer and the
-    reasons it fell short; None when that no longer fits the context."""
-    spec, host = chunk.spec, chunk.host
-    if "prompt" in run.payload and run.payload.get("raw"):
-        return None  # a raw completion prompt has no turns to add to
-    messages = [dict(m) for m in messages_for(spec, run.payload)]
-    if plan.instruction:
-        messages[-1]["content"] += "\n\n" + plan.instruction
-    if plan.feedback:
-        # The request is said again last: a small model loses it behind its own answer and
-        # answers the feedback instead (measured: 19 of 42 such retries went off-topic).
-        request = question(run.payload)
-        messages += [{"role": "assistant", "content": ladder.quote(run.last.output)},
-                     {"role": "user", "content": plan.feedback
-                      + (" " + plan.instruction if plan.instruction else "")
-                      + (f"\n\nThe request: {request}" if request else "")}]
-    try:
-        return chat(host.tokenizer, messages, host.max_model_len, run.chosen.max_tokens)
-    except PromptTooLong:
-        return None
-
-
-def _ask_judge(chunk: Chunk, run: ItemRun) -> list[tuple[Future[Any], str]]:
-    """One yes/no request per criterion (quality.semantic); none when they do not fit."""
-    from vllm import SamplingParams
-    from vllm.sampling_params import StructuredOutputsParams
-
-    attempt, host = run.last, chunk.host
-    answers = attempt.samples or [attempt.output]
-    criteria = semantic.judge_criteria(chunk.spec.check("judge") or {}, len(answers))
-    asked = []
-    for criterion in criteria:
-        messages = semantic.judge_messages(question(run.payload), answers, criterion)
-        try:
-            prompt = chat(host.tokenizer, messages, host.max_model_len, 2)
-        except PromptTooLong:
-            attempt.verdicts.append(Verdict("judge", None, None,
-                                            "not judged: request and answer exceed the context"))
-            return []
-        asked.append((criterion, prompt))
-    run.judge_scores, run.judge_asked = {}, len(asked)
-    params = SamplingParams(temperature=0.0, max_tokens=2, logprobs=LABEL_LOGPROBS,
-                            structured_outputs=StructuredOutputsParams(
-                                choice=semantic.JUDGE_CHOICES))
-    tag = f"{chunk.tag}:{run.seq}:{attempt.attempt}:judge"
-    return [(host.submit(f"{tag}:{criterion}:{uuid.uuid4().hex[:8]}", prompt.token_ids, params),
-             f"judge:{criterion}") for criterion, prompt in asked]
+    return [(ask(chunk, run, plan), "answer")]
 
 
 def _fill(chunk: Chunk, run: ItemRun, result: Any) -> None:
