@@ -138,7 +138,7 @@ def write(db_url: str, job_id: str, seq: int, owner: str, outcomes: list[Outcome
     (given a broker) the job's next chunk is sent: its window moves on."""
     following = None
     with session(db_url) as db, db.begin():
-        conn = db.connection()  # Core statements: the ORM's bookkeeping cost a chunk 1.5 ms
+        conn = db.connection()  # Core statements: the ORM's bookkeeping cost 0.3 ms a chunk
         # Chunks of one job finish one at a time, so the last one sees every other's items
         # final and marks the job completed (PostgreSQL; SQLite already serializes writers).
         source = conn.execute(select(Job.input_format).where(Job.id == job_id)
