@@ -7,7 +7,7 @@ EXTRAS   ?= cpu,postgres,parquet,dev
 INPUT    ?=
 PYTEST_ARGS ?=
 
-.PHONY: install model demo test bench bench-quality bench-dataplane bench-engine lint lint-docker clean
+.PHONY: install model demo test bench bench-quality bench-classify bench-dataplane bench-engine lint lint-docker clean
 
 install: $(STAMP)
 
@@ -37,6 +37,11 @@ bench: model
 # The quality bar on the demo model: first-try vs after-retries pass rate (bench/quality.py).
 bench-quality: model
 	$(PY) -m bench.quality --baseline $(if $(N),-n $(N),)
+
+# Labels on a labelled sentiment set: accuracy and calibration (ECE), with and without
+# self-consistency retries (bench/classify.py).
+bench-classify: model
+	$(PY) -m bench.classify $(if $(N),-n $(N),)
 
 # The data plane without the engine: 1,000,000-row submit, result writes, status (SQLite and
 # the local PostgreSQL; Redis db 1 is flushed). ROWS=100000 for a quicker look.
