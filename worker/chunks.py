@@ -56,7 +56,7 @@ class Runtime:
     host: EngineHost
     db_url: str
     owner: str
-    lease_seconds: float
+    # Holds this worker's leases; its `ttl` is the lease length.
     heartbeat: leases.Heartbeat
     # The relevance check's embedding model, loaded on first use.
     embedder: Embedder = field(default_factory=Embedder)
@@ -67,7 +67,7 @@ class Runtime:
 def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
     """Returns what happened, for the log: "done", "isolated", "skipped", "cancelled"."""
     started = time.perf_counter()
-    deliveries = leases.claim(rt.db_url, job_id, seq, rt.owner, rt.lease_seconds)
+    deliveries = leases.claim(rt.db_url, job_id, seq, rt.owner, rt.heartbeat.ttl)
     if not deliveries:
         return "skipped"  # leased by a live worker, or done: a duplicate message
     rt.heartbeat.hold(job_id, seq)

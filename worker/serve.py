@@ -40,7 +40,7 @@ def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str 
     if metrics_port:
         metrics.start(metrics_port, settings.broker_url, settings.model, host)
     heartbeat = leases.Heartbeat(settings.database_url, owner, settings.lease_seconds)
-    tasks.runtime = Runtime(host, settings.database_url, owner, settings.lease_seconds, heartbeat,
+    tasks.runtime = Runtime(host, settings.database_url, owner, heartbeat,
                             broker_url=settings.broker_url)
     celery_app.conf.update(broker_settings(settings.broker_url))
     stop = threading.Event()

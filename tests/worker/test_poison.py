@@ -56,7 +56,7 @@ def test_a_poison_item_fails_after_bounded_tries_and_its_neighbours_succeed(
     job = submit(settings, JobSpec(chunk_size=4), path).job_id
     host = CrashingHost(tokenizer)
     beat = leases.Heartbeat(stack.db_url, "w", ttl=60)
-    rt = Runtime(host, stack.db_url, "w", 60, beat)  # type: ignore[arg-type]
+    rt = Runtime(host, stack.db_url, "w", beat)  # type: ignore[arg-type]
     try:
         outcomes = []
         for _ in range(ISOLATE_FROM_DELIVERY + MAX_ITEM_TRIES):  # batch runs, then isolated
