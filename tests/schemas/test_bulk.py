@@ -11,8 +11,8 @@ from conftest import Stack
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from schemas import db
-from schemas.tables import Item, ItemStatus, Job, Result
+from schemas import counters, db
+from schemas.tables import Item, ItemStatus, Job, JobCount, Result
 
 
 def _job(stack: Stack) -> str:
@@ -86,6 +86,21 @@ def test_update_rows_sets_each_rows_own_value(stack: Stack) -> None:
         statuses = s.scalars(select(Item.status).where(Item.job_id == job_id)
                              .order_by(Item.seq)).all()
     assert statuses == ["pending", "succeeded", "pending", "failed"]
+
+
+def test_update_rows_finds_rows_by_a_text_key(stack: Stack) -> None:
+    """A text key gets no range on PostgreSQL: its collation, not Python, orders it."""
+    job_id = _job(stack)
+    with db.session(stack.db_url) as s, s.begin():
+        for status in ("Zeta", "alpha", "mid"):
+            counters.add(s.connection(), job_id, status, 1)
+        db.update_rows(s.connection(), JobCount.__table__, ["job_id", "status"],
+                       [{"job_id": job_id, "status": "Zeta", "items": 5},
+                        {"job_id": job_id, "status": "alpha", "items": 5}])
+    with db.session(stack.db_url) as s:
+        counts = {status: n for status, n in s.execute(
+            select(JobCount.status, JobCount.items).where(JobCount.job_id == job_id))}
+    assert counts == {"Zeta": 5, "alpha": 5, "mid": 1}
 
 
 def test_replace_rows_replaces_each_row_whole_once_per_key(stack: Stack) -> None:
