@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 from pathlib import Path
 
@@ -25,17 +26,25 @@ def test_the_demo_script_answers_every_question_and_reads_results_back(
     redis.Redis.from_url(broker).flushdb()
     env = {**os.environ, "NIGHTSHIFT_DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}",
            "NIGHTSHIFT_BROKER_URL": broker}
-    done = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # Its own process group: on a timeout the script's worker goes down with it.
+    demo = subprocess.Popen(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        stdout, stderr = demo.communicate(timeout=900)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGTERM)
+            demo.wait(timeout=120)
+    assert demo.returncode == 0, stdout[-3000:] + stderr[-3000:]
 
     questions = sum(1 for line in QUESTIONS.read_text().splitlines() if line.strip())
-    report = re.search(r"pass rate: first try ([\d.]+)%\s+after retries ([\d.]+)%", done.stdout)
-    assert report is not None, done.stdout[-3000:]
+    report = re.search(r"pass rate: first try ([\d.]+)%\s+after retries ([\d.]+)%", stdout)
+    assert report is not None, stdout[-3000:]
     assert float(report[2]) >= float(report[1])
-    shown = re.findall(r"^\[(\S+)\] (succeeded|failed) \((\d+) attempts\): ", done.stdout,
+    shown = re.findall(r"^\[(\S+)\] (succeeded|failed) \((\d+) attempts\): ", stdout,
                        re.MULTILINE)
-    assert len(shown) == 5, done.stdout[-3000:]
+    assert len(shown) == 5, stdout[-3000:]
     ids = {json.loads(line)["id"] for line in QUESTIONS.read_text().splitlines() if line}
     assert {item for item, _, _ in shown} <= ids and len(ids) == questions
     redis.Redis.from_url(broker).flushdb()
