@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import Stack
+from conftest import NIGHTSHIFT, Stack
 
 from producer.cli import cli
 from worker.chunks import write
@@ -89,6 +90,34 @@ def test_cancel_stops_pending_items_and_watch_exits_non_zero(run: Invoke, tmp_pa
     status = json.loads(run("status", job, "--json"))
     assert (status["state"], status["cancelled"], status["pending"]) == ("cancelled", 3, 0)
     run("watch", job, "--interval", "0.1", code=1)
+
+
+def test_watch_follows_a_running_job_until_its_last_chunk_is_written(
+        stack: Stack, run: Invoke, tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"id": f"x{i}", "prompt": f"p{i}"}) + "\n"
+                            for i in range(4)))
+    job = json.loads(run("submit", str(path), "--json", "--chunk-size", "2"))["job_id"]
+    watching = subprocess.Popen([NIGHTSHIFT, "watch", job, "--json", "--interval", "0.2"],
+                                env=stack.env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert watching.stdout is not None
+        first = json.loads(watching.stdout.readline())  # watch is up before anything runs
+        write(stack.db_url, job, 0, "w", [Outcome(i, "succeeded", output="ok")
+                                          for i in (0, 1)])
+        seen = [first]
+        while seen[-1]["succeeded"] < 2:
+            seen.append(json.loads(watching.stdout.readline()))
+        write(stack.db_url, job, 1, "w", [Outcome(i, "succeeded", output="ok")
+                                          for i in (2, 3)])
+        seen += [json.loads(line) for line in watching.stdout]
+        assert watching.wait(timeout=30) == 0
+    finally:
+        watching.kill()
+    assert first["succeeded"] == 0 and first["state"] == "queued"
+    halfway = [s for s in seen if s["succeeded"] == 2]
+    assert halfway and all(s["state"] != "completed" for s in halfway)
+    assert (seen[-1]["state"], seen[-1]["succeeded"]) == ("completed", 4)
 
 
 def test_unknown_job_and_bad_settings_are_one_line_errors(run: Invoke) -> None:
