@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--kv-cache-gib", type=float, default=2.0)
     parser.add_argument("--only", action="append", choices=list(SETTINGS))
     args = parser.parse_args()
+    names = args.only or list(SETTINGS)
     settings = load()
     model = str(resolve(settings.model, settings.model_dir))
     from vllm.platforms import current_platform
@@ -49,7 +50,7 @@ def main() -> None:
                             "load_average_at_start": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="nightshift-engine-") as tmp:
         path = make_batch_file(Path(tmp) / "prompts.jsonl", args.n, args.max_tokens)
-        for name in args.only or list(SETTINGS):
+        for name in names:
             options = EngineOptions(kv_cache_memory_bytes=int(args.kv_cache_gib * 2**30),
                                     max_model_len=2048, **SETTINGS[name])
             got = run_offline(path, model, options.for_platform(current_platform.is_cpu()))
@@ -62,7 +63,7 @@ def main() -> None:
     (RESULTS / "engine_options.json").write_text(json.dumps(rows, indent=2) + "\n")
     base = rows.get("defaults", {}).get("tok_s")
     print(f"\n{'setting':30s} {'tok/s':>8s} {'vs defaults':>12s} {'start s':>8s}")
-    for name in args.only or list(SETTINGS):
+    for name in names:
         r = rows[name]
         ratio = f"{r['tok_s'] / base:.2f}" if base else "-"
         print(f"{name:30s} {r['tok_s']:8.1f} {ratio:>12s} {r['start_s']:8.1f}")

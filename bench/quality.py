@@ -43,18 +43,17 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     path = args.input or make_batch_file(work / "prompts.jsonl", args.n, args.max_tokens)
-    flags: list[str] = ["--max-attempts", str(args.max_attempts)]
-    for check in args.check or CHECKS:
-        flags += ["--check", check]
-    night = run_nightshift(path, engine_kwargs(args), work, args.broker_url, tuple(flags))
+    bar = [f for check in args.check or CHECKS for f in ("--check", check)]
+    flags = ["--max-attempts", str(args.max_attempts), *bar]
+    engine = engine_kwargs(args)
+    night = run_nightshift(path, engine, work, args.broker_url, tuple(flags))
     shown = reports.build(night["db_url"], night["job_id"])
     shown.update(wall_s=round(night["wall_s"], 1), generated_tokens_per_s=round(
         night["tokens"] / night["gen_s"], 1), database=night["db_url"], submit_flags=flags)
     if args.baseline:
         (work / "baseline").mkdir()
-        once = ["--max-attempts", "1", *flags[2:]]
-        base = run_nightshift(path, engine_kwargs(args), work / "baseline", args.broker_url,
-                              tuple(once))
+        base = run_nightshift(path, engine, work / "baseline", args.broker_url,
+                              ("--max-attempts", "1", *bar))
         shown["baseline_max_attempts_1"] = reports.build(base["db_url"], base["job_id"])[
             "final_pass_rate"]
     (RESULTS / "quality.json").write_text(json.dumps(shown, indent=2) + "\n")
