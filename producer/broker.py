@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from kombu.exceptions import OperationalError
+from kombu.exceptions import ChannelError, OperationalError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -28,6 +28,23 @@ def check_reachable(broker_url: str) -> None:
     except (OperationalError, OSError) as exc:
         raise BrokerUnreachable(f"cannot reach the broker at {redact(broker_url)}: {exc}") from None
 
+
+# A metrics scrape and a reconcile pass ask this: a stalled broker must fail them in
+# seconds, not hold them (kombu's Redis sockets wait forever by default).
+_BOUNDED = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0, "max_retries": 1}
+
+
+def queue_depth(broker_url: str, model: str) -> int:
+    """Messages waiting on a model's queue, over all its priority lists."""
+    try:
+        with app_for(broker_url).connection_for_write(transport_options=_BOUNDED) as conn:
+            channel = conn.default_channel
+            try:
+                return int(channel.queue_declare(queue_for(model), passive=True).message_count)
+            except ChannelError:  # a queue never declared holds nothing
+                return 0
+    except (OperationalError, OSError) as exc:
+        raise BrokerUnreachable(f"cannot reach the broker at {redact(broker_url)}: {exc}") from None
 
 def enqueue(broker_url: str, model: str, job_id: str, seqs: Iterable[int],
             priority: int = 0) -> int:

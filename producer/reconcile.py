@@ -28,7 +28,7 @@ from producer.status import stop
 from schemas import db
 from schemas.settings import Settings
 from schemas.tables import Chunk, ChunkStatus, Job, JobState, utcnow
-from worker.app import app_for, message_priority, queue_for
+from worker.app import message_priority
 
 
 @dataclass
@@ -40,16 +40,6 @@ class Reconciled:
 
     def __bool__(self) -> bool:
         return bool(self.started or self.expired or any(self.resent.values()))
-
-
-def queue_depth(broker_url: str, model: str) -> int:
-    """Messages waiting on a model's queue, over all its priority lists."""
-    with app_for(broker_url).connection_for_write() as conn:
-        try:
-            return int(conn.default_channel.queue_declare(
-                queue_for(model), passive=True).message_count)
-        except Exception:  # a queue never declared holds nothing
-            return 0
 
 
 def reconcile(db_url: str, broker_url: str, now: datetime | None = None,
@@ -109,7 +99,7 @@ def resend(db_url: str, broker_url: str, now: datetime) -> dict[str, int]:
         by_model[model].append((job_id, priority, seq, status))
     sent: dict[str, int] = {}
     for model, chunks in by_model.items():
-        empty = queue_depth(broker_url, model) == 0
+        empty = broker.queue_depth(broker_url, model) == 0
         by_job: dict[tuple[str, int], list[int]] = defaultdict(list)
         for job_id, priority, seq, status in chunks:
             if status == ChunkStatus.LEASED or empty:

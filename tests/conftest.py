@@ -107,8 +107,7 @@ def tokenizer() -> Any:
     return PreTrainedTokenizerFast.from_pretrained(str(materialize_demo(load().model_dir)))
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
+def _pg_database() -> Iterator[str]:
     name = f"nightshift_test_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -117,6 +116,19 @@ def pg_url() -> Iterator[str]:
     db.engine_for(url).dispose()
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """The shared workers' database (engine_stacks)."""
+    yield from _pg_database()
+
+
+@pytest.fixture(scope="session")
+def unit_pg_url() -> Iterator[str]:
+    """The `stack` fixture's database, apart from the shared workers': a worker reconciles
+    its database and would take a test's pending chunks through its own broker."""
+    yield from _pg_database()
 
 
 @pytest.fixture(scope="session")
@@ -132,12 +144,13 @@ def _stack(name: str, session_dir: Path, pg_url: str) -> Stack:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def stack(request: pytest.FixtureRequest, session_dir: Path, pg_url: str) -> Iterator[Stack]:
+def stack(request: pytest.FixtureRequest, session_dir: Path, unit_pg_url: str
+          ) -> Iterator[Stack]:
     """A database (schema applied) and a flushed broker; no worker."""
     unit_dir = session_dir / "unit"
     unit_dir.mkdir(exist_ok=True)
     sqlite_url = f"sqlite:///{unit_dir / uuid.uuid4().hex}.db"
-    db_url = pg_url if request.param == "postgres" else sqlite_url
+    db_url = unit_pg_url if request.param == "postgres" else sqlite_url
     s = Stack(request.param, db_url, f"{REDIS}/{REDIS_DBS['unit']}", unit_dir)
     db.upgrade(s.db_url)
     _flush(s.broker_url)

@@ -95,7 +95,7 @@ class Live(Collector):
 
 
 def _queue(broker_url: str, model: str) -> Iterator[Metric]:
-    from producer.reconcile import queue_depth
+    from producer.broker import queue_depth
     from worker.app import queue_for
 
     gauge = GaugeMetricFamily("nightshift_queue_depth", "Chunk messages waiting on this "

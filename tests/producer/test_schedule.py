@@ -13,8 +13,9 @@ from click.testing import CliRunner
 from conftest import Stack
 from sqlalchemy import select
 
+from producer.broker import queue_depth
 from producer.cli import cli
-from producer.reconcile import queue_depth, reconcile
+from producer.reconcile import reconcile
 from producer.schedule import Schedule, parse, when
 from producer.status import status
 from producer.submit import submit

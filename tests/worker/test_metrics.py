@@ -43,18 +43,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _read(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
 @pytest.fixture
 def scrape(stack: Stack) -> Iterator[Any]:
     port = _free_port()
     server = metrics.start(port, stack.broker_url, MODEL, Host(), addr="127.0.0.1")
-
-    def read() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
-
-    yield read
+    yield lambda: _read(port)
     server.shutdown()
     metrics.LIVE.bind("", "", None)
 
@@ -99,6 +99,20 @@ def test_gauges_show_the_queue_in_redis_and_the_engine_load_at_scrape_time(
     assert shown[("nightshift_engine_running_requests", ())] == 8
     assert shown[("nightshift_engine_waiting_requests", ())] == 2 + 3
     assert shown[("nightshift_engine_utilisation", ())] == 1.0
+
+
+def test_an_unreachable_broker_leaves_the_queue_gauge_out_and_the_scrape_answers(
+        caplog: pytest.LogCaptureFixture) -> None:
+    port = _free_port()
+    server = metrics.start(port, "redis://127.0.0.1:1/0", MODEL, Host(), addr="127.0.0.1")
+    try:
+        names = {name for name, _ in _read(port)}
+    finally:
+        server.shutdown()
+        metrics.LIVE.bind("", "", None)
+    assert "nightshift_engine_running_requests" in names
+    assert "nightshift_queue_depth" not in names
+    assert "queue depth unavailable: cannot reach the broker" in caplog.text
 
 
 def test_a_malformed_outcome_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
