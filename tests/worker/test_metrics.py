@@ -56,6 +56,7 @@ def scrape(stack: Stack) -> Iterator[Any]:
     server = metrics.start(port, stack.broker_url, MODEL, Host(), addr="127.0.0.1")
     yield lambda: _read(port)
     server.shutdown()
+    server.server_close()
     metrics.LIVE.bind("", "", None)
 
 
@@ -109,6 +110,7 @@ def test_an_unreachable_broker_leaves_the_queue_gauge_out_and_the_scrape_answers
         names = {name for name, _ in _read(port)}
     finally:
         server.shutdown()
+        server.server_close()
         metrics.LIVE.bind("", "", None)
     assert "nightshift_engine_running_requests" in names
     assert "nightshift_queue_depth" not in names
