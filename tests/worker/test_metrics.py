@@ -3,6 +3,7 @@ served over HTTP in Prometheus's text format."""
 
 from __future__ import annotations
 
+import faulthandler
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -44,8 +45,12 @@ def _free_port() -> int:
 
 
 def _read(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
-        text = r.read().decode()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+            text = r.read().decode()
+    except TimeoutError:  # seen once in CI, never here: show where the server's thread waits
+        faulthandler.dump_traceback(all_threads=True)
+        raise
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 
