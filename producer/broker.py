@@ -46,6 +46,7 @@ def queue_depth(broker_url: str, model: str) -> int:
     except (OperationalError, OSError) as exc:
         raise BrokerUnreachable(f"cannot reach the broker at {redact(broker_url)}: {exc}") from None
 
+
 def enqueue(broker_url: str, model: str, job_id: str, seqs: Iterable[int],
             priority: int = 0) -> int:
     """Publish one message per chunk over a single connection; returns how many."""
