@@ -8,8 +8,10 @@ of the big one's chunks, not for all of them: jobs take turns.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
+from kombu import Connection
 from kombu.exceptions import ChannelError, OperationalError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -19,32 +21,34 @@ from schemas.settings import redact
 from schemas.tables import Job, JobState
 from worker.app import RUN_CHUNK, app_for, queue_for
 
+# A submit's check, a metrics scrape and a reconcile pass must fail in seconds on a
+# stalled broker, not hang (kombu's Redis sockets wait forever by default).
+_BOUNDED = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0, "max_retries": 1}
 
-def check_reachable(broker_url: str) -> None:
-    app = app_for(broker_url)
+
+@contextmanager
+def _connected(broker_url: str) -> Iterator[Connection]:
+    """A bounded connection; a broker it cannot reach is BrokerUnreachable, naming it."""
     try:
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=5)
+        with app_for(broker_url).connection_for_write(transport_options=_BOUNDED) as conn:
+            yield conn
     except (OperationalError, OSError) as exc:
         raise BrokerUnreachable(f"cannot reach the broker at {redact(broker_url)}: {exc}") from None
 
 
-# A metrics scrape and a reconcile pass ask this: a stalled broker must fail them in
-# seconds, not hold them (kombu's Redis sockets wait forever by default).
-_BOUNDED = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0, "max_retries": 1}
+def check_reachable(broker_url: str) -> None:
+    with _connected(broker_url) as conn:
+        conn.ensure_connection(max_retries=1, timeout=5)
 
 
 def queue_depth(broker_url: str, model: str) -> int:
     """Messages waiting on a model's queue, over all its priority lists."""
-    try:
-        with app_for(broker_url).connection_for_write(transport_options=_BOUNDED) as conn:
-            channel = conn.default_channel
-            try:
-                return int(channel.queue_declare(queue_for(model), passive=True).message_count)
-            except ChannelError:  # a queue never declared holds nothing
-                return 0
-    except (OperationalError, OSError) as exc:
-        raise BrokerUnreachable(f"cannot reach the broker at {redact(broker_url)}: {exc}") from None
+    with _connected(broker_url) as conn:
+        channel = conn.default_channel
+        try:
+            return int(channel.queue_declare(queue_for(model), passive=True).message_count)
+        except ChannelError:  # a queue never declared holds nothing
+            return 0
 
 
 def enqueue(broker_url: str, model: str, job_id: str, seqs: Iterable[int],
