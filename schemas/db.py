@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -20,6 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from schemas import counters
 from schemas.errors import ConfigError, DatabaseUnreachable
 from schemas.settings import redact
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _json = msgspec.json.Encoder().encode
@@ -55,6 +59,62 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=60000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+class _Checkpointer(threading.Thread):
+    """Copies SQLite's WAL back into the database file on its own connection and thread.
+
+    SQLite does this (a checkpoint: the copy and two fsyncs) inside the commit that
+    takes the WAL past 1,000 pages, that is, every four or five chunks of results, on the
+    writer's time. Nudged after each bulk commit, this thread does it while the writer
+    goes back to its engine, PASSIVE (it never waits for readers or writers, and skips a
+    turn if another process is checkpointing); the commits' own checkpoint stays as the
+    backstop when it falls behind. It leaves after a minute without commits."""
+
+    IDLE_S = 60.0
+
+    def __init__(self, url: str) -> None:
+        super().__init__(name="sqlite-checkpoint", daemon=True)
+        self.url = url
+        self.due = threading.Event()
+        self.leaving = False
+
+    def run(self) -> None:
+        conn = engine_for(self.url).raw_connection()
+        try:
+            while self.due.wait(self.IDLE_S) or not self._leave():
+                self.due.clear()
+                try:
+                    conn.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+                except Exception as exc:  # the commits still checkpoint: a line, no more
+                    log.warning("background checkpoint of %s failed: %s",
+                                redact(self.url), exc)
+        finally:
+            conn.close()
+
+    def _leave(self) -> bool:
+        with _checkpointing:
+            self.leaving = not self.due.is_set()
+            return self.leaving
+
+
+_checkpointers: dict[str, _Checkpointer] = {}
+_checkpointing = threading.Lock()
+
+
+def checkpoint_soon(url: str) -> None:
+    """After a bulk commit: have SQLite's checkpoint done off the writer's time (a worker
+    writing chunks of 1,000 results paid about a fifth of its write time for it). Other
+    databases checkpoint on their own."""
+    if engine_for(url).dialect.name != "sqlite" or make_url(url).database in (
+            None, "", ":memory:"):
+        return
+    with _checkpointing:
+        worker = _checkpointers.get(url)
+        if worker is None or worker.leaving or not worker.is_alive():
+            worker = _checkpointers[url] = _Checkpointer(url)
+            worker.start()
+        worker.due.set()
 
 
 def session(url: str) -> Session:

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, func, select, update
 from producer import broker
 from quality.semantic import Embedder
 from schemas import dedup
-from schemas.db import replace_rows, session, update_rows, upsert_rows
+from schemas.db import checkpoint_soon, replace_rows, session, update_rows, upsert_rows
 from schemas.spec import JobSpec
 from schemas.tables import (
     Attempt,
@@ -153,6 +153,7 @@ def write(db_url: str, job_id: str, seq: int, owner: str, outcomes: list[Outcome
             _maybe_complete(conn, job_id)
             if broker_url:
                 following = broker.next_chunk(db, job_id)
+    checkpoint_soon(db_url)
     if following is not None and broker_url:
         model, next_seq, priority = following
         broker.enqueue(broker_url, model, job_id, [next_seq],
