@@ -55,9 +55,7 @@ def ask(chunk: Chunk, run: ItemRun, plan: Plan | None) -> Future[Any]:
     run.tries.append(Try(number, plan.step if plan else "first", prompt.text, recorded,
                          len(prompt.token_ids), piece=run.piece))
     request_id = f"{chunk.tag}:{run.seq}:{number}:{uuid.uuid4().hex[:8]}"
-    if chunk.spec.lora:
-        return chunk.host.submit(request_id, prompt.token_ids, params, lora=chunk.spec.lora)
-    return chunk.host.submit(request_id, prompt.token_ids, params)
+    return chunk.host.submit(request_id, prompt.token_ids, params, lora=chunk.spec.lora)
 
 
 def _sampling(chunk: Chunk, run: ItemRun, plan: Plan | None, number: int, prompt: Prompt

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import NIGHTSHIFT, REDIS, REDIS_DBS, WORKER_KV_GIB, Stack, Worker
+from conftest import NIGHTSHIFT, REDIS, REDIS_DBS, WORKER_KV_GIB, Stack, Worker, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from schemas import db
@@ -41,9 +40,7 @@ def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 @pytest.mark.engine
 def test_a_monitored_worker_serves_metrics_of_the_job_it_ran_and_logs_json(
         tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     stack = Stack("sqlite", f"sqlite:///{tmp_path / 'nightshift.db'}",
                   f"{REDIS}/{REDIS_DBS['unit']}", tmp_path)
     db.upgrade(stack.db_url)

@@ -26,7 +26,8 @@ class ScriptedHost:
         self.params: list[Any] = []
         self._lock = threading.Lock()
 
-    def submit(self, request_id: str, token_ids: list[int], params: Any) -> Future[Any]:
+    def submit(self, request_id: str, token_ids: list[int], params: Any,
+               lora: str | None = None) -> Future[Any]:
         attempt = int(request_id.split(":")[3]) if ":judge:" not in request_id else 0
         text, finish, delay = self.script(self.tokenizer.decode(token_ids), attempt)
         with self._lock:

@@ -37,7 +37,8 @@ class Voter(ScriptedHost):
                      neg: SimpleNamespace(logprob=math.log(1 - belief))}
         self.votes = votes
 
-    def submit(self, request_id: str, token_ids: list[int], params: Any) -> Future[Any]:
+    def submit(self, request_id: str, token_ids: list[int], params: Any,
+               lora: str | None = None) -> Future[Any]:
         self.params.append(params)
         n = params.n or 1
         answers = self.votes[:n] if n > 1 else ["positive"]
@@ -162,7 +163,8 @@ def test_without_declared_checks_an_answer_is_taken_as_it_comes(tokenizer: Any) 
 
 def test_a_lost_engine_raises_and_no_attempt_is_spent(tokenizer: Any) -> None:
     class Dead(ScriptedHost):
-        def submit(self, request_id: str, token_ids: list[int], params: Any) -> Future[Any]:
+        def submit(self, request_id: str, token_ids: list[int], params: Any,
+                   lora: str | None = None) -> Future[Any]:
             future: Future[Any] = Future()
             future.set_exception(RuntimeError("engine core died"))
             return future
@@ -221,7 +223,8 @@ def test_a_retry_the_engine_refuses_fails_its_item_and_the_chunk_goes_on(
     from vllm.exceptions import VLLMValidationError
 
     class Picky(ScriptedHost):
-        def submit(self, request_id: str, token_ids: list[int], params: Any) -> Future[Any]:
+        def submit(self, request_id: str, token_ids: list[int], params: Any,
+                   lora: str | None = None) -> Future[Any]:
             if int(request_id.split(":")[3]) > 1 and "picky" in self.tokenizer.decode(token_ids):
                 raise VLLMValidationError("refused on purpose")
             return super().submit(request_id, token_ids, params)

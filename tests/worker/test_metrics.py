@@ -4,14 +4,13 @@ served over HTTP in Prometheus's text format."""
 from __future__ import annotations
 
 import faulthandler
-import socket
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from conftest import Stack
+from conftest import Stack, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from producer import broker
@@ -38,12 +37,6 @@ class Host:
         return 10, 3, 8
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _read(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
@@ -57,7 +50,7 @@ def _read(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 @pytest.fixture
 def scrape(stack: Stack) -> Iterator[Any]:
-    port = _free_port()
+    port = free_port()
     server = metrics.start(port, stack.broker_url, MODEL, Host(), addr="127.0.0.1")
     yield lambda: _read(port)
     server.shutdown()
@@ -109,7 +102,7 @@ def test_gauges_show_the_queue_in_redis_and_the_engine_load_at_scrape_time(
 
 def test_an_unreachable_broker_leaves_the_queue_gauge_out_and_the_scrape_answers(
         caplog: pytest.LogCaptureFixture) -> None:
-    port = _free_port()
+    port = free_port()
     server = metrics.start(port, "redis://127.0.0.1:1/0", MODEL, Host(), addr="127.0.0.1")
     try:
         names = {name for name, _ in _read(port)}

@@ -35,7 +35,8 @@ class CrashingHost:
         self.tokenizer = tokenizer
         self.started: list[str] = []
 
-    def submit(self, request_id: str, token_ids: list[int], params: Any) -> Future[Any]:
+    def submit(self, request_id: str, token_ids: list[int], params: Any,
+               lora: str | None = None) -> Future[Any]:
         text = self.tokenizer.decode(token_ids)
         self.started.append(text)
         if "POISON" in text:
