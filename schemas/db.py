@@ -106,8 +106,8 @@ def checkpoint_soon(url: str) -> None:
     """After a bulk commit: have SQLite's checkpoint done off the writer's time (writing
     chunks of 1,000 results spent about 15 % of its time on it, bench.dataplane). Other
     databases checkpoint on their own."""
-    if engine_for(url).dialect.name != "sqlite" or make_url(url).database in (
-            None, "", ":memory:"):
+    engine = engine_for(url)
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
         return
     with _checkpointing:
         worker = _checkpointers.get(url)
