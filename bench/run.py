@@ -116,26 +116,29 @@ def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path, broker_url
     with db.session(db_url) as s:
         first, last = s.execute(select(func.min(Result.created_at), func.max(Result.created_at))
                                 .where(Result.job_id == job["job_id"])).one()
-    overhead_ms, chunk_items, overhead_parts = _overhead(log)
+    overhead_ms, overhead_cpu_ms, chunk_items, overhead_parts = _overhead(log)
     ready_clock = _log_ready_time(log)
     gen_s = (last - ready_clock).total_seconds() if ready_clock else wall - (ready_at - start)
     return {"wall_s": wall, "submit_s": submit_s, "startup_s": ready_at - start - submit_s,
             "gen_s": gen_s, "tokens": status["completion_tokens"], "items": job["items"],
             "succeeded": status["succeeded"], "job_id": job["job_id"], "db_url": db_url,
-            "overhead_ms": overhead_ms, "overhead_items": chunk_items,
+            "overhead_ms": overhead_ms, "overhead_cpu_ms": overhead_cpu_ms,
+            "overhead_items": chunk_items,
             "overhead_parts_ms": overhead_parts}
 
 
-def _overhead(log: Path) -> tuple[float, int, dict[str, float]]:
+def _overhead(log: Path) -> tuple[float, float, int, dict[str, float]]:
     """The chunk threads' time outside the engine (lease, load, prompts, checks, SQL
-    writes), summed from the worker's "outside the engine" lines, in all and by part."""
-    found = re.findall(r": (\d+) items, outside the engine ([\d.]+) ms \(([^)]*)\)",
-                       log.read_text(errors="replace"))
+    writes), summed from the worker's "outside the engine" lines: in all, the CPU time
+    within it, the items, and the time by part."""
+    found = re.findall(r": (\d+) items, outside the engine ([\d.]+) ms \(([^)]*)\), "
+                       r"CPU ([\d.]+) ms", log.read_text(errors="replace"))
     parts: dict[str, float] = {}
-    for _, _, shown in found:
+    for _, _, shown, _ in found:
         for name, ms in re.findall(r"([\w+]+) ([\d.]+)", shown):
             parts[name] = parts.get(name, 0.0) + float(ms)
-    return sum(float(ms) for _, ms, _ in found), sum(int(n) for n, _, _ in found), parts
+    return (sum(float(ms) for _, ms, _, _ in found), sum(float(c) for *_, c in found),
+            sum(int(n) for n, *_ in found), parts)
 
 
 def _log_ready_time(log: Path) -> datetime | None:
@@ -191,6 +194,10 @@ def report(offline: dict[str, Any], batch: dict[str, Any], night: dict[str, Any]
         # engine per item (mostly overlapped with decoding, since chunks run side by side).
         "overhead_ms_per_item": round(night["overhead_ms"] / max(night["overhead_items"], 1),
                                       2),
+        # The CPU time those threads used: the rest of the figure above is waiting for a
+        # core (or the GIL) that the engine holds, which a GPU's engine does not.
+        "overhead_cpu_ms_per_item": round(
+            night["overhead_cpu_ms"] / max(night["overhead_items"], 1), 2),
         "overhead_parts_ms_per_item": {
             name: round(ms / max(night["overhead_items"], 1), 2)
             for name, ms in night["overhead_parts_ms"].items()},
@@ -209,6 +216,8 @@ def report(offline: dict[str, Any], batch: dict[str, Any], night: dict[str, Any]
         print(f"{name:24} {tokens:>8} {rate:>8.1f} {wall:>8.1f} {startup:>8.1f}")
     print(f"\nnightshift/offline tok/s: {summary['ratio_vs_offline']}  "
           f"nightshift/run_batch end-to-end tok/s: {summary['ratio_vs_run_batch']}")
+    print(f"outside the engine: {summary['overhead_ms_per_item']} ms an item, of which CPU "
+          f"{summary['overhead_cpu_ms_per_item']} ms")
     print(json.dumps(summary))
 
 

@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, and_, or_, select, update
+from sqlalchemy.orm import Session
 
 from schemas.db import session
 from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobState, utcnow
@@ -24,30 +25,35 @@ def claim(db_url: str, job_id: str, seq: int, owner: str, ttl: float) -> int:
     """Take the chunk if it is free (pending, or leased by someone whose lease expired).
 
     Returns how many times the chunk has now been taken (0: not taken)."""
-    now = utcnow()
     with session(db_url) as db, db.begin():
-        taken = cast(CursorResult[Any], db.execute(
-            update(Chunk)
-            .where(Chunk.job_id == job_id, Chunk.seq == seq)
-            .where(or_(Chunk.status == ChunkStatus.PENDING,
-                       and_(Chunk.status == ChunkStatus.LEASED, Chunk.lease_expires_at < now)))
-            .values(status=ChunkStatus.LEASED, lease_owner=owner,
-                    lease_expires_at=now + timedelta(seconds=ttl),
-                    deliveries=Chunk.deliveries + 1)
-        )).rowcount
-        if not taken:
-            if db.get(Chunk, (job_id, seq)) is None:
-                log.warning("chunk %s/%s is not in this worker's database: does another "
-                            "deployment, with another database, share this Redis database?",
-                            job_id, seq)
-            return 0
-        db.execute(update(Item).where(Item.job_id == job_id, Item.chunk == seq,
-                                      Item.status == ItemStatus.PENDING)
-                   .values(status=ItemStatus.RUNNING))
-        db.execute(update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
-                   .values(state=JobState.RUNNING, started_at=now))
-        return int(db.scalar(select(Chunk.deliveries)
-                             .where(Chunk.job_id == job_id, Chunk.seq == seq)) or 0)
+        return take(db, job_id, seq, owner, ttl)
+
+
+def take(db: Session, job_id: str, seq: int, owner: str, ttl: float) -> int:
+    """`claim` within the caller's transaction (worker.chunks.rehearse rolls it back)."""
+    now = utcnow()
+    taken = cast(CursorResult[Any], db.execute(
+        update(Chunk)
+        .where(Chunk.job_id == job_id, Chunk.seq == seq)
+        .where(or_(Chunk.status == ChunkStatus.PENDING,
+                   and_(Chunk.status == ChunkStatus.LEASED, Chunk.lease_expires_at < now)))
+        .values(status=ChunkStatus.LEASED, lease_owner=owner,
+                lease_expires_at=now + timedelta(seconds=ttl),
+                deliveries=Chunk.deliveries + 1)
+    )).rowcount
+    if not taken:
+        if db.get(Chunk, (job_id, seq)) is None:
+            log.warning("chunk %s/%s is not in this worker's database: does another "
+                        "deployment, with another database, share this Redis database?",
+                        job_id, seq)
+        return 0
+    db.execute(update(Item).where(Item.job_id == job_id, Item.chunk == seq,
+                                  Item.status == ItemStatus.PENDING)
+               .values(status=ItemStatus.RUNNING))
+    db.execute(update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
+               .values(state=JobState.RUNNING, started_at=now))
+    return int(db.scalar(select(Chunk.deliveries)
+                         .where(Chunk.job_id == job_id, Chunk.seq == seq)) or 0)
 
 
 def release(db_url: str, job_id: str, seq: int, owner: str) -> None:

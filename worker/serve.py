@@ -15,7 +15,7 @@ from schemas import db
 from schemas.settings import Settings, redact
 from worker import leases, logs, metrics, models, tasks
 from worker.app import broker_settings, celery_app, queue_for
-from worker.chunks import Runtime
+from worker.chunks import Runtime, rehearse
 from worker.engine import EngineHost, EngineOptions
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,11 @@ def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str 
     heartbeat = leases.Heartbeat(settings.database_url, owner, settings.lease_seconds)
     tasks.runtime = Runtime(host, settings.database_url, owner, heartbeat,
                             broker_url=settings.broker_url)
+    try:
+        rehearse(tasks.runtime)
+    except Exception as exc:  # a head start, no more: the chunks themselves will tell
+        log.warning("could not rehearse a chunk before taking messages, the first ones "
+                    "start cold: %s", str(exc).splitlines()[0])
     celery_app.conf.update(broker_settings(settings.broker_url))
     stop = threading.Event()
     threading.Thread(target=_reconcile_every, args=(settings, stop), daemon=True,

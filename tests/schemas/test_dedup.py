@@ -43,7 +43,8 @@ def test_a_copy_of_a_document_does_not_run_and_takes_the_first_ones_result(
     a, b, copy = items["a.txt"], items["b.txt"], items["copy-of-a.txt"]
     assert (a[1], b[1], copy[1]) == (None, None, a[0])
 
-    _, runnable = _load(stack.db_url, job, 0)
+    with db.session(stack.db_url) as s:
+        _, runnable = _load(s, job, 0)
     assert sorted(seq for seq, *_ in runnable) == sorted([a[0], b[0]])
     write(stack.db_url, job, 0, "w", [Outcome(a[0], "succeeded", output="summary of a"),
                                       Outcome(b[0], "succeeded", output="summary of b")])

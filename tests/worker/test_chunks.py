@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from conftest import Stack
-from sqlalchemy import func, select
+from scripted import ScriptedHost
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import default
 
 from producer.submit import submit
 from schemas import db
 from schemas.settings import load
 from schemas.spec import JobSpec
-from schemas.tables import Item, Job, JobCount, JobState, Result
-from worker.chunks import write
+from schemas.tables import Base, Item, Job, JobCount, JobState, Result
+from worker import leases
+from worker.chunks import Runtime, rehearse, run_chunk, write
 from worker.generate import Outcome
 
 
@@ -91,3 +96,49 @@ def test_a_rewritten_chunk_keeps_counters_exact_and_clears_what_it_no_longer_say
         assert items == {"succeeded": 6}
         assert counts == {"succeeded": (6, 120, 6)}
         assert s.get_one(Job, job).state == JobState.COMPLETED
+
+
+def test_a_rehearsed_worker_compiles_nothing_for_its_first_chunk_and_the_rehearsal_leaves_nothing(
+        stack: Stack, tmp_path: Path, tokenizer: Any) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(4)))
+    settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
+    job = submit(settings, JobSpec(chunk_size=2), path).job_id
+    host = ScriptedHost(tokenizer, lambda text, attempt: ("an answer", "stop", 0.0))
+    beat = leases.Heartbeat(stack.db_url, "w", ttl=60)
+    rt = Runtime(host, stack.db_url, "w", beat)  # type: ignore[arg-type]
+
+    def compiled_by_first_chunk(seq: int, rehearsed: bool) -> list[str]:
+        """Statements compiled (not found in the engine's cache) while running a chunk,
+        on an engine as a worker process starts with."""
+        db.engine_for.cache_clear()
+        if rehearsed:
+            before = _rows(stack.db_url)
+            rehearse(rt)
+            assert _rows(stack.db_url) == before
+        compiled: list[str] = []
+        me = threading.get_ident()
+
+        def seen(_conn: Any, _cursor: Any, statement: str, _params: Any, context: Any,
+                 _many: bool) -> None:
+            if context.cache_hit is default.CACHE_MISS and threading.get_ident() == me:
+                compiled.append(statement)
+
+        event.listen(db.engine_for(stack.db_url), "after_cursor_execute", seen)
+        assert run_chunk(rt, job, seq) == "done"
+        return compiled
+
+    try:
+        assert len(compiled_by_first_chunk(0, rehearsed=False)) >= 5  # claim, load, write
+        assert compiled_by_first_chunk(1, rehearsed=True) == []
+    finally:
+        beat.stop()
+        db.engine_for.cache_clear()
+    with db.session(stack.db_url) as s:
+        assert s.get_one(Job, job).state == JobState.COMPLETED
+
+
+def _rows(db_url: str) -> dict[str, int]:
+    with db.session(db_url) as s:
+        return {t.name: s.scalar(select(func.count()).select_from(t)) or 0
+                for t in Base.metadata.sorted_tables}
