@@ -127,8 +127,8 @@ def rehearse(rt: Runtime) -> None:
         db.flush()
         counters.add(db.connection(), job_id, ItemStatus.PENDING, 1)
         leases.take(db, job_id, 0, rt.owner, rt.heartbeat.ttl)
-        loaded, _ = _load(db, job_id, 0)
-        encode_many(rt.host.tokenizer, loaded or spec, [payload])
+        _load(db, job_id, 0)
+        encode_many(rt.host.tokenizer, spec, [payload])
         _store(db, job_id, 0, rt.owner, [Outcome(0, ItemStatus.SUCCEEDED, output="")],
                last=True, moves=True)
         rehearsal.rollback()
