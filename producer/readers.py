@@ -39,7 +39,7 @@ PLAIN_IDS = (str, int, type(None))
 _decode = msgspec.json.Decoder().decode
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per input line: a frozen dataclass's __init__ took 1 µs of ~12
 class Row:
     line: int
     key: str
