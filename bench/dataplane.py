@@ -144,11 +144,19 @@ def status_figures(env: dict[str, str], job_id: str) -> dict[str, float]:
 
 
 def result_write_rate(db_url: str, job_id: str, rows: int) -> float:
-    """Rows/s of worker.chunks.write: results upserted and item statuses set, one
+    """Rows/s of worker.chunks.write: results inserted and item statuses set, one
     transaction per 1,000 rows of 600 characters, as a worker writes a finished chunk.
-    Only `write` is timed: the worker has its outcomes in hand before it writes."""
+    Only `write` is timed: the worker has its outcomes in hand, and its items running
+    (claimed, worker.leases), before it writes."""
+    from sqlalchemy import update
+
+    from schemas.tables import Item, ItemStatus
     from worker.attempts import Outcome
     from worker.chunks import write
+
+    with db.engine_for(db_url).begin() as conn:
+        conn.execute(update(Item).where(Item.job_id == job_id)
+                     .values(status=ItemStatus.RUNNING))
 
     gc.freeze()  # as `nightshift worker` does with what it imported (worker.serve)
     os.sync()  # the submits' pages written out first, not during the timed writes

@@ -2,14 +2,21 @@
 
 `nightshift status` on a job of a million items must not count a million rows. The
 table `job_counts` holds, per job and status, how many items have that status and the
-tokens of the results with that status. Triggers on `items` (updates, deletes) and
-`results` keep it exact whoever changes a status (leases, result writes, cancel, retry,
-SQL by hand). PostgreSQL fires one trigger per statement over its transition tables,
-so a bulk write costs one grouped upsert; SQLite has only row triggers.
+tokens of the results with that status. Triggers on updates and deletes of `items` and
+`results` keep it exact whoever changes a row (leases, result writes, cancel, retry, SQL
+by hand). PostgreSQL fires one trigger per statement over its transition tables, so a
+bulk write costs one grouped upsert; SQLite has only row triggers.
 
-Items are inserted by submit alone, a million at a time, and it counts them itself
-(`add`): a row trigger would cost SQLite five times the insert. Code that inserts
-items elsewhere must call `add` in the same transaction.
+Rows are inserted in bulk by two writers alone, and each counts what it inserts itself
+(`add`, in the inserting transaction): submit its million items, where a row trigger
+would cost SQLite five times the insert; the worker its chunk's results, where it cost
+a fifth of the write. Code that inserts items or results with tokens elsewhere must call
+`add` too (copies of a result, schemas.dedup, carry no tokens: nothing to count).
+
+One update counts itself too: the result write that finishes running items. It adds
+one to their `writes` in the same statement, and the triggers leave alone any row whose
+`writes` moved (on SQLite they fire and do nothing: an eighth of the write's time saved).
+Anything else, a status set by hand included, leaves `writes` as it is and is counted.
 
 A migration that rebuilds `items` or `results` on SQLite (Alembic batch mode) drops
 their triggers: `ensure` puts them back, and `schemas.db.upgrade` calls it.
@@ -17,12 +24,14 @@ their triggers: `ensure` puts them back, and `schemas.db.upgrade` calls it.
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, text
+from typing import Any
+
+from sqlalchemy import Connection, inspect, text
 
 TRIGGERS = ("items_counted_update", "items_counted_delete",
-            "results_counted_insert", "results_counted_update", "results_counted_delete")
-# Installed by the first version of migration 0004; inserts are counted by `add` now.
-RETIRED = ("items_counted_insert",)
+            "results_counted_update", "results_counted_delete")
+# Installed by earlier versions; inserts are counted by `add` now.
+RETIRED = ("items_counted_insert", "results_counted_insert")
 
 _UPSERT = ("INSERT INTO job_counts (job_id, status, items, prompt_tokens, completion_tokens) "
            "{rows} ON CONFLICT (job_id, status) DO UPDATE SET "
@@ -31,7 +40,7 @@ _UPSERT = ("INSERT INTO job_counts (job_id, status, items, prompt_tokens, comple
            "completion_tokens = job_counts.completion_tokens + excluded.completion_tokens")
 
 
-def _sqlite_ddl() -> list[str]:
+def _sqlite_ddl(stand_down: bool) -> list[str]:
     def row(ref: str, n: str, tokens: bool) -> str:
         p, c = (f"{n}{ref}.prompt_tokens", f"{n}{ref}.completion_tokens") if tokens \
             else ("0", "0")
@@ -47,9 +56,9 @@ def _sqlite_ddl() -> list[str]:
     return [
         trigger("items_counted_update", "UPDATE OF status", "items",
                 row("OLD", "-", False) + row("NEW", "", False),
-                "FOR EACH ROW WHEN OLD.status IS NOT NEW.status "),
+                "FOR EACH ROW WHEN OLD.status IS NOT NEW.status "
+                + ("AND OLD.writes IS NEW.writes " if stand_down else "")),
         trigger("items_counted_delete", "DELETE", "items", row("OLD", "-", False)),
-        trigger("results_counted_insert", "INSERT", "results", row("NEW", "", True)),
         trigger("results_counted_update", "UPDATE", "results",
                 row("OLD", "-", True) + row("NEW", "", True),
                 "FOR EACH ROW WHEN OLD.status IS NOT NEW.status OR OLD.prompt_tokens "
@@ -58,7 +67,7 @@ def _sqlite_ddl() -> list[str]:
     ]
 
 
-def _postgresql_ddl() -> list[str]:
+def _postgresql_ddl(stand_down: bool) -> list[str]:
     def function(name: str, tokens: bool) -> str:
         counted = ("0, sum(sign * prompt_tokens), sum(sign * completion_tokens)" if tokens
                    else "sum(sign), 0, 0")
@@ -71,13 +80,16 @@ def _postgresql_ddl() -> list[str]:
             else "job_id, status"
         old = f"SELECT {fields}, -1 AS sign FROM old_rows"
         new = f"SELECT {fields}, 1 AS sign FROM new_rows"
+        changed = f"{old} UNION ALL {new}"
+        if stand_down and not tokens:  # rows whose `writes` moved were counted by their writer
+            kept = "FROM old_rows o JOIN new_rows n USING (job_id, seq) WHERE o.writes = n.writes"
+            changed = (f"SELECT job_id, o.status, -1 AS sign {kept} UNION ALL "
+                       f"SELECT job_id, n.status, 1 AS sign {kept}")
         return f"""
 CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  IF TG_OP = 'INSERT' THEN
-    {_UPSERT.format(rows=grouped.format(rows=new))};
-  ELSIF TG_OP = 'UPDATE' THEN
-    {_UPSERT.format(rows=grouped.format(rows=old + " UNION ALL " + new))};
+  IF TG_OP = 'UPDATE' THEN
+    {_UPSERT.format(rows=grouped.format(rows=changed))};
   ELSE
     {_UPSERT.format(rows=grouped.format(rows=old))};
   END IF;
@@ -89,18 +101,28 @@ END $$"""
                 f"ON {table} REFERENCING {refs} FOR EACH STATEMENT "
                 f"EXECUTE FUNCTION {table}_counted()")
 
-    ddl = [function("items_counted", False), function("results_counted", True),
-           trigger("results", "INSERT", "NEW TABLE AS new_rows")]
+    ddl = [function("items_counted", False), function("results_counted", True)]
     for table in ("items", "results"):
         ddl += [trigger(table, "UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
                 trigger(table, "DELETE", "OLD TABLE AS old_rows")]
     return ddl
 
 
-def add(conn: Connection, job_id: str, status: str, items: int) -> None:
-    """Count items inserted in bulk (submit), in the inserting transaction."""
-    conn.execute(text(_UPSERT.format(rows="VALUES (:job_id, :status, :items, 0, 0)")),
-                 {"job_id": job_id, "status": status, "items": items})
+def add(conn: Connection, job_id: str, status: str, items: int = 0, prompt_tokens: int = 0,
+        completion_tokens: int = 0) -> None:
+    """Count rows inserted in bulk (submit's items), in the inserting transaction."""
+    add_many(conn, job_id, {status: (items, prompt_tokens, completion_tokens)})
+
+
+def add_many(conn: Connection, job_id: str, counts: dict[str, tuple[int, int, int]]) -> None:
+    """Count (items, prompt tokens, completion tokens) by status in one statement (a
+    chunk's results and the items they finished), in the changing transaction."""
+    rows = sorted(counts.items())  # PostgreSQL locks the counter rows in one order
+    values = ", ".join(f"(:job_id, :s{i}, :i{i}, :p{i}, :c{i})" for i in range(len(rows)))
+    params: dict[str, Any] = {"job_id": job_id}
+    for i, (status, (items, prompt, completion)) in enumerate(rows):
+        params.update({f"s{i}": status, f"i{i}": items, f"p{i}": prompt, f"c{i}": completion})
+    conn.execute(text(_UPSERT.format(rows=f"VALUES {values}")), params)
 
 
 def _present(conn: Connection) -> set[str]:
@@ -119,13 +141,30 @@ def ensure(conn: Connection) -> None:
         return
     present = _present(conn)
     for name in present & set(RETIRED):
-        on = f" ON {name.split('_', 1)[0]}" if conn.dialect.name == "postgresql" else ""
-        conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}{on}")
+        conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}{_on(conn, name)}")
     if present >= set(TRIGGERS):
         return
-    for statement in (_postgresql_ddl() if conn.dialect.name == "postgresql"
-                      else _sqlite_ddl()):
+    # A database before migration 0009 has no items.writes: its triggers count every row.
+    stand_down = "writes" in {c["name"] for c in inspect(conn).get_columns("items")}
+    for statement in (_postgresql_ddl(stand_down) if conn.dialect.name == "postgresql"
+                      else _sqlite_ddl(stand_down)):
         conn.exec_driver_sql(statement)
+
+
+def drop(conn: Connection) -> None:
+    for name in TRIGGERS:
+        conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}{_on(conn, name)}")
+
+
+def reinstall(conn: Connection) -> None:
+    """The triggers as this version writes them (a migration that changes them)."""
+    if conn.dialect.name in ("postgresql", "sqlite"):
+        drop(conn)
+        ensure(conn)
+
+
+def _on(conn: Connection, trigger: str) -> str:
+    return f" ON {trigger.split('_', 1)[0]}" if conn.dialect.name == "postgresql" else ""
 
 
 def backfill(conn: Connection) -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from functools import lru_cache
 from itertools import repeat
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -156,9 +156,8 @@ def insert_rows(conn: Connection, table: Any, columns: Sequence[str],
         return
     names = ", ".join(map(conn.dialect.identifier_preparer.quote, columns))
     if conn.dialect.name != "postgresql":
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
         conn.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES "
-                             f"({', '.join([mark] * len(columns))})", list(rows))
+                             f"({', '.join([_mark(conn)] * len(columns))})", list(rows))
         return
     statement = f"COPY {table.name} ({names}) FROM STDIN"
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -199,34 +198,51 @@ def upsert_rows(conn: Connection, table: Any, keys: Sequence[str],
     marks = ", ".join(["NULL" if c in nulls else "?" for c in given] + ["?"] * len(filled))
     conn.exec_driver_sql(head + f"VALUES ({marks}) {conflict}",
                          _tuples(conn, table, [c for c in given if c not in nulls], rows,
-                                 [value for _, value in filled]))
+                                 tail=[value for _, value in filled]))
 
 
-def replace_rows(conn: Connection, table: Any, keys: Sequence[str],
-                 rows: Sequence[dict[str, Any]]) -> None:
+def replace_rows(conn: Connection, table: Any, keys: Sequence[str], rows: Sequence[Any],
+                 shared: dict[str, Any] | None = None) -> None:
     """Each row replaced whole (one row per key), for a writer that no one else races on
-    the same keys (worker.chunks.write holds its job's row lock). PostgreSQL deletes the
-    batch's keys, one statement per run of equal leading keys, and COPYs the rows in: no
-    JSON document to parse, half the server's time of `upsert_rows`. Elsewhere, an upsert."""
+    the same keys (worker.chunks.write holds its job's row lock): the batch's keys are
+    deleted, one statement per run of equal leading keys, and the rows inserted in bulk.
+    No upsert: on PostgreSQL no JSON document to parse (half the server's time of
+    `upsert_rows`), and every row is an insert, which its writer counts
+    (schemas.counters). `rows` are dicts or objects with the columns as attributes (a
+    chunk's outcomes: no dict a row); `shared` holds the values the same in every row."""
     if not rows:
         return
-    if conn.dialect.name != "postgresql":
-        upsert_rows(conn, table, keys, rows)
-        return
-    q = conn.dialect.identifier_preparer.quote
+    shared = shared or {}
     *lead, last = keys
-    runs: dict[tuple[Any, ...], list[Any]] = {}
-    for row in rows:
-        runs.setdefault(tuple(row[k] for k in lead), []).append(row[last])
-    where = "".join(f"{q(k)} = %s AND " for k in lead)
-    for shared, lasts in runs.items():
+    if all(k in shared for k in lead):  # one run: a chunk's results under its job
+        runs = {tuple(shared[k] for k in lead): _column(rows, last)}
+    else:
+        runs = {}
+        for values, key in zip(_tuples(conn, table, lead, rows, shared),
+                               _column(rows, last), strict=True):
+            runs.setdefault(values, []).append(key)
+    where = "".join(f"{conn.dialect.identifier_preparer.quote(k)} = {_mark(conn)} AND "
+                    for k in lead)
+    for values, lasts in runs.items():
         among, listed = _among(conn, table, last, lasts)
         conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE {where}{among}",
-                             (*shared, *listed))
-    given = [c.name for c in table.columns if c.name in rows[0]]
-    filled = _defaults(conn, table, rows[0])
-    insert_rows(conn, table, given + [name for name, _ in filled],
-                _tuples(conn, table, given, rows, [value for _, value in filled]))
+                             (*values, *listed))
+    # A column that is None in every row is left out (NULL): the sqlite3 module binds
+    # each None through an adapter lookup (a chunk's results: 5.0 ms bound, 2.1 not).
+    picked = {c.name: _column(rows, c.name) for c in table.columns
+              if c.name not in shared and _has(rows[0], c.name)}
+    given = [name for name, column in picked.items()
+             if column.count(None) < len(rows) or table.c[name].default is not None
+             or table.c[name].server_default is not None]
+    columns: list[Iterable[Any]] = [_encoded(conn, table.c[name], picked[name])
+                                    for name in given]
+    for name, value in shared.items():
+        given.append(name)
+        columns.append(repeat(_encoded(conn, table.c[name], [value])[0], len(rows)))
+    for name, value in _defaults(conn, table, given):
+        given.append(name)
+        columns.append(repeat(value, len(rows)))
+    insert_rows(conn, table, given, list(zip(*columns, strict=True)))
 
 
 def update_rows(conn: Connection, table: Any, keys: Sequence[str],
@@ -238,46 +254,62 @@ def update_rows(conn: Connection, table: Any, keys: Sequence[str],
     recordset took 4.8)."""
     if not rows:
         return
-    q = conn.dialect.identifier_preparer.quote
-    given = [c.name for c in table.columns if c.name in rows[0]]
-    others = [c for c in given if c not in keys]
+    others = [c.name for c in table.columns if c.name in rows[0] and c.name not in keys]
     *lead, last = keys
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sets = ", ".join(f"{q(c)} = {mark}" for c in others)
-    where = "".join(f"{q(k)} = {mark} AND " for k in lead)
     groups: dict[tuple[Any, ...], list[Any]] = {}
-    shared = [*others, *lead]
-    for values, row in zip(_tuples(conn, table, shared, rows, []), rows, strict=True):
+    for values, row in zip(_tuples(conn, table, [*others, *lead], rows), rows, strict=True):
         groups.setdefault(values, []).append(row[last])
     for values, lasts in groups.items():
-        among, listed = _among(conn, table, last, lasts)
-        conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} WHERE {where}{among}",
-                             (*values, *listed))
+        update_among(conn, table, dict(zip(others, values[:len(others)], strict=True)),
+                     dict(zip(lead, values[len(others):], strict=True)), last, lasts)
+
+
+def update_among(conn: Connection, table: Any, values: dict[str, Any], where: dict[str, Any],
+                 name: str, among: list[Any], increment: Sequence[str] = ()) -> int:
+    """One UPDATE: `values` set, and one added to each column of `increment`, on the rows
+    that match `where` and whose `name` is among `among`. Values as the driver takes
+    them. How many rows it changed."""
+    q = conn.dialect.identifier_preparer.quote
+    sets = ", ".join([f"{q(c)} = {_mark(conn)}" for c in values]
+                     + [f"{q(c)} = {q(c)} + 1" for c in increment])
+    matching = "".join(f"{q(c)} = {_mark(conn)} AND " for c in where)
+    within, listed = _among(conn, table, name, among)
+    return conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} WHERE {matching}{within}",
+                                (*values.values(), *where.values(), *listed)).rowcount
 
 
 def _among(conn: Connection, table: Any, name: str, values: list[Any]
            ) -> tuple[str, tuple[Any, ...]]:
     """`name IN values` and its parameters. The values go as one JSON text (no per-value
-    adapting); on PostgreSQL an integer key's range comes first, so that the primary
-    key's index finds the rows (a text key is ordered by its collation, not as Python
-    orders it: no range)."""
+    adapting). An integer key's range comes first, so that the primary key's index finds
+    the rows, and alone when the values fill it (a chunk's items: a third of SQLite's
+    time of a status update). A text key is ordered by its collation, not as Python
+    orders it: no range."""
     q = conn.dialect.identifier_preparer.quote(name)
-    listed = _json(values).decode()
-    if conn.dialect.name != "postgresql":
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-        return f"{q} IN (SELECT value FROM json_each({mark}))", (listed,)
-    kind = table.c[name].type.compile(dialect=conn.dialect)
-    among = f"{q} IN (SELECT value::{kind} FROM json_array_elements_text(%s))"
-    if isinstance(table.c[name].type, Integer):
-        return f"{q} BETWEEN %s AND %s AND {among}", (min(values), max(values), listed)
-    return among, (listed,)
+    mark = _mark(conn)
+    if conn.dialect.name == "postgresql":
+        kind = table.c[name].type.compile(dialect=conn.dialect)
+        among = f"{q} IN (SELECT value::{kind} FROM json_array_elements_text({mark}))"
+    else:
+        among = f"{q} IN (SELECT value FROM json_each({mark}))"
+    if not isinstance(table.c[name].type, Integer):
+        return among, (_json(values).decode(),)
+    low, high = min(values), max(values)
+    within = f"{q} BETWEEN {mark} AND {mark}"
+    if high - low + 1 == len(values) == len(set(values)):
+        return within, (low, high)
+    return f"{within} AND {among}", (low, high, _json(values).decode())
+
+
+def _mark(conn: Connection) -> str:
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
 
 
 def _recordset(table: Any) -> str:
     return f"json_populate_recordset(NULL::{table.name}, %s::json) AS d"
 
 
-def _defaults(conn: Connection, table: Any, present: dict[str, Any]) -> list[tuple[str, Any]]:
+def _defaults(conn: Connection, table: Any, present: Collection[str]) -> list[tuple[str, Any]]:
     filled = []
     for column in table.columns:
         default = column.default
@@ -292,23 +324,40 @@ def _defaults(conn: Connection, table: Any, present: dict[str, Any]) -> list[tup
     return filled
 
 
+def _has(row: Any, name: str) -> bool:
+    return name in row if isinstance(row, dict) else hasattr(row, name)
+
+
+def _column(rows: Sequence[Any], name: str) -> list[Any]:
+    """One column of a batch of dicts or objects, picked in C."""
+    return list(map((itemgetter if isinstance(rows[0], dict) else attrgetter)(name), rows))
+
+
 def _all_none(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> set[str]:
     return {name for name in names if rows[0][name] is None
-            and list(map(itemgetter(name), rows)).count(None) == len(rows)}
+            and _column(rows, name).count(None) == len(rows)}
 
 
-def _tuples(conn: Connection, table: Any, names: Sequence[str], rows: Sequence[dict[str, Any]],
-            tail: list[Any]) -> list[tuple[Any, ...]]:
-    """Value tuples as the driver takes them: JSON encoded once, dates as SQLite keeps them.
-    Column by column (picked, transposed and zipped back in C): a batch is a thousand rows."""
+def _tuples(conn: Connection, table: Any, names: Sequence[str], rows: Sequence[Any],
+            shared: dict[str, Any] | None = None, tail: Sequence[Any] = ()
+            ) -> list[tuple[Any, ...]]:
+    """Value tuples as the driver takes them, column by column, picked and zipped in C:
+    a batch is a thousand rows. A name in `shared` takes its value there, the same in
+    every row; `tail` values end each tuple."""
     if not rows:
         return []
-    columns: list[Sequence[Any]] = [[row[names[0]] for row in rows]] if len(names) == 1 \
-        else list(zip(*map(itemgetter(*names), rows), strict=True))
-    for i, name in enumerate(names):
-        if encode := _encoder(conn, table.c[name]):
-            columns[i] = [None if v is None else encode(v) for v in columns[i]]
+    shared = shared or {}
+    columns: list[Iterable[Any]] = [
+        repeat(_encoded(conn, table.c[name], [shared[name]])[0], len(rows))
+        if name in shared else _encoded(conn, table.c[name], _column(rows, name))
+        for name in names]
     return list(zip(*columns, *[repeat(value, len(rows)) for value in tail], strict=True))
+
+
+def _encoded(conn: Connection, column: Any, values: list[Any]) -> list[Any]:
+    """Values in their stored form: JSON encoded once, dates as SQLite keeps them."""
+    encode = _encoder(conn, column)
+    return [None if v is None else encode(v) for v in values] if encode else values
 
 
 def _encoder(conn: Connection, column: Any) -> Any:

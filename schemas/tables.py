@@ -132,6 +132,9 @@ class Item(Base):
     status: Mapped[str] = mapped_column(String(16), default=ItemStatus.PENDING)
     # Times a worker started this item alone after a crash (see worker.chunks: poison items).
     tries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Result writes that finished this item while it ran. The write that moves it counts
+    # the item's status change itself, and the counting triggers stand down (schemas.counters).
+    writes: Mapped[int] = mapped_column(Integer, server_default="0")
     # A document's content and everything that decides its answer (model, prompt, sampling,
     # checks), hashed: equal keys get one answer. `same_as`: the item of this job whose
     # result this one takes instead of running.

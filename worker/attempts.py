@@ -89,12 +89,6 @@ class Outcome:
     # A long document's rows of `pieces` (map pieces and reduce steps).
     parts: list[dict[str, Any]] = field(default_factory=list)
 
-    def row(self, job_id: str, worker: str) -> dict[str, Any]:
-        row = self.__dict__.copy()  # a thousand per chunk: a copy, not a comprehension
-        del row["tries"], row["parts"]
-        row["job_id"], row["worker"] = job_id, worker
-        return row
-
 
 @dataclass
 class ItemRun:

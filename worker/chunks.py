@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from producer import broker
 from quality.semantic import Embedder
 from schemas import counters, dedup
-from schemas.db import checkpoint_soon, replace_rows, session, update_rows, upsert_rows
+from schemas.db import checkpoint_soon, replace_rows, session, update_among, upsert_rows
 from schemas.spec import JobSpec
 from schemas.tables import (
     Attempt,
@@ -201,8 +201,8 @@ def _record(conn: Connection, job_id: str, owner: str, outcomes: list[Outcome],
             documents: bool = False) -> None:
     # Replaced whole: write() holds the job's row lock, so no one races on these keys
     # (schemas.db.replace_rows: COPY on PostgreSQL, executemany on SQLite).
-    replace_rows(conn, Result.__table__, ["job_id", "item_seq"],
-                 [o.row(job_id, owner) for o in outcomes])
+    replace_rows(conn, Result.__table__, ["job_id", "item_seq"], outcomes,
+                 shared={"job_id": job_id, "worker": owner})
     ledger = [t.ledger_row(job_id, o.item_seq, owner) for o in outcomes for t in o.tries]
     if ledger:
         upsert_rows(conn, Attempt.__table__, ["job_id", "item_seq", "piece", "attempt"], ledger)
@@ -211,8 +211,32 @@ def _record(conn: Connection, job_id: str, owner: str, outcomes: list[Outcome],
         upsert_rows(conn, Piece.__table__, ["job_id", "item_seq", "piece"], parts)
     if documents:  # identical documents wait for this result (schemas.dedup)
         dedup.share_results(conn, job_id, [o.item_seq for o in outcomes])
-    update_rows(conn, Item.__table__, ["job_id", "seq"],
-                [{"job_id": job_id, "seq": o.item_seq, "status": o.status} for o in outcomes])
+    counters.add_many(conn, job_id, _finish(conn, job_id, outcomes))
+
+
+def _finish(conn: Connection, job_id: str, outcomes: list[Outcome]
+            ) -> dict[str, tuple[int, int, int]]:
+    """The items' final statuses. What the write changes, it counts (schemas.counters):
+    the results it inserted, and the running items it finished (their `writes` moved).
+    An item no longer running (its lease was lost meanwhile, say) is counted by the
+    triggers. Returns the counts by status: (items, prompt tokens, completion tokens)."""
+    counts: dict[str, list[int]] = {}
+    seqs: dict[str, list[int]] = {}
+    for o in outcomes:
+        counted = counts.setdefault(o.status, [0, 0, 0])
+        counted[1] += o.prompt_tokens
+        counted[2] += o.completion_tokens
+        seqs.setdefault(o.status, []).append(o.item_seq)
+    items = Item.__table__
+    for status, among in seqs.items():
+        finished = update_among(conn, items, {"status": status},
+                                {"job_id": job_id, "status": ItemStatus.RUNNING}, "seq", among,
+                                increment=["writes"])
+        counts[status][0] += finished
+        counts.setdefault(ItemStatus.RUNNING, [0, 0, 0])[0] -= finished
+        if finished < len(among):
+            update_among(conn, items, {"status": status}, {"job_id": job_id}, "seq", among)
+    return {status: (n, prompt, completion) for status, (n, prompt, completion) in counts.items()}
 
 
 def _finish_cancelled(db_url: str, job_id: str, seq: int) -> None:

@@ -81,22 +81,45 @@ def test_item_updates_and_deletes_move_the_counts(stack: Stack) -> None:
     assert _counters(stack, job_id) == _recounted(stack, job_id)
 
 
-def test_result_upserts_replace_tokens_instead_of_adding_them(stack: Stack) -> None:
-    """A chunk that runs twice writes its results twice: the tokens count once."""
-    job_id = _job(stack, 3)
+def test_results_replaced_by_their_writer_or_changed_by_hand_keep_their_tokens_exact(
+        stack: Stack) -> None:
+    """The writer counts the results it inserts; the rows its replace deletes, and any
+    update or delete by hand, are counted by the triggers. A chunk written twice counts
+    its tokens once."""
+    job_id = _job(stack, 4)
+    keys = ["job_id", "item_seq"]
     with db.session(stack.db_url) as s, s.begin():
         conn = s.connection()
-        db.upsert_rows(conn, Result.__table__, ["job_id", "item_seq"],
-                       [_result(job_id, n, "succeeded", 10, 5) for n in range(3)])
-        db.upsert_rows(conn, Result.__table__, ["job_id", "item_seq"],
-                       [_result(job_id, 0, "succeeded", 10, 7),
-                        _result(job_id, 1, "failed", 10, 0)])
+        db.replace_rows(conn, Result.__table__, keys,
+                        [_result(job_id, n, "succeeded", 10, 5) for n in range(4)])
+        counters.add_many(conn, job_id, {"succeeded": (0, 40, 20)})
+        db.replace_rows(conn, Result.__table__, keys, [_result(job_id, 0, "succeeded", 10, 7)])
+        counters.add_many(conn, job_id, {"succeeded": (0, 10, 7)})
+        conn.execute(update(Result).where(Result.job_id == job_id, Result.item_seq == 1)
+                     .values(status="failed", completion_tokens=0))
+        conn.execute(delete(Result).where(Result.job_id == job_id, Result.item_seq == 3))
         db.update_rows(conn, Item.__table__, ["job_id", "seq"],
                        [{"job_id": job_id, "seq": 0, "status": "succeeded"},
                         {"job_id": job_id, "seq": 1, "status": "failed"},
                         {"job_id": job_id, "seq": 2, "status": "succeeded"}])
-    assert _counters(stack, job_id) == {"succeeded": (2, 20, 12), "failed": (1, 10, 0)}
+    assert _counters(stack, job_id) == {"succeeded": (2, 20, 12), "failed": (1, 10, 0),
+                                        "pending": (1, 0, 0)}
     assert _counters(stack, job_id) == _recounted(stack, job_id)
+
+
+def test_an_update_that_moves_writes_is_left_to_its_writer_and_any_other_is_counted(
+        stack: Stack) -> None:
+    job_id = _job(stack, 4)
+    with db.session(stack.db_url) as s, s.begin():
+        s.execute(update(Item).where(Item.job_id == job_id).values(status="running"))
+        s.execute(update(Item).where(Item.job_id == job_id, Item.seq < 2)
+                  .values(status="succeeded", writes=Item.writes + 1))
+    assert _counters(stack, job_id) == {"running": (4, 0, 0)}  # the writer counts these
+    with db.session(stack.db_url) as s, s.begin():
+        s.execute(update(Item).where(Item.job_id == job_id, Item.seq == 0)
+                  .values(status="pending"))  # by hand: counted, whatever `writes` says
+    assert _counters(stack, job_id) == {"running": (4, 0, 0), "succeeded": (-1, 0, 0),
+                                        "pending": (1, 0, 0)}
 
 
 def test_missing_triggers_are_put_back_and_backfill_recounts(stack: Stack) -> None:

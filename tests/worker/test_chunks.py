@@ -10,7 +10,7 @@ from typing import Any
 
 from conftest import Stack
 from scripted import ScriptedHost
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, update
 from sqlalchemy.engine import default
 
 from producer.submit import submit
@@ -96,6 +96,35 @@ def test_a_rewritten_chunk_keeps_counters_exact_and_clears_what_it_no_longer_say
         assert items == {"succeeded": 6}
         assert counts == {"succeeded": (6, 120, 6)}
         assert s.get_one(Job, job).state == JobState.COMPLETED
+
+
+def test_a_write_counts_the_running_items_it_finishes_and_the_triggers_count_the_rest(
+        stack: Stack, tmp_path: Path) -> None:
+    """The write counts its results and the items it finished while they ran (their
+    `writes` moved); an item no longer running (its lease lost and released) is counted
+    by the triggers. Either way job_counts says what the rows say."""
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(5)))
+    settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
+    job = submit(settings, JobSpec(chunk_size=5), path).job_id
+    with db.session(stack.db_url) as s, s.begin():
+        s.execute(update(Item).where(Item.job_id == job, Item.seq < 3).values(status="running"))
+
+    write(stack.db_url, job, 0, "w1", [
+        Outcome(0, "succeeded", output="a", prompt_tokens=3, completion_tokens=4),
+        Outcome(1, "failed", error="bad", prompt_tokens=3, completion_tokens=0),
+        Outcome(3, "succeeded", output="b", prompt_tokens=5, completion_tokens=6)])
+
+    with db.session(stack.db_url) as s:
+        items = s.execute(select(Item.seq, Item.status, Item.writes).where(Item.job_id == job)
+                          .order_by(Item.seq)).all()
+        counts = {r.status: (r.items, r.prompt_tokens, r.completion_tokens) for r in s.scalars(
+            select(JobCount).where(JobCount.job_id == job)) if r.items or r.prompt_tokens}
+    assert [tuple(r) for r in items] == [(0, "succeeded", 1), (1, "failed", 1),
+                                         (2, "running", 0), (3, "succeeded", 0),
+                                         (4, "pending", 0)]
+    assert counts == {"succeeded": (2, 8, 10), "failed": (1, 3, 0), "running": (1, 0, 0),
+                      "pending": (1, 0, 0)}
 
 
 def test_a_rehearsed_worker_compiles_nothing_for_its_first_chunk_and_the_rehearsal_leaves_nothing(
