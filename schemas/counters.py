@@ -14,9 +14,10 @@ a fifth of the write. Code that inserts items or results with tokens elsewhere m
 `add` too (copies of a result, schemas.dedup, carry no tokens: nothing to count).
 
 One update counts itself too: the result write that finishes running items. It adds
-one to their `writes` in the same statement, and the triggers leave alone any row whose
-`writes` moved (on SQLite they fire and do nothing: an eighth of the write's time saved).
-Anything else, a status set by hand included, leaves `writes` as it is and is counted.
+one to their `writes` in the same statement, and the triggers leave alone what moves
+`writes`: on SQLite such a row (its trigger fires and does nothing: an eighth of the
+write's time saved), on PostgreSQL such a statement. Anything else, a status set by hand
+included, leaves `writes` as it is and is counted.
 
 A migration that rebuilds `items` or `results` on SQLite (Alembic batch mode) drops
 their triggers: `ensure` puts them back, and `schemas.db.upgrade` calls it.
@@ -80,16 +81,18 @@ def _postgresql_ddl(stand_down: bool) -> list[str]:
             else "job_id, status"
         old = f"SELECT {fields}, -1 AS sign FROM old_rows"
         new = f"SELECT {fields}, 1 AS sign FROM new_rows"
-        changed = f"{old} UNION ALL {new}"
-        if stand_down and not tokens:  # rows whose `writes` moved were counted by their writer
-            kept = "FROM old_rows o JOIN new_rows n USING (job_id, seq) WHERE o.writes = n.writes"
-            changed = (f"SELECT job_id, o.status, -1 AS sign {kept} UNION ALL "
-                       f"SELECT job_id, n.status, 1 AS sign {kept}")
+        # A statement that moves `writes` is a result write that counted itself. Told by
+        # sums, not by joining old rows to new: a join's plan, cached by the session from
+        # one big update (200,000 items), made its later 1,000-item writes 15 ms slower.
+        counted_itself = ("IF (SELECT sum(writes) FROM new_rows) IS DISTINCT FROM "
+                          "(SELECT sum(writes) FROM old_rows) THEN RETURN NULL; END IF;"
+                          if stand_down and not tokens else "")
         return f"""
 CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF TG_OP = 'UPDATE' THEN
-    {_UPSERT.format(rows=grouped.format(rows=changed))};
+    {counted_itself}
+    {_UPSERT.format(rows=grouped.format(rows=old + " UNION ALL " + new))};
   ELSE
     {_UPSERT.format(rows=grouped.format(rows=old))};
   END IF;
