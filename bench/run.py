@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from bench.prompts import make_batch_file
 from producer.status import status as job_status
 from schemas import db
 from schemas.settings import load
-from schemas.tables import Result
+from schemas.tables import Job, Result
 from worker.engine import EngineOptions
 from worker.models import resolve
 
@@ -86,7 +86,7 @@ def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path, broker_url
     if "max_model_len" in kwargs:
         worker_flags += ["--max-model-len", str(kwargs["max_model_len"])]
     log = workdir / "worker.log"
-    start = time.perf_counter()
+    start, started = time.perf_counter(), datetime.now(UTC)
     submitted = subprocess.run([ns, "submit", str(path), "--json", *submit_args], env=env,
                                check=True,
                                capture_output=True, text=True)
@@ -116,6 +116,9 @@ def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path, broker_url
     with db.session(db_url) as s:
         first, last = s.execute(select(func.min(Result.created_at), func.max(Result.created_at))
                                 .where(Result.job_id == job["job_id"])).one()
+        finished = s.get_one(Job, job["job_id"]).finished_at
+    if finished is not None:  # submit to the last result committed, not to the poll after it
+        wall = (finished - started).total_seconds()
     overhead_ms, overhead_cpu_ms, chunk_items, overhead_parts = _overhead(log)
     ready_clock = _log_ready_time(log)
     gen_s = (last - ready_clock).total_seconds() if ready_clock else wall - (ready_at - start)
@@ -146,8 +149,6 @@ def _log_ready_time(log: Path) -> datetime | None:
                       log.read_text(errors="replace"), re.M)
     if not match:
         return None
-    from datetime import UTC
-
     return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").astimezone(UTC)
 
 
