@@ -250,7 +250,8 @@ class Piece(Base):
 
 class JobCount(Base):
     """Per job and status: how many items have it, and the tokens of the results with it.
-    Kept by database triggers (schemas.counters), never written by the application."""
+    Kept by database triggers, and by the bulk writers for what they insert or finish:
+    submit and the result write (schemas.counters)."""
 
     __tablename__ = "job_counts"
 

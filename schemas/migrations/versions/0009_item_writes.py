@@ -1,6 +1,6 @@
-"""items.writes: a result write counts the status changes it makes itself, and SQLite's
-row triggers stand down for it (schemas.counters): two counter upserts an item, an
-eighth of a 1,000-result write on SQLite, where PostgreSQL pays one grouped statement.
+"""items.writes: a result write counts the status changes it makes itself, and the
+counting triggers stand down for it (schemas.counters). On SQLite, whose triggers fire
+per row, that is two counter upserts an item: an eighth of a 1,000-result write.
 
 Revision ID: 0009
 Revises: 0008
