@@ -114,14 +114,15 @@ def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path, broker_url
         worker.wait(timeout=120)
     ready_at = ready_at or start
     with db.session(db_url) as s:
-        first, last = s.execute(select(func.min(Result.created_at), func.max(Result.created_at))
-                                .where(Result.job_id == job["job_id"])).one()
+        last = s.scalar(select(func.max(Result.created_at))
+                        .where(Result.job_id == job["job_id"]))
         finished = s.get_one(Job, job["job_id"]).finished_at
     if finished is not None:  # submit to the last result committed, not to the poll after it
         wall = (finished - started).total_seconds()
     overhead_ms, overhead_cpu_ms, chunk_items, overhead_parts = _overhead(log)
     ready_clock = _log_ready_time(log)
-    gen_s = (last - ready_clock).total_seconds() if ready_clock else wall - (ready_at - start)
+    gen_s = ((last - ready_clock).total_seconds() if ready_clock and last
+             else wall - (ready_at - start))
     return {"wall_s": wall, "submit_s": submit_s, "startup_s": ready_at - start - submit_s,
             "gen_s": gen_s, "tokens": status["completion_tokens"], "items": job["items"],
             "succeeded": status["succeeded"], "job_id": job["job_id"], "db_url": db_url,

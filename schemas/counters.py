@@ -155,7 +155,7 @@ def ensure(conn: Connection) -> None:
 
 
 def drop(conn: Connection) -> None:
-    for name in TRIGGERS:
+    for name in (*TRIGGERS, *RETIRED):
         conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}{_on(conn, name)}")
 
 

@@ -32,10 +32,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     conn = op.get_bind()
-    for name in (*counters.TRIGGERS, *counters.RETIRED):
-        table = name.split("_", 1)[0]
-        op.execute(f"DROP TRIGGER IF EXISTS {name}"
-                   + (f" ON {table}" if conn.dialect.name == "postgresql" else ""))
+    counters.drop(conn)
     if conn.dialect.name == "postgresql":
         op.execute("DROP FUNCTION IF EXISTS items_counted()")
         op.execute("DROP FUNCTION IF EXISTS results_counted()")
