@@ -58,6 +58,14 @@ def load(**overrides: Any) -> Settings:
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+# The user and password: a password runs to the last `@` before the query, so one holding
+# `@` or `/` is masked whole; a user may hold `@` (`user@server`), never `/`.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:/?#]*:)[^?]*@")
+# Query parameters that carry a secret (`?password=`, `&sslpassword=`, `?token=`...).
+_SECRET_PARAM = re.compile(
+    r"([?&][^=&#]*(?:pass|pwd|secret|token|credential|api[_-]?key)[^=&#]*=)[^&]+", re.I)
+
+
 def redact(url: str) -> str:
-    """A URL fit for logs and status output: the password replaced by ***."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """A URL fit for logs and status output: every password replaced by ***."""
+    return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub(r"\1***@", url))

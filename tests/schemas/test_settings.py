@@ -89,3 +89,43 @@ def test_none_overrides_are_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_redact_hides_only_the_password(url: str, shown: str) -> None:
     assert redact(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:p@ss@host:6379/0", "redis://:***@host:6379/0"),
+        ("postgresql://u:p@ss@host/db", "postgresql://u:***@host/db"),
+        ("postgresql://u:a/b@c@host:5432/db", "postgresql://u:***@host:5432/db"),
+        ("postgresql://user@server:pw@host/db", "postgresql://user@server:***@host/db"),
+        ("redis://:pw@host/0?ssl_cert_reqs=none&x=a@b", "redis://:***@host/0?ssl_cert_reqs=none&x=a@b"),
+    ],
+)
+def test_redact_masks_a_password_holding_at_signs_up_to_the_last_one(url: str,
+                                                                     shown: str) -> None:
+    assert redact(url) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://host:6379/0?password=s3cret", "redis://host:6379/0?password=***"),
+        ("redis://host/0?db=1&PASSWORD=s3cret&ssl=true", "redis://host/0?db=1&PASSWORD=***&ssl=true"),
+        ("postgresql://u@h/db?sslpassword=k3y&sslmode=require",
+         "postgresql://u@h/db?sslpassword=***&sslmode=require"),
+        ("postgresql://h/db?user=u&pwd=a@b", "postgresql://h/db?user=u&pwd=***"),
+        ("redis://h/0?pass=x&token=t&client_secret=c&api_key=k",
+         "redis://h/0?pass=***&token=***&client_secret=***&api_key=***"),
+        ("redis://:pw@h/0?password=again", "redis://:***@h/0?password=***"),
+        ("redis://h/0?password=", "redis://h/0?password="),
+    ],
+)
+def test_redact_masks_passwords_in_the_query_string(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+@pytest.mark.parametrize("url", ["sqlite:////tmp/my@dir/ns.db", "sqlite:///C:/data@x/ns.db",
+                                 "redis://localhost:6379/0?ssl_cert_reqs=none",
+                                 "redis://user@host:6379/0"])
+def test_redact_leaves_urls_without_a_password_as_they_are(url: str) -> None:
+    assert redact(url) == url
