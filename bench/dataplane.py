@@ -150,13 +150,16 @@ def result_write_rate(db_url: str, job_id: str, rows: int) -> float:
     (claimed, worker.leases), before it writes."""
     from sqlalchemy import update
 
-    from schemas.tables import Item, ItemStatus
+    from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus
     from worker.attempts import Outcome
     from worker.chunks import write
+    from worker.leases import Lease
 
     with db.engine_for(db_url).begin() as conn:
         conn.execute(update(Item).where(Item.job_id == job_id)
                      .values(status=ItemStatus.RUNNING))
+        conn.execute(update(Chunk).where(Chunk.job_id == job_id)
+                     .values(status=ChunkStatus.LEASED, lease_owner="bench", deliveries=1))
 
     gc.freeze()  # as `nightshift worker` does with what it imported (worker.serve)
     os.sync()  # the submits' pages written out first, not during the timed writes
@@ -167,7 +170,7 @@ def result_write_rate(db_url: str, job_id: str, rows: int) -> float:
                             completion_tokens=100, finish_reason="stop", sampling=sampling)
                     for i in range(first, min(first + WRITE_BATCH, rows))]
         start = time.perf_counter()
-        write(db_url, job_id, chunk, "bench", outcomes)
+        write(db_url, Lease(job_id, chunk, "bench", 1), outcomes)
         elapsed += time.perf_counter() - start
     return rows / elapsed
 

@@ -39,6 +39,10 @@ REDIS_DBS = dict(zip(("sqlite", "postgres", "unit"),
                      map(int, os.environ.get("NIGHTSHIFT_TEST_REDIS_DBS", "11,12,13").split(",")),
                      strict=True))
 WORKER_START_TIMEOUT = 400.0
+# The operator's checks of the test workers (and of `registered`): importable from the
+# repository's root, which the workers get on PYTHONPATH.
+CHECK_MODULES = "tests.quality.custom"
+ROOT = Path(__file__).resolve().parent.parent
 # Each test worker's KV cache, in GiB: some 22,000 tokens of the demo model in float32
 # (twice that in bf16), plenty for these tests, so several workers (two shared, a victim,
 # a test's own) fit beside each other. A size, not a memory share: vLLM's CPU backend takes
@@ -84,6 +88,15 @@ class Stack:
         raise AssertionError(f"job {job_id} did not finish in {timeout}s: {status}")
 
 
+def lease(db_url: str, job_id: str, seq: int, owner: str = "w") -> Any:
+    """A live lease on a chunk, as a worker holds one before it writes (worker.leases)."""
+    from worker import leases
+
+    taken = leases.claim(db_url, job_id, seq, owner, ttl=60)
+    assert taken is not None, f"chunk {job_id}:{seq} could not be leased"
+    return taken
+
+
 def free_port() -> int:
     """A TCP port nothing listens on now (for a server a test starts)."""
     with socket.socket() as s:
@@ -101,6 +114,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def _flush(broker_url: str) -> None:
     redis.Redis.from_url(broker_url).flushdb()
+
+
+@pytest.fixture
+def registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The checks of tests/quality/custom.py, registered as an operator does for quick use
+    (NIGHTSHIFT_CHECK_MODULES); the registry is loaded again before and after."""
+    from quality import registry
+
+    monkeypatch.setenv("NIGHTSHIFT_CHECK_MODULES", CHECK_MODULES)
+    registry.forget()
+    yield
+    monkeypatch.delenv("NIGHTSHIFT_CHECK_MODULES")
+    registry.forget()
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,6 @@ from schemas.spec import JobSpec
 from schemas.tables import (
     Attempt,
     Chunk,
-    ChunkStatus,
     Item,
     ItemStatus,
     Job,
@@ -68,44 +67,69 @@ class Runtime:
 
 
 def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
-    """Returns what happened, for the log: "done", "isolated", "skipped", "cancelled"."""
+    """Returns what happened, for the log: "done", "isolated", "skipped", "cancelled",
+    "lost" (another worker holds the chunk now: nothing of this run was written)."""
     started, cpu_started = time.perf_counter(), time.thread_time()
-    deliveries = leases.claim(rt.db_url, job_id, seq, rt.owner, rt.heartbeat.ttl)
-    if not deliveries:
+    lease = leases.claim(rt.db_url, job_id, seq, rt.owner, rt.heartbeat.ttl)
+    if lease is None:
         return "skipped"  # leased by a live worker, or done: a duplicate message
-    rt.heartbeat.hold(job_id, seq)
+    rt.heartbeat.hold(lease)
     try:
         with session(rt.db_url) as db:
             spec, items = _load(db, job_id, seq)
         if spec is None:
-            _finish_cancelled(rt.db_url, job_id, seq)
+            _finish_cancelled(rt.db_url, lease)
             return "cancelled"
-        tag = f"{job_id}:{seq}"
-        if deliveries < ISOLATE_FROM_DELIVERY:
-            timings = {"claim+load": time.perf_counter() - started}
-            outcomes = run_items(rt.host, spec, [(s, k, p) for s, k, p, _ in items], tag,
-                                 rt.embedder, timings)
-            wrote = time.perf_counter()
-            write(rt.db_url, job_id, seq, rt.owner, outcomes, broker_url=rt.broker_url)
-            timings["write"] = time.perf_counter() - wrote
-            _log_overhead(tag, len(items), timings, time.thread_time() - cpu_started)
-            return "done"
-        for item_seq, key, payload, tries in items:
-            if tries >= MAX_ITEM_TRIES:
-                outcome = Outcome(item_seq, ItemStatus.FAILED, error=(
-                    f"poison item: a worker died while running it {tries} times"))
-            else:
-                _count_try(rt.db_url, job_id, item_seq)
-                outcome = run_items(rt.host, spec, [(item_seq, key, payload)], tag,
-                                    rt.embedder)[0]
-            write(rt.db_url, job_id, seq, rt.owner, [outcome], last=False)
-        write(rt.db_url, job_id, seq, rt.owner, [], broker_url=rt.broker_url)
-        return "isolated"
+        if lease.deliveries >= ISOLATE_FROM_DELIVERY:
+            return _isolated(rt, lease, spec, items)
+        timings = {"claim+load": time.perf_counter() - started}
+        outcomes = run_items(rt.host, spec, [(s, k, p) for s, k, p, _ in items], lease.tag,
+                             rt.embedder, timings)
+        wrote = time.perf_counter()
+        write(rt.db_url, lease, outcomes, broker_url=rt.broker_url)
+        timings["write"] = time.perf_counter() - wrote
+        _log_overhead(lease.tag, len(items), timings, time.thread_time() - cpu_started)
+        return "done"
+    except leases.LeaseLost as exc:
+        log.warning("%s: nothing of this run is written", exc)
+        return "lost"
     except BaseException:
-        leases.release(rt.db_url, job_id, seq, rt.owner)
+        _hand_back(rt, lease)
         raise
     finally:
-        rt.heartbeat.drop(job_id, seq)
+        rt.heartbeat.drop(lease)
+
+
+def _isolated(rt: Runtime, lease: leases.Lease, spec: JobSpec, items: list[Any]) -> str:
+    """One item at a time, each with the engine to itself: if the worker dies now, the
+    item in the engine is the only one that could have killed it, and that try counts."""
+    for item_seq, key, payload, tries in items:
+        if tries >= MAX_ITEM_TRIES:
+            outcome = Outcome(item_seq, ItemStatus.FAILED, error=(
+                f"poison item: a worker died while running it {tries} times"))
+        else:
+            with rt.host.solo(lease.tag):
+                _count_try(rt.db_url, lease, item_seq)
+                outcome = run_items(rt.host, spec, [(item_seq, key, payload)], lease.tag,
+                                    rt.embedder)[0]
+        write(rt.db_url, lease, [outcome], last=False)
+    write(rt.db_url, lease, [], broker_url=rt.broker_url)
+    return "isolated"
+
+
+def _hand_back(rt: Runtime, lease: leases.Lease) -> None:
+    """Release the chunk and send it again at once, at its job's priority: its message
+    was taken, and waiting for reconcile would put it behind the whole queue."""
+    try:
+        if not leases.release(rt.db_url, lease) or not rt.broker_url:
+            return
+        with session(rt.db_url) as db:
+            model, priority = db.execute(select(Job.model, Job.priority)
+                                         .where(Job.id == lease.job_id)).one()
+        broker.enqueue(rt.broker_url, model, lease.job_id, [lease.seq],
+                       priority=message_priority(priority))
+    except Exception as exc:  # the lease runs out and reconcile finds the chunk instead
+        log.warning("could not hand chunk %s back at once: %s", lease.tag, exc)
 
 
 def rehearse(rt: Runtime) -> None:
@@ -126,11 +150,11 @@ def rehearse(rt: Runtime) -> None:
         db.add(Item(job_id=job_id, seq=0, key="0", chunk=0, payload=payload))
         db.flush()
         counters.add(db.connection(), job_id, ItemStatus.PENDING, 1)
-        leases.take(db, job_id, 0, rt.owner, rt.heartbeat.ttl)
+        lease = leases.take(db, job_id, 0, rt.owner, rt.heartbeat.ttl)
+        assert lease is not None
         _load(db, job_id, 0)
         encode_many(rt.host.tokenizer, spec, [payload])
-        _store(db, job_id, 0, rt.owner, [Outcome(0, ItemStatus.SUCCEEDED, output="")],
-               last=True, moves=True)
+        _store(db, lease, [Outcome(0, ItemStatus.SUCCEEDED, output="")], last=True, moves=True)
         rehearsal.rollback()
 
 
@@ -157,42 +181,44 @@ def _load(db: Session, job_id: str, seq: int) -> tuple[JobSpec | None, list[Any]
     return JobSpec.model_validate(job.spec), list(items)
 
 
-def _count_try(db_url: str, job_id: str, item_seq: int) -> None:
+def _count_try(db_url: str, lease: leases.Lease, item_seq: int) -> None:
     with session(db_url) as db, db.begin():
-        db.execute(update(Item).where(Item.job_id == job_id, Item.seq == item_seq)
+        leases.fence(db, lease, done=False)
+        db.execute(update(Item).where(Item.job_id == lease.job_id, Item.seq == item_seq)
                    .values(tries=Item.tries + 1))
 
 
-def write(db_url: str, job_id: str, seq: int, owner: str, outcomes: list[Outcome],
-          last: bool = True, broker_url: str | None = None) -> None:
+def write(db_url: str, lease: leases.Lease, outcomes: list[Outcome], *, last: bool = True,
+          broker_url: str | None = None) -> None:
     """Results upserted (one row per item however often it ran) and item statuses, in one
     transaction; with `last`, the chunk is done, the job completes if nothing is open, and
-    (given a broker) the job's next chunk is sent: its window moves on."""
+    (given a broker) the job's next chunk is sent: its window moves on. Raises LeaseLost,
+    having changed nothing, when `lease` no longer holds the chunk."""
     with session(db_url) as db, db.begin():
-        following = _store(db, job_id, seq, owner, outcomes, last, moves=broker_url is not None)
+        following = _store(db, lease, outcomes, last=last, moves=broker_url is not None)
     checkpoint_soon(db_url)
     if following is not None and broker_url:
         model, next_seq, priority = following
-        broker.enqueue(broker_url, model, job_id, [next_seq],
+        broker.enqueue(broker_url, model, lease.job_id, [next_seq],
                        priority=message_priority(priority))
     metrics.observe(outcomes)  # once written: every path (batch, isolated, poison) ends here
 
 
-def _store(db: Session, job_id: str, seq: int, owner: str, outcomes: list[Outcome],
-           last: bool, moves: bool) -> tuple[str, int, int] | None:
+def _store(db: Session, lease: leases.Lease, outcomes: list[Outcome], *, last: bool,
+           moves: bool) -> tuple[str, int, int] | None:
     """`write` within the caller's transaction; the job's next chunk to send, if it `moves`."""
     conn = db.connection()  # Core statements: the ORM's bookkeeping cost 0.3 ms a chunk
+    job_id = lease.job_id
     # Chunks of one job finish one at a time, so the last one sees every other's items
     # final and marks the job completed (PostgreSQL; SQLite already serializes writers).
     source = conn.execute(select(Job.input_format).where(Job.id == job_id)
                           .with_for_update()).scalar()
+    leases.fence(conn, lease, done=last)
     if outcomes:
-        _record(conn, job_id, owner, outcomes, documents=source in ("documents", "paths"))
+        _record(conn, job_id, lease.owner, outcomes,
+                documents=source in ("documents", "paths"))
     if not last:
         return None
-    conn.execute(update(Chunk)
-                 .where(Chunk.job_id == job_id, Chunk.seq == seq)
-                 .values(status=ChunkStatus.DONE, lease_owner=None, lease_expires_at=None))
     _maybe_complete(conn, job_id)
     return broker.next_chunk(db, job_id) if moves else None
 
@@ -239,13 +265,12 @@ def _finish(conn: Connection, job_id: str, outcomes: list[Outcome]
     return {status: (n, prompt, completion) for status, (n, prompt, completion) in counts.items()}
 
 
-def _finish_cancelled(db_url: str, job_id: str, seq: int) -> None:
+def _finish_cancelled(db_url: str, lease: leases.Lease) -> None:
     with session(db_url) as db, db.begin():
-        db.execute(update(Item).where(Item.job_id == job_id, Item.chunk == seq,
+        leases.fence(db, lease, done=True)
+        db.execute(update(Item).where(Item.job_id == lease.job_id, Item.chunk == lease.seq,
                                       Item.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING)))
                    .values(status=ItemStatus.CANCELLED))
-        db.execute(update(Chunk).where(Chunk.job_id == job_id, Chunk.seq == seq)
-                   .values(status=ChunkStatus.DONE, lease_owner=None, lease_expires_at=None))
 
 
 def _maybe_complete(conn: Connection, job_id: str) -> None:

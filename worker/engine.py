@@ -13,7 +13,10 @@ import logging
 import os
 import queue
 import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,7 @@ import psutil
 from pydantic import BaseModel, Field
 from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.exceptions import EngineDeadError
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +87,18 @@ class EngineDead(RuntimeError):
     """The engine (or its core process) is gone; the worker must restart."""
 
 
+class EngineStalled(EngineDead):
+    """The engine held requests but finished no step within the stall limit."""
+
+
+class RequestRefused(Exception):
+    """The engine refused one request (validation, a grammar it cannot compile, an
+    adapter): that attempt fails with the engine's reason and the engine serves on."""
+
+
 class EngineHost:
-    def __init__(self, model: str, options: EngineOptions, seed: int = 0) -> None:
+    def __init__(self, model: str, options: EngineOptions, *, seed: int = 0,
+                 stall_seconds: float = 300.0) -> None:
         from vllm import LLM
         from vllm.platforms import current_platform
 
@@ -97,6 +111,15 @@ class EngineHost:
         self._lock = threading.Lock()
         self._dead: BaseException | None = None
         self._stop = threading.Event()
+        self.stall_seconds = stall_seconds
+        # When the step loop last came round: a step that never returns stops it.
+        self._progress = time.monotonic()
+        # Chunks whose requests are to be dropped (their lease was lost), and the one
+        # chunk that has the engine to itself (an isolated item, see `solo`).
+        self._aborts: queue.Queue[tuple[str, BaseException]] = queue.Queue()
+        self._aborted: dict[str, BaseException] = {}
+        self._gate = threading.Condition()
+        self._solo: str | None = None
         self._children = psutil.Process().children(recursive=True)
         self._thread = threading.Thread(target=self._run, name="engine-host", daemon=True)
         self._thread.start()
@@ -107,6 +130,7 @@ class EngineHost:
         """Queue one request, with the job's LoRA adapter if it has one; its future
         resolves to the finished vLLM RequestOutput."""
         future: Future[Any] = Future()
+        self._wait_turn(request_id)
         if self._dead is not None:
             future.set_exception(EngineDead(str(self._dead)))
             return future
@@ -137,6 +161,42 @@ class EngineHost:
     def alive(self) -> bool:
         return self._dead is None and self._thread.is_alive()
 
+    def progressing(self) -> bool:
+        """Alive, and not holding requests without finishing a step for the stall limit."""
+        return self.alive and not self._stalled_too_long()
+
+    def _stalled_too_long(self) -> bool:
+        return bool(self._pending) and time.monotonic() - self._progress > self.stall_seconds
+
+    def abort(self, tag: str, reason: BaseException) -> None:
+        """Drop every request of chunk `tag` (its lease was lost): their futures fail with
+        `reason`, and the engine stops computing them."""
+        self._aborts.put((f"{tag}:", reason))
+
+    @contextmanager
+    def solo(self, tag: str) -> Iterator[None]:
+        """The engine to chunk `tag` alone: other chunks' new requests wait, and it starts
+        once their requests in flight are done. A worker death while an isolated item runs
+        so is that item's doing, not a neighbour's from another slot (worker.chunks)."""
+        with self._gate:
+            self._gate.wait_for(lambda: self._solo is None)
+            self._solo = f"{tag}:"
+        try:
+            while self._pending or not self._inbox.empty():
+                if self._dead is not None:
+                    raise EngineDead(str(self._dead))
+                time.sleep(0.05)
+            yield
+        finally:
+            with self._gate:
+                self._solo = None
+                self._gate.notify_all()
+
+    def _wait_turn(self, request_id: str) -> None:
+        with self._gate:
+            self._gate.wait_for(lambda: self._solo is None or request_id.startswith(self._solo)
+                                or self._dead is not None)
+
     def load(self) -> tuple[int, int, int]:
         """(requests in the engine, requests not yet handed to it, max_num_seqs): read
         without the engine core, cheap enough for every metrics scrape."""
@@ -155,6 +215,8 @@ class EngineHost:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
+                self._progress = time.monotonic()
+                self._abort_lost()
                 self._admit(block=not self.engine.has_unfinished_requests())
                 if self.engine.has_unfinished_requests():
                     self._step()
@@ -173,6 +235,20 @@ class EngineHost:
                 log.error("engine core process gone (%s); failing in-flight requests",
                           gone or "flagged dead")
                 self._die(EngineDead(f"engine core process gone: {gone or 'flagged dead'}"))
+            elif self._stalled_too_long():
+                self._stalled()
+
+    def _stalled(self) -> None:
+        """A step that never returns (a hung or stopped engine core) will not come back:
+        the core is killed, and what it held fails as a dead engine's would."""
+        waited = time.monotonic() - self._progress
+        log.error("the engine holds %d requests and finished no step for %.0f s (stall "
+                  "limit %.0f s): killing its core process", len(self._pending), waited,
+                  self.stall_seconds)
+        for child in self._children:
+            with suppress(psutil.NoSuchProcess):
+                child.kill()
+        self._die(EngineStalled(f"no engine step finished for {waited:.0f} s"))
 
     def _die(self, exc: BaseException) -> None:
         with self._lock:
@@ -184,6 +260,8 @@ class EngineHost:
                 future.set_exception(EngineDead(f"engine died: {exc!r}"))
         while not self._inbox.empty():
             self._inbox.get_nowait().future.set_exception(EngineDead(repr(exc)))
+        with self._gate:
+            self._gate.notify_all()  # submitters waiting for a solo chunk see the death
 
     def _admit(self, block: bool) -> None:
         try:
@@ -200,6 +278,11 @@ class EngineHost:
     def _add(self, request: Request) -> None:
         if request.future.cancelled():
             return
+        lost = next((reason for tag, reason in self._aborted.items()
+                     if request.request_id.startswith(tag)), None)
+        if lost is not None:
+            request.future.set_exception(lost)
+            return
         try:
             prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
             # Only finished outputs are read; FINAL_ONLY also makes vLLM gather all n samples
@@ -207,11 +290,39 @@ class EngineHost:
             request.params.output_kind = RequestOutputKind.FINAL_ONLY
             self.engine.add_request(request.request_id, prompt, request.params,
                                     lora_request=request.lora)
-        except (ValueError, TypeError) as exc:  # this request only: bad length, bad params
-            request.future.set_exception(exc)
+        except EngineDeadError as exc:
+            request.future.set_exception(EngineDead(f"engine died: {exc!r}"))
+            raise
+        except Exception as exc:  # this request only: its length, params, grammar, adapter
+            self._forget(request.request_id)
+            request.future.set_exception(RequestRefused(str(exc) or type(exc).__name__))
             return
+        except BaseException as exc:  # the step loop dies of it: this request with the rest
+            request.future.set_exception(EngineDead(f"engine died: {exc!r}"))
+            raise
         with self._lock:
             self._pending[request.request_id] = request.future
+
+    def _forget(self, request_id: str) -> None:
+        """Whatever a refused add left behind in the engine's bookkeeping goes."""
+        try:
+            self.engine.abort_request([request_id])
+        except Exception:
+            log.debug("nothing to abort for refused request %s", request_id, exc_info=True)
+
+    def _abort_lost(self) -> None:
+        while not self._aborts.empty():
+            tag, reason = self._aborts.get_nowait()
+            self._aborted[tag] = reason
+            if len(self._aborted) > 256:  # that chunk's thread stopped asking long ago
+                del self._aborted[next(iter(self._aborted))]
+            with self._lock:
+                ids = [rid for rid in self._pending if rid.startswith(tag)]
+                futures = [self._pending.pop(rid) for rid in ids]
+            if ids:
+                self.engine.abort_request(ids)
+            for future in futures:
+                future.set_exception(reason)
 
     def _step(self) -> None:
         for output in self.engine.step():

@@ -18,18 +18,18 @@ from typing import Any
 from vllm.exceptions import VLLMClientError
 
 from quality import checks, ladder, semantic
-from quality.checks import Answer
+from quality.checks import Answer, Verdict
 from schemas.spec import JobSpec
 from schemas.tables import ItemStatus
 from worker.attempts import ItemRun, Outcome
 from worker.documents import DocumentRun, needs_split
-from worker.engine import EngineHost
+from worker.engine import EngineHost, RequestRefused
 from worker.labels import label_probabilities
 from worker.prompts import Prompt, PromptTooLong, build, encode_many, question, sampling_for
 from worker.requests import Chunk, ask, ask_judge
 
 # What an item's own request can be refused for: the item fails, its chunk goes on.
-REFUSED = (PromptTooLong, KeyError, ValueError, TypeError, VLLMClientError)
+REFUSED = (PromptTooLong, KeyError, ValueError, TypeError, VLLMClientError, RequestRefused)
 
 
 def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[str, Any]]],
@@ -90,6 +90,17 @@ def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[
             if run.settled:
                 continue  # a sibling request (another judge criterion) already decided it
             refused = future.exception()
+            if isinstance(refused, RequestRefused) and purpose == "answer":
+                # An attempt like any other that fell short: the ladder goes on, or the
+                # item fails with the engine's reason.
+                run.last.verdicts.append(Verdict("engine", False,
+                                                 reason=f"the engine refused it: {refused}"))
+                follow = _retry_or_stop(chunk, run)
+                if follow is None:
+                    settle(run, run.outcome(spec))
+                else:
+                    waiting.update({f: (run, p) for f, p in follow})
+                continue
             if refused is not None:
                 if not isinstance(refused, REFUSED):
                     raise refused

@@ -1,37 +1,59 @@
-"""Chunk leases: who runs a chunk, until when, kept alive by a heartbeat.
+"""Chunk leases: who runs a chunk, until when, kept alive by a heartbeat, and fencing
+every write.
 
 A redelivered or duplicated message finds the chunk leased or done and is dropped;
 a chunk whose worker died is free again once its lease runs out, without waiting
-for Redis's visibility timeout.
+for Redis's visibility timeout. A lease is (owner, delivery number): a worker that
+lost its lease (paused past it, while another took the chunk) writes nothing, and
+expiry is reckoned by the database's clock, not by each worker's own.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from schemas.db import session
-from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobState, utcnow
+from schemas.db import clock, session
+from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobState
 
 log = logging.getLogger(__name__)
 
 
-def claim(db_url: str, job_id: str, seq: int, owner: str, ttl: float) -> int:
-    """Take the chunk if it is free (pending, or leased by someone whose lease expired).
+@dataclass(frozen=True)
+class Lease:
+    """One taking of a chunk: the owner and which delivery it is."""
 
-    Returns how many times the chunk has now been taken (0: not taken)."""
+    job_id: str
+    seq: int
+    owner: str
+    deliveries: int
+
+    @property
+    def tag(self) -> str:
+        """The chunk's part of its engine request ids (worker.requests)."""
+        return f"{self.job_id}:{self.seq}"
+
+
+class LeaseLost(Exception):
+    """This worker no longer holds the chunk: another took it, or it ended."""
+
+
+def claim(db_url: str, job_id: str, seq: int, owner: str, ttl: float) -> Lease | None:
+    """Take the chunk if it is free (pending, or leased by someone whose lease expired)."""
     with session(db_url) as db, db.begin():
         return take(db, job_id, seq, owner, ttl)
 
 
-def take(db: Session, job_id: str, seq: int, owner: str, ttl: float) -> int:
+def take(db: Session, job_id: str, seq: int, owner: str, ttl: float) -> Lease | None:
     """`claim` within the caller's transaction (worker.chunks.rehearse rolls it back)."""
-    now = utcnow()
+    now = clock(db)
     taken = cast(CursorResult[Any], db.execute(
         update(Chunk)
         .where(Chunk.job_id == job_id, Chunk.seq == seq)
@@ -46,49 +68,76 @@ def take(db: Session, job_id: str, seq: int, owner: str, ttl: float) -> int:
             log.warning("chunk %s/%s is not in this worker's database: does another "
                         "deployment, with another database, share this Redis database?",
                         job_id, seq)
-        return 0
+        return None
     db.execute(update(Item).where(Item.job_id == job_id, Item.chunk == seq,
                                   Item.status == ItemStatus.PENDING)
                .values(status=ItemStatus.RUNNING))
     db.execute(update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
                .values(state=JobState.RUNNING, started_at=now))
-    return int(db.scalar(select(Chunk.deliveries)
-                         .where(Chunk.job_id == job_id, Chunk.seq == seq)) or 0)
+    deliveries = db.scalar(select(Chunk.deliveries).where(Chunk.job_id == job_id,
+                                                          Chunk.seq == seq))
+    return Lease(job_id, seq, owner, int(deliveries or 0))
 
 
-def release(db_url: str, job_id: str, seq: int, owner: str) -> None:
-    """Hand a chunk back (shutdown, engine death): it is pending again at once."""
+def fence(db: Session | Any, lease: Lease, *, done: bool) -> None:
+    """In the caller's write transaction, before anything else it writes: raise LeaseLost
+    unless `lease` still holds the chunk. The row it updates stays locked until commit,
+    so no one can take the chunk in between. With `done`, the chunk is finished too."""
+    values: dict[str, Any] = {"lease_owner": lease.owner}
+    if done:
+        values = {"status": ChunkStatus.DONE, "lease_owner": None, "lease_expires_at": None}
+    held = cast(CursorResult[Any], db.execute(
+        update(Chunk)
+        .where(Chunk.job_id == lease.job_id, Chunk.seq == lease.seq,
+               Chunk.lease_owner == lease.owner, Chunk.deliveries == lease.deliveries,
+               Chunk.status == ChunkStatus.LEASED)
+        .values(**values))).rowcount
+    if not held:
+        raise LeaseLost(f"chunk {lease.tag} is no longer leased by {lease.owner} "
+                        f"(delivery {lease.deliveries})")
+
+
+def release(db_url: str, lease: Lease) -> bool:
+    """Hand a chunk back (shutdown, engine death): it is pending again at once. False when
+    the lease was no longer held (nothing to hand back)."""
     with session(db_url) as db, db.begin():
         released = cast(CursorResult[Any], db.execute(
             update(Chunk)
-            .where(Chunk.job_id == job_id, Chunk.seq == seq, Chunk.lease_owner == owner,
+            .where(Chunk.job_id == lease.job_id, Chunk.seq == lease.seq,
+                   Chunk.lease_owner == lease.owner, Chunk.deliveries == lease.deliveries,
                    Chunk.status == ChunkStatus.LEASED)
             .values(status=ChunkStatus.PENDING, lease_owner=None, lease_expires_at=None)
         )).rowcount
         if released:
-            db.execute(update(Item).where(Item.job_id == job_id, Item.chunk == seq,
+            db.execute(update(Item).where(Item.job_id == lease.job_id, Item.chunk == lease.seq,
                                           Item.status == ItemStatus.RUNNING)
                        .values(status=ItemStatus.PENDING))
+    return bool(released)
 
 
 class Heartbeat:
-    """Renews the leases this process holds, every third of their length."""
+    """Renews the leases this process holds, every third of their length, while `healthy`
+    says the worker makes progress (a stalled engine lets its leases run out). A lease
+    found gone is reported to `on_lost` once."""
 
-    def __init__(self, db_url: str, owner: str, ttl: float) -> None:
+    def __init__(self, db_url: str, owner: str, ttl: float, *,
+                 healthy: Callable[[], bool] = lambda: True,
+                 on_lost: Callable[[Lease], None] = lambda lease: None) -> None:
         self.db_url, self.owner, self.ttl = db_url, owner, ttl
-        self.held: set[tuple[str, int]] = set()
+        self.healthy, self.on_lost = healthy, on_lost
+        self.held: set[Lease] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
         self._thread.start()
 
-    def hold(self, job_id: str, seq: int) -> None:
+    def hold(self, lease: Lease) -> None:
         with self._lock:
-            self.held.add((job_id, seq))
+            self.held.add(lease)
 
-    def drop(self, job_id: str, seq: int) -> None:
+    def drop(self, lease: Lease) -> None:
         with self._lock:
-            self.held.discard((job_id, seq))
+            self.held.discard(lease)
 
     def stop(self) -> None:
         self._stop.set()
@@ -100,16 +149,32 @@ class Heartbeat:
             except Exception:  # a missed beat is survivable; the next one may get through
                 log.exception("lease heartbeat failed")
 
-    def renew(self) -> None:
+    def renew(self) -> list[Lease]:
+        """Extend every held lease; returns those found lost (and drops them)."""
         with self._lock:
             held = list(self.held)
         if not held:
-            return
-        expires = utcnow() + timedelta(seconds=self.ttl)
+            return []
+        if not self.healthy():
+            log.error("the engine makes no progress: leases of %d chunk(s) not renewed",
+                      len(held))
+            return []
+        lost = []
         with session(self.db_url) as db, db.begin():
-            for job_id, seq in held:
-                db.execute(update(Chunk)
-                           .where(Chunk.job_id == job_id, Chunk.seq == seq,
-                                  Chunk.lease_owner == self.owner,
-                                  Chunk.status == ChunkStatus.LEASED)
-                           .values(lease_expires_at=expires))
+            expires = clock(db) + timedelta(seconds=self.ttl)
+            for lease in held:
+                renewed = cast(CursorResult[Any], db.execute(
+                    update(Chunk)
+                    .where(Chunk.job_id == lease.job_id, Chunk.seq == lease.seq,
+                           Chunk.lease_owner == self.owner,
+                           Chunk.deliveries == lease.deliveries,
+                           Chunk.status == ChunkStatus.LEASED)
+                    .values(lease_expires_at=expires))).rowcount
+                if not renewed:
+                    lost.append(lease)
+        for lease in lost:
+            log.warning("lost the lease on chunk %s (another worker took it, or it ended): "
+                        "its requests are aborted", lease.tag)
+            self.drop(lease)
+            self.on_lost(lease)
+        return lost

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import NIGHTSHIFT, Stack
+from conftest import NIGHTSHIFT, Stack, lease
 
 from producer.cli import cli
 from worker.chunks import write
@@ -28,7 +28,7 @@ def run(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Invoke:
     def invoke(*args: str, code: int = 0) -> str:
         result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
         assert result.exit_code == code, result.output
-        return result.output
+        return result.stdout if code == 0 else result.output  # notes on stderr are not data
 
     return invoke
 
@@ -51,7 +51,7 @@ def test_status_json_has_the_contract_keys(run: Invoke, tmp_path: Path) -> None:
 def test_results_export_jsonl_csv_and_openai_from_sql(stack: Stack, run: Invoke,
                                                       tmp_path: Path) -> None:
     job = _job(run, tmp_path)
-    write(stack.db_url, job, 0, "w", [
+    write(stack.db_url, lease(stack.db_url, job, 0, "w"), [
         Outcome(0, "succeeded", output="zero", finish_reason="stop", prompt_tokens=5,
                 completion_tokens=2),
         Outcome(1, "succeeded", output="one", finish_reason="length", prompt_tokens=5,
@@ -103,12 +103,12 @@ def test_watch_follows_a_running_job_until_its_last_chunk_is_written(
     try:
         assert watching.stdout is not None
         first = json.loads(watching.stdout.readline())  # watch is up before anything runs
-        write(stack.db_url, job, 0, "w", [Outcome(i, "succeeded", output="ok")
+        write(stack.db_url, lease(stack.db_url, job, 0, "w"), [Outcome(i, "succeeded", output="ok")
                                           for i in (0, 1)])
         seen = [first]
         while seen[-1]["succeeded"] < 2:
             seen.append(json.loads(watching.stdout.readline()))
-        write(stack.db_url, job, 1, "w", [Outcome(i, "succeeded", output="ok")
+        write(stack.db_url, lease(stack.db_url, job, 1, "w"), [Outcome(i, "succeeded", output="ok")
                                           for i in (2, 3)])
         seen += [json.loads(line) for line in watching.stdout]
         assert watching.wait(timeout=30) == 0

@@ -62,7 +62,7 @@ def test_a_job_starting_later_is_not_enqueued_until_reconcile_finds_it_due(
                                    "--start-at", start.isoformat(), "--json"],
                              catch_exceptions=False)
     assert out.exit_code == 0, out.output
-    job_id = json.loads(out.output)["job_id"]
+    job_id = json.loads(out.stdout)["job_id"]
 
     shown = status(stack.db_url, job_id)
     assert shown["state"] == JobState.SCHEDULED
@@ -89,7 +89,8 @@ def test_the_deadline_cancels_pending_items_and_running_chunks_finish(
     deadline = datetime.now(UTC) + timedelta(hours=1)
     job = submit(settings, JobSpec(chunk_size=2), _jsonl(tmp_path, 5),
                  schedule=Schedule(deadline=deadline)).job_id
-    assert leases.claim(stack.db_url, job, 0, "w1", 60) == 1  # chunk 0 is running
+    running = leases.claim(stack.db_url, job, 0, "w1", 60)  # chunk 0 is running
+    assert running is not None and running.deliveries == 1
 
     early = reconcile(stack.db_url, stack.broker_url, now=deadline - timedelta(seconds=1))
     assert job not in early.expired
@@ -102,8 +103,8 @@ def test_the_deadline_cancels_pending_items_and_running_chunks_finish(
     assert shown["state"] == JobState.CANCELLED
     assert "deadline" in shown["reason"] and "passed" in shown["reason"]
 
-    write(stack.db_url, job, 0, "w1", [Outcome(0, ItemStatus.SUCCEEDED, output="a"),
-                                       Outcome(1, ItemStatus.SUCCEEDED, output="b")])
+    write(stack.db_url, running, [Outcome(0, ItemStatus.SUCCEEDED, output="a"),
+                                  Outcome(1, ItemStatus.SUCCEEDED, output="b")])
     shown = status(stack.db_url, job)
     assert (shown["succeeded"], shown["cancelled"], shown["state"]) == (2, 3, "cancelled")
 

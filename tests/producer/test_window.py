@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import redis
-from conftest import Stack
+from conftest import Stack, lease
 
 from producer.reconcile import reconcile
 from producer.submit import submit
@@ -49,8 +49,8 @@ def test_a_small_job_behind_a_big_one_waits_for_a_window_not_for_all_of_it(
     assert _next_up(stack) == [(big, 0), (big, 1), (big, 2), (small, 0), (small, 1)]
 
     # The big job's first chunk finishes: its next chunk queues behind the small job.
-    write(stack.db_url, big, 0, "w", [Outcome(i, "succeeded", output="x") for i in (0, 1)],
-          broker_url=stack.broker_url)
+    write(stack.db_url, lease(stack.db_url, big, 0, "w"),
+          [Outcome(i, "succeeded", output="x") for i in (0, 1)], broker_url=stack.broker_url)
     assert _next_up(stack)[-3:] == [(small, 0), (small, 1), (big, 3)]
     with db.session(stack.db_url) as s:
         assert s.get_one(Job, big).enqueued == 4 and s.get_one(Job, small).enqueued == 2

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import Stack
+from conftest import Stack, lease
 
 from producer.submit import submit
 from quality import html
@@ -47,7 +47,7 @@ def test_the_report_counts_first_try_and_final_passes_attempts_and_failures(
                             for i in range(4)))
     settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
     job = submit(settings, JobSpec(checks=["not_truncated"], chunk_size=4), path).job_id
-    write(stack.db_url, job, 0, "w", [
+    write(stack.db_url, lease(stack.db_url, job, 0, "w"), [
         _outcome(0, [_try(1, FINE)], {"rouge_l": 1.0, "bleu": 1.0, "exact_match": True}),
         _outcome(1, [_try(1, TRUNCATED), _try(2, FINE, 20)],
                  {"rouge_l": 0.5, "bleu": 0.2, "exact_match": False}),

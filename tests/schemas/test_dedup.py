@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import Stack
+from conftest import Stack, lease
 from sqlalchemy import select
 
 from producer.submit import submit
@@ -46,8 +46,9 @@ def test_a_copy_of_a_document_does_not_run_and_takes_the_first_ones_result(
     with db.session(stack.db_url) as s:
         _, runnable = _load(s, job, 0)
     assert sorted(seq for seq, *_ in runnable) == sorted([a[0], b[0]])
-    write(stack.db_url, job, 0, "w", [Outcome(a[0], "succeeded", output="summary of a"),
-                                      Outcome(b[0], "succeeded", output="summary of b")])
+    write(stack.db_url, lease(stack.db_url, job, 0, "w"),
+          [Outcome(a[0], "succeeded", output="summary of a"),
+           Outcome(b[0], "succeeded", output="summary of b")])
     with db.session(stack.db_url) as s:
         outputs = dict(s.execute(select(Result.item_seq, Result.output)
                                  .where(Result.job_id == job)).all())
@@ -63,7 +64,7 @@ def test_reuse_results_takes_an_earlier_jobs_answer_only_when_everything_matches
     spec = JobSpec(template="Summarize: {{ text }}", chunk_size=10)
     first = submit(settings, spec, docs, "documents").job_id
     seqs = _items(stack, first)
-    write(stack.db_url, first, 0, "w", [
+    write(stack.db_url, lease(stack.db_url, first, 0, "w"), [
         Outcome(seqs["a.txt"][0], "succeeded", output="summary of a"),
         Outcome(seqs["b.txt"][0], "failed", error="engine refused")])
 

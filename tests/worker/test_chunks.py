@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from conftest import Stack
+import pytest
+from conftest import Stack, lease
 from scripted import ScriptedHost
 from sqlalchemy import event, func, select, update
 from sqlalchemy.engine import default
@@ -17,30 +20,42 @@ from producer.submit import submit
 from schemas import db
 from schemas.settings import load
 from schemas.spec import JobSpec
-from schemas.tables import Base, Item, Job, JobCount, JobState, Result
+from schemas.tables import Attempt, Base, Chunk, ChunkStatus, Item, Job, JobCount, JobState, Result
 from worker import leases
 from worker.chunks import Runtime, rehearse, run_chunk, write
 from worker.generate import Outcome
 
 
-def test_writing_a_chunk_twice_leaves_one_result_per_item(stack: Stack, tmp_path: Path) -> None:
+def test_a_write_by_a_worker_that_lost_its_lease_changes_nothing(
+        stack: Stack, tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(4)))
     settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
     job = submit(settings, JobSpec(chunk_size=2), path).job_id
+    stale = leases.claim(stack.db_url, job, 0, "w1", ttl=-1)  # paused past its lease
+    assert stale is not None
+    live = lease(stack.db_url, job, 0, "w2")
+    before = _rows(stack.db_url)
 
-    first = [Outcome(i, "succeeded", output=f"first {i}") for i in (0, 1)]
-    again = [Outcome(i, "succeeded", output=f"again {i}") for i in (0, 1)]
-    write(stack.db_url, job, 0, "w1", first)
-    write(stack.db_url, job, 0, "w2", again)
+    with pytest.raises(leases.LeaseLost, match="no longer leased by w1"):
+        write(stack.db_url, stale, [Outcome(i, "succeeded", output=f"stale {i}") for i in (0, 1)])
+    assert _rows(stack.db_url) == before
     with db.session(stack.db_url) as s:
-        rows = s.execute(select(Result.item_seq, Result.output).where(Result.job_id == job)
-                         .order_by(Result.item_seq)).all()
-        assert rows == [(0, "again 0"), (1, "again 1")]
-        assert s.get_one(Job, job).state == JobState.QUEUED
+        chunk = s.get_one(Chunk, (job, 0))
+        assert (chunk.status, chunk.lease_owner) == (ChunkStatus.LEASED, "w2")
 
-    write(stack.db_url, job, 1, "w1", [Outcome(2, "succeeded", output="x"),
-                                       Outcome(3, "failed", error="prompt is too long")])
+    write(stack.db_url, live, [Outcome(i, "succeeded", output=f"again {i}") for i in (0, 1)])
+    with pytest.raises(leases.LeaseLost):  # the chunk is done: a late stale write still fails
+        write(stack.db_url, stale, [Outcome(0, "failed", error="late")])
+    with db.session(stack.db_url) as s:
+        rows = s.execute(select(Result.item_seq, Result.output, Result.worker)
+                         .where(Result.job_id == job).order_by(Result.item_seq)).all()
+        assert rows == [(0, "again 0", "w2"), (1, "again 1", "w2")]
+        assert s.get_one(Job, job).state == JobState.RUNNING
+        assert not s.scalars(select(Attempt).where(Attempt.worker == "w1")).all()
+
+    write(stack.db_url, lease(stack.db_url, job, 1, "w1"),
+          [Outcome(2, "succeeded", output="x"), Outcome(3, "failed", error="prompt is too long")])
     with db.session(stack.db_url) as s:
         assert s.scalar(select(func.count()).select_from(Result)
                         .where(Result.job_id == job)) == 4
@@ -55,9 +70,13 @@ def test_several_writers_at_once_leave_one_row_per_item_and_complete_the_job(
     job = submit(settings, JobSpec(chunk_size=5), path).job_id
 
     def writer(chunk: int) -> None:
+        """Claims with a lease that is out at once, so the chunk's other writer can take
+        it too: one of the two writes lands, or both, in turn; never a stale one."""
         seqs = range(chunk * 5, chunk * 5 + 5)
-        write(stack.db_url, job, chunk, f"w{chunk}",
-              [Outcome(i, "succeeded", output=str(i)) for i in seqs])
+        taken = leases.claim(stack.db_url, job, chunk, f"w{chunk}-{uuid.uuid4().hex}", ttl=-1)
+        if taken is not None:
+            with contextlib.suppress(leases.LeaseLost):
+                write(stack.db_url, taken, [Outcome(i, "succeeded", output=str(i)) for i in seqs])
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(writer, [*range(8), *range(8)]))  # every chunk twice, all at once
@@ -77,11 +96,13 @@ def test_a_rewritten_chunk_keeps_counters_exact_and_clears_what_it_no_longer_say
     settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
     job = submit(settings, JobSpec(chunk_size=6), path).job_id
 
-    write(stack.db_url, job, 0, "w1", [
+    first = leases.claim(stack.db_url, job, 0, "w1", ttl=-1)  # then lost: another re-runs it
+    assert first is not None
+    write(stack.db_url, first, [
         Outcome(i, "failed" if i % 2 else "succeeded", output=f"o{i}",
                 error="bad" if i % 2 else None, prompt_tokens=10, completion_tokens=i)
-        for i in range(6)])
-    write(stack.db_url, job, 0, "w2", [  # a re-run: every item succeeds, no errors at all
+        for i in range(6)], last=False)
+    write(stack.db_url, lease(stack.db_url, job, 0, "w2"), [  # every item succeeds this time
         Outcome(i, "succeeded", output=f"again {i}", prompt_tokens=20, completion_tokens=1)
         for i in range(6)])
 
@@ -107,10 +128,11 @@ def test_a_write_counts_the_running_items_it_finishes_and_the_triggers_count_the
     path.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(5)))
     settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
     job = submit(settings, JobSpec(chunk_size=5), path).job_id
+    held = lease(stack.db_url, job, 0, "w1")
     with db.session(stack.db_url) as s, s.begin():
-        s.execute(update(Item).where(Item.job_id == job, Item.seq < 3).values(status="running"))
+        s.execute(update(Item).where(Item.job_id == job, Item.seq >= 3).values(status="pending"))
 
-    write(stack.db_url, job, 0, "w1", [
+    write(stack.db_url, held, [
         Outcome(0, "succeeded", output="a", prompt_tokens=3, completion_tokens=4),
         Outcome(1, "failed", error="bad", prompt_tokens=3, completion_tokens=0),
         Outcome(3, "succeeded", output="b", prompt_tokens=5, completion_tokens=6)])
