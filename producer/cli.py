@@ -145,6 +145,7 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
           --check confidence:min=0.6
       nightshift submit prompts.jsonl --lora ./adapters/support-tone   # LoRA per job
     """
+    from producer import grammar
     from producer import schedule as schedules
     from producer.submit import submit as do_submit
 
@@ -162,6 +163,7 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
                       sampling={"temperature": temperature, "top_p": top_p,
                                 "max_tokens": max_tokens, "seed": seed, "n": samples})
     schedule = schedules.parse(start_at, deadline, priority)
+    grammar.check(spec)
     if dry_run:
         from producer.preflight import preflight
 
@@ -190,6 +192,22 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
                       else "")
                    + (f"; {done.reused} answered from earlier jobs" if done.reused else ""),
                    err=True)
+    _warn_unserved(settings.database_url, spec.model)
+
+
+def _warn_unserved(db_url: str, model: str) -> None:
+    """On stderr: no live worker hosts the job's model (a typo in a model name would
+    otherwise be a job that waits forever, unnoticed)."""
+    from worker import presence
+
+    with db.reader(db_url) as s:
+        live = presence.live_models(s)
+    if model in live:
+        return
+    hosted = f"live workers host {', '.join(sorted(live))}" if live else "no worker is live"
+    click.secho(f"warning: no worker for model {model} seen in the last {presence.minutes()} "
+                f"({hosted}); the job waits until one starts (nightshift worker --model "
+                f"{model})", err=True, fg="yellow")
 
 
 def build_spec(spec_file: Path | None, sampling: dict[str, Any], **given: Any) -> JobSpec:
@@ -351,13 +369,17 @@ def cancel(job_id: str, as_json: bool, broker_url: str | None, database_url: str
       nightshift cancel JOB --json      # the job's status afterwards
     """
     settings = settings_from(database_url=database_url)
-    shown = jobs.cancel(settings.database_url, job_id)
-    click.echo(json.dumps(shown) if as_json else f"{job_id}: {shown['state']}")
+    stopped, shown = jobs.cancel(settings.database_url, job_id)
+    if not stopped:
+        click.echo(f"job {shown['job_id']} had already ended ({shown['state']}): nothing to "
+                   "cancel", err=True)
+    click.echo(json.dumps(shown) if as_json else f"{shown['job_id']}: {shown['state']}")
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True,
-              help='Print {"started": [...], "expired": [...], "resent": {...}}.')
+              help='Print {"started": [...], "expired": [...], "abandoned": N, '
+              '"resent": {...}}.')
 @connection_options
 def reconcile(as_json: bool, broker_url: str | None, database_url: str | None) -> None:
     """Start scheduled jobs whose time has come, cancel jobs past their deadline, and
@@ -376,12 +398,14 @@ def reconcile(as_json: bool, broker_url: str | None, database_url: str | None) -
     done = do_reconcile(settings.database_url, settings.broker_url, window=settings.window)
     if as_json:
         click.echo(json.dumps({"started": done.started, "expired": done.expired,
-                               "resent": done.resent}))
+                               "abandoned": done.abandoned, "resent": done.resent}))
         return
     for job_id in done.started:
         click.echo(f"{job_id}: started (its start time has passed)")
     for job_id in done.expired:
         click.echo(f"{job_id}: cancelled (its deadline has passed)")
+    if done.abandoned:
+        click.echo(f"{done.abandoned} chunk(s) of cancelled jobs ended (no worker held them)")
     click.echo(f"{sum(done.resent.values())} chunk message(s) enqueued again")
 
 
@@ -447,6 +471,9 @@ def upgrade(as_json: bool, broker_url: str | None, database_url: str | None) -> 
 @click.option("--max-lora-rank", type=int, help="Largest adapter rank [default: vLLM's, 16].")
 @click.option("--max-loras", type=int, help="Adapters in one batch at once [default: 1].")
 @click.option("--lease-seconds", type=float, help="Lease length [default: 30].")
+@click.option("--stall-seconds", type=float, help="An engine that holds requests and finishes "
+              "no step for this long is stuck: the worker hands its chunks back and exits 70 "
+              "[default: 300].")
 @click.option("--name", help="Worker name in logs and leases [default: the host name].")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
@@ -454,7 +481,8 @@ def upgrade(as_json: bool, broker_url: str | None, database_url: str | None) -> 
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="Serve Prometheus metrics at :PORT/metrics (0: off; e.g. 9400).")
 @connection_options
-def worker(model: str | None, slots: int, lease_seconds: float | None, name: str | None,
+def worker(model: str | None, slots: int, lease_seconds: float | None,
+           stall_seconds: float | None, name: str | None,
            loglevel: str, log_format: str, metrics_port: int, broker_url: str | None,
            database_url: str | None, **engine: Any) -> None:
     """Start a Celery worker that hosts one vLLM engine for its whole life.
@@ -474,7 +502,7 @@ def worker(model: str | None, slots: int, lease_seconds: float | None, name: str
     from worker.serve import serve
 
     settings = settings_from(broker_url=broker_url, database_url=database_url, model=model,
-                             lease_seconds=lease_seconds)
+                             lease_seconds=lease_seconds, stall_seconds=stall_seconds)
     kv_gib = engine.pop("kv_cache_memory")
     if kv_gib is not None:
         engine["kv_cache_memory_bytes"] = int(kv_gib * 2**30)
@@ -515,22 +543,79 @@ def report(job_id: str, as_json: bool, html_path: Path | None, broker_url: str |
     click.echo(json.dumps(shown) if as_json else reports.text(shown))
 
 
+@cli.command(name="workers")
+@click.option("--all", "everyone", is_flag=True, help="Stopped and stale workers too (stale: "
+              "never stopped, silent for 5 min: killed, or its host gone), for a week.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object a worker: "
+              "id (its lease owner), name, host, pid, model, slots, state (running, stopped, "
+              "stale), started_at, last_heartbeat_at, heartbeat_age_s, tokens_per_s.")
+@connection_options
+def workers(everyone: bool, as_json: bool, broker_url: str | None,
+            database_url: str | None) -> None:
+    """Live workers (a heartbeat in the last 5 min): name, host, model, slots, generated
+    tokens/s over the last minute, and when each last beat (every 5 s).
+
+    \b
+    Examples:
+      nightshift workers
+      nightshift workers --json | jq -r '.[].model' | sort -u
+      nightshift workers --all          # stopped and stale ones too
+    """
+    from worker import presence
+
+    settings = settings_from(database_url=database_url)
+    db.upgrade(settings.database_url)
+    shown = presence.listed(settings.database_url, everyone=everyone)
+    if as_json:
+        click.echo(json.dumps(shown))
+        return
+    if not shown:
+        click.echo(f"no worker seen in the last {presence.minutes()}"
+                   + ("" if everyone else " (--all: stopped and stale ones too)"), err=True)
+        return
+    click.echo(f"{'name':20}  {'host':20}  {'pid':>7}  {'model':28}  {'slots':>5}  "
+               f"{'tok/s':>7}  {'beat':>9}  state")
+    for w in shown:
+        click.echo(f"{w['name']:20}  {w['host']:20}  {w['pid']:>7}  {w['model']:28}  "
+                   f"{w['slots']:>5}  {w['tokens_per_s']:>7.1f}  {_ago(w['heartbeat_age_s']):>9}"
+                   f"  {w['state']}")
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
+
+
 @cli.command(name="checks")
-def list_checks() -> None:
-    """The quality checks `--check` accepts, with their parameters and defaults.
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON list: name, kinds, params (name, required, default), origin.")
+def list_checks(as_json: bool) -> None:
+    """The quality checks `--check` accepts, with their parameters and defaults: the
+    built-in ones, then those the operator registered here (entry points of group
+    `nightshift.checks` in installed packages, modules named in NIGHTSHIFT_CHECK_MODULES).
 
     \b
     Examples:
       nightshift checks
+      nightshift checks --json | jq -r '.[].name'
       nightshift submit in.jsonl --check length:max=120,unit=words --check no_refusal
     """
-    from quality.checks import CHECKS
+    from quality import checks, registry
 
-    for name, check in CHECKS.items():
-        params = ", ".join(f"{k}={f.get_default(call_default_factory=True)!r}"
-                           if not f.is_required() else f"{k}=..."
-                           for k, f in check.params.model_fields.items())
-        click.echo(f"{name:14} {'/'.join(check.kinds):17} {params}".rstrip())
+    listed = checks.describe()
+    if as_json:
+        click.echo(json.dumps(listed, default=str))
+        return
+    for check in listed:
+        params = ", ".join(f"{p['name']}=..." if p["required"] else
+                           f"{p['name']}={p['default']!r}" for p in check["params"])
+        origin = "" if check["origin"] == "built in" else f"  ({check['origin']})"
+        click.echo(f"{check['name']:14} {'/'.join(check['kinds']):17} {params}{origin}"
+                   .rstrip())
+    if all(check["origin"] == "built in" for check in listed):
+        click.echo(f"no checks registered by the operator ({registry.WHERE})", err=True)
 
 
 @cli.command(name="demo-model")

@@ -3,7 +3,8 @@ with time, and heals what the broker lost.
 
 - A scheduled job whose start time has passed is enqueued (state `queued`).
 - A job past its deadline is cancelled: its pending items end `cancelled`, chunks
-  already running finish.
+  already running finish. A cancelled job's chunks that no live worker holds (handed
+  back, or their worker's lease ran out) end too, their items `cancelled`.
 - A chunk that no message will start (the broker lost it, or its worker died) is
   enqueued again: when its lease has expired, or when it is pending and its model's
   queue holds no messages at all. A message too many is harmless: the lease drops it.
@@ -24,10 +25,10 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, and_, or_, select, update
 
 from producer import broker
-from producer.status import stop
+from producer.status import end_abandoned, stop
 from schemas import db
 from schemas.settings import Settings
-from schemas.tables import Chunk, ChunkStatus, Job, JobState, utcnow
+from schemas.tables import Chunk, ChunkStatus, Job, JobState
 from worker.app import message_priority
 
 
@@ -35,17 +36,26 @@ from worker.app import message_priority
 class Reconciled:
     started: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
+    # Chunks of cancelled jobs ended because no live worker held them.
+    abandoned: int = 0
     # Chunk messages sent again, per model.
     resent: dict[str, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.started or self.expired or any(self.resent.values()))
+        return bool(self.started or self.expired or self.abandoned
+                    or any(self.resent.values()))
 
 
 def reconcile(db_url: str, broker_url: str, now: datetime | None = None,
               window: int = Settings.model_fields["window"].default) -> Reconciled:
-    now = now or utcnow()
+    """Every pass's time is the database's (worker.leases reckons leases by it), unless
+    given."""
+    if now is None:
+        with db.session(db_url) as s:
+            now = db.clock(s)
     done = Reconciled(expired=expire(db_url, now))
+    with db.session(db_url) as s, s.begin():
+        done.abandoned = end_abandoned(s)
     done.started = start_due(db_url, broker_url, now, window)
     done.resent = resend(db_url, broker_url, now)
     return done
@@ -55,7 +65,8 @@ def expire(db_url: str, now: datetime) -> list[str]:
     """Cancel every open job whose deadline has passed; returns their ids."""
     with db.session(db_url) as s, s.begin():
         jobs = s.scalars(select(Job).where(Job.deadline <= now,
-                                           Job.state.not_in(JobState.FINAL))).all()
+                                           Job.state.not_in(JobState.FINAL))
+                         .with_for_update()).all()
         for job in jobs:
             stop(s, job, now)
         return [job.id for job in jobs]

@@ -5,25 +5,26 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 
 from schemas import db
 from schemas.errors import JobNotFound
-from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobCount, JobState, utcnow
+from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobCount, JobState
+from worker import presence
 
 COUNTED = (ItemStatus.PENDING, ItemStatus.RUNNING, ItemStatus.SUCCEEDED, ItemStatus.FAILED,
            ItemStatus.CANCELLED)
 
 
-def _job(s: Any, job_id: str) -> Job:
-    job = s.get(Job, job_id)
+def _job(s: Any, job_id: str, *, lock: bool = False) -> Job:
+    job = s.get(Job, job_id, with_for_update=lock)
     if job is None:
         raise JobNotFound(f"no job {job_id!r} in this database (see `nightshift status`)")
     return job
 
 
 def status(db_url: str, job_id: str) -> dict[str, Any]:
-    with db.session(db_url) as s:
+    with db.reader(db_url) as s:
         job = _job(s, job_id)
         counts: dict[str, int] = {}
         tokens = [0, 0]
@@ -31,18 +32,22 @@ def status(db_url: str, job_id: str) -> dict[str, Any]:
             counts[row.status] = row.items
             tokens[0] += row.prompt_tokens
             tokens[1] += row.completion_tokens
-        return _shape(job, counts, tokens)
+        shown = _shape(job, counts, tokens)
+        _note_unserved(s, [shown])
+        return shown
 
 
 def all_jobs(db_url: str, limit: int = 50) -> list[dict[str, Any]]:
-    with db.session(db_url) as s:
+    with db.reader(db_url) as s:
         jobs = s.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)).all()
         counts: dict[str, dict[str, int]] = {job.id: {} for job in jobs}
         rows = s.execute(select(JobCount.job_id, JobCount.status, JobCount.items)
                          .where(JobCount.job_id.in_(list(counts)))).all()
         for job_id, item_status, n in rows:
             counts[job_id][item_status] = n
-        return [_shape(job, counts[job.id], None) for job in jobs]
+        shown = [_shape(job, counts[job.id], None) for job in jobs]
+        _note_unserved(s, shown)
+        return shown
 
 
 def _shape(job: Job, counts: dict[str, int], tokens: Any) -> dict[str, Any]:
@@ -70,19 +75,59 @@ def _reason(job: Job) -> str | None:
     return None
 
 
-def cancel(db_url: str, job_id: str) -> dict[str, Any]:
-    """Stop a job: its pending items are cancelled; chunks already running finish."""
-    with db.session(db_url) as s, s.begin():
-        stop(s, _job(s, job_id), utcnow())
-    return status(db_url, job_id)
-
-
-def stop(s: Any, job: Job, now: datetime) -> None:
-    """Cancel what has not started, inside the caller's transaction (cancel, deadline)."""
-    if job.state in JobState.FINAL:
+def _note_unserved(s: Any, shown: list[dict[str, Any]]) -> None:
+    """A job that no live worker can take waits: its reason says so, and for which model
+    (a typo in a model name is otherwise a job that waits forever)."""
+    waiting = [job for job in shown if job["state"] in (JobState.QUEUED, JobState.RUNNING)
+               and not job["reason"]]
+    if not waiting:
         return
+    live = presence.live_models(s)
+    for job in waiting:
+        if job["model"] not in live:
+            job["reason"] = (f"waiting: no worker for model {job['model']} seen in the last "
+                             f"{presence.minutes()}")
+
+
+def cancel(db_url: str, job_id: str) -> tuple[bool, dict[str, Any]]:
+    """Stop a job: its pending items are cancelled; chunks already running finish. Returns
+    whether it was stopped (False: it had ended already, and stays as it was)."""
+    with db.session(db_url) as s, s.begin():
+        # Locked: a chunk completing the job at this moment goes first, or after.
+        stopped = stop(s, _job(s, job_id, lock=True), db.clock(s))
+    return stopped, status(db_url, job_id)
+
+
+def stop(s: Any, job: Job, now: datetime) -> bool:
+    """Cancel what has not started, inside the caller's transaction (cancel, deadline),
+    on a job the caller locked; False when it had ended already."""
+    if job.state in JobState.FINAL:
+        return False
     job.state, job.finished_at = JobState.CANCELLED, now
     s.execute(update(Item).where(Item.job_id == job.id, Item.status == ItemStatus.PENDING)
               .values(status=ItemStatus.CANCELLED))
     s.execute(update(Chunk).where(Chunk.job_id == job.id, Chunk.status == ChunkStatus.PENDING)
               .values(status=ChunkStatus.DONE))
+    end_abandoned(s, job_id=job.id)
+    return True
+
+
+def end_abandoned(s: Any, *, job_id: str | None = None) -> int:
+    """The chunks of cancelled jobs that no live worker holds (handed back, or their
+    worker's lease ran out by the database's clock) are done and their open items
+    cancelled: a cancelled job keeps nothing pending or running. Returns how many."""
+    query = (select(Chunk.job_id, Chunk.seq).join(Job, Job.id == Chunk.job_id)
+             .where(Job.state == JobState.CANCELLED)
+             .where(or_(Chunk.status == ChunkStatus.PENDING,
+                        and_(Chunk.status == ChunkStatus.LEASED,
+                             Chunk.lease_expires_at < db.clock(s)))))
+    if job_id is not None:
+        query = query.where(Chunk.job_id == job_id)
+    ended = s.execute(query.with_for_update(of=Chunk)).all()
+    for chunk_job, seq in ended:
+        s.execute(update(Chunk).where(Chunk.job_id == chunk_job, Chunk.seq == seq)
+                  .values(status=ChunkStatus.DONE, lease_owner=None, lease_expires_at=None))
+        s.execute(update(Item).where(Item.job_id == chunk_job, Item.chunk == seq,
+                                     Item.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING)))
+                  .values(status=ItemStatus.CANCELLED))
+    return len(ended)

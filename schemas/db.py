@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Collection, Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from itertools import repeat
 from operator import attrgetter, itemgetter
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from sqlalchemy import JSON, Connection, Engine, Integer, create_engine, event, insert
+from sqlalchemy import JSON, Connection, Engine, Integer, create_engine, event, insert, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _json = msgspec.json.Encoder().encode
+# An execution option: this connection's transactions only read (`reader`).
+_READ_ONLY = "nightshift_read_only"
 
 
 @lru_cache(maxsize=8)
@@ -43,7 +45,7 @@ def engine_for(url: str) -> Engine:
             # Several workers write at once: WAL lets readers through, the timeout queues writers.
             engine = create_engine(parsed, connect_args={"timeout": 60})
             event.listen(engine, "connect", _sqlite_pragmas)
-            event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            event.listen(engine, "begin", _sqlite_begin)
         else:
             engine = create_engine(parsed, pool_pre_ping=True)
     except (NoSuchModuleError, ModuleNotFoundError) as exc:
@@ -51,8 +53,16 @@ def engine_for(url: str) -> Engine:
     return engine
 
 
+def _sqlite_begin(conn: Connection) -> None:
+    """A writer takes SQLite's write lock as it begins: two deferred writers that both read
+    first would deadlock on upgrading their locks. A reader (`reader`) begins deferred and
+    takes no write lock: in WAL mode its snapshot never holds up a writer."""
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY)
+                         else "BEGIN IMMEDIATE")
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    dbapi_conn.isolation_level = None  # transactions are begun explicitly (BEGIN IMMEDIATE)
+    dbapi_conn.isolation_level = None  # transactions are begun explicitly (_sqlite_begin)
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
@@ -118,7 +128,23 @@ def checkpoint_soon(url: str) -> None:
 
 
 def session(url: str) -> Session:
+    """A session that writes: on SQLite each transaction holds the write lock from its
+    start to its end, so keep them short (and use `reader` for what only reads)."""
     return sessionmaker(engine_for(url), expire_on_commit=False)()
+
+
+def reader(url: str) -> Session:
+    """A session that only reads (status, watch, results, report): on SQLite it takes no
+    write lock, so an export streamed into a slow pipe never holds up workers' writes or
+    heartbeats. On PostgreSQL it is a session like any other."""
+    return sessionmaker(_reading(url), expire_on_commit=False)()
+
+
+
+@lru_cache(maxsize=8)
+def _reading(url: str) -> Engine:
+    """`engine_for(url)` (its pool and listeners) with its transactions marked as reads."""
+    return engine_for(url).execution_options(**{_READ_ONLY: True})
 
 
 def check_reachable(url: str) -> None:
@@ -129,6 +155,16 @@ def check_reachable(url: str) -> None:
     except OperationalError as exc:
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "unreachable"
         raise DatabaseUnreachable(f"cannot reach the database at {redact(url)}: {reason}") from None
+
+
+def clock(db: Session | Connection) -> datetime:
+    """The database's own time, in UTC: leases are reckoned by it, not by each worker's
+    clock. SQLite runs inside this process, so there the database's clock is this host's."""
+    dialect = db.dialect if isinstance(db, Connection) else db.get_bind().dialect
+    if dialect.name != "postgresql":
+        return datetime.now(UTC)
+    now: datetime = db.execute(text("SELECT statement_timestamp()")).scalar_one()
+    return now.astimezone(UTC)
 
 
 def upgrade(url: str, revision: str = "head") -> None:

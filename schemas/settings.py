@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -34,9 +35,23 @@ class Settings(BaseSettings):
     model_dir: Path = Field(default_factory=lambda: Path.home() / ".cache" / "nightshift")
     # A worker that stops heartbeating loses its chunk after this long.
     lease_seconds: float = 30.0
+    # An engine holding requests that finishes no step for this long is stuck: its worker
+    # hands its chunks back and exits for its supervisor. Far above any honest step.
+    stall_seconds: float = Field(300.0, gt=0)
     # Chunk messages each job keeps on the broker: the next one is sent as one finishes, so
     # jobs of one model and priority take turns instead of waiting behind a big one whole.
     window: int = Field(64, ge=1)
+    # Modules whose `CHECKS` dict registers the operator's own checks, beside the
+    # `nightshift.checks` entry points of installed packages (quality.registry). In the
+    # environment: comma-separated module names.
+    check_modules: Annotated[list[str], NoDecode] = []
+
+    @field_validator("check_modules", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     @classmethod
     def settings_customise_sources(

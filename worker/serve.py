@@ -13,7 +13,7 @@ from celery.signals import setup_logging
 
 from schemas import db
 from schemas.settings import Settings, redact
-from worker import leases, logs, metrics, models, tasks
+from worker import leases, logs, metrics, models, presence, tasks
 from worker.app import broker_settings, celery_app, queue_for
 from worker.chunks import Runtime, rehearse
 from worker.engine import EngineHost, EngineOptions
@@ -36,10 +36,13 @@ def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str 
     owner = f"{name or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     log.info("loading %s (%s) for %s, database %s", settings.model, model_path, owner,
              redact(settings.database_url))
-    host = EngineHost(model_path, options)
+    host = EngineHost(model_path, options, stall_seconds=settings.stall_seconds)
     if metrics_port:
         metrics.start(metrics_port, settings.broker_url, settings.model, host)
-    heartbeat = leases.Heartbeat(settings.database_url, owner, settings.lease_seconds)
+    heartbeat = leases.Heartbeat(settings.database_url, owner, settings.lease_seconds,
+                                 healthy=host.progressing,
+                                 on_lost=lambda lease: host.abort(lease.tag, leases.LeaseLost(
+                                     f"lost the lease on chunk {lease.tag}")))
     tasks.runtime = Runtime(host, settings.database_url, owner, heartbeat,
                             broker_url=settings.broker_url)
     try:
@@ -61,11 +64,14 @@ def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str 
     # life: kept out of the collector, a full collection no longer walks them all, which
     # took about a quarter of a chunk's result write.
     gc.freeze()
+    seen = presence.Presence(settings.database_url, owner, settings.model, slots,
+                             name=name).start()
     try:
         celery_app.worker_main(argv)
     except SystemExit:
         pass  # the exit code is ours to decide: a dead engine must read as a failure
     finally:
+        seen.stop()
         stop.set()
         heartbeat.stop()
         alive = host.alive

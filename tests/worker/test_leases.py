@@ -103,7 +103,8 @@ def test_a_worker_whose_engine_makes_no_progress_lets_its_leases_run_out(
     assert leases.claim(stack.db_url, job, 0, "w2", ttl=60) is not None
 
 
-def test_a_lease_runs_from_the_database_clock_for_its_length_in_utc(stack: Stack, tmp_path: Path) -> None:
+def test_a_lease_runs_from_the_database_clock_for_its_length_in_utc(
+        stack: Stack, tmp_path: Path) -> None:
     job = _job(stack, tmp_path)
     with db.session(stack.db_url) as s:
         before = db.clock(s)
