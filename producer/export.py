@@ -41,7 +41,7 @@ class Written:
 
 
 def rows(db_url: str, job_id: str) -> Iterator[tuple[Job, Item, Result | None]]:
-    with db.session(db_url) as s:
+    with db.reader(db_url) as s:
         job = s.get(Job, job_id)
         if job is None:
             raise JobNotFound(f"no job {job_id!r} in this database")
@@ -197,7 +197,7 @@ def write(db_url: str, job_id: str, fmt: str, out: IO[str] | str,
 def piece_records(db_url: str, job_id: str) -> Iterator[dict[str, Any]]:
     """One line per piece of every document (`--per-piece`): a document that fitted the
     context is its own piece 1; a split one has a line per map piece, in order."""
-    with db.session(db_url) as s:
+    with db.reader(db_url) as s:
         pieces: dict[int, list[Piece]] = {}
         for piece in s.scalars(select(Piece).where(Piece.job_id == job_id, Piece.kind == "map")
                                .order_by(Piece.item_seq, Piece.piece)):
@@ -238,7 +238,7 @@ def to_files(db_url: str, job_id: str, fmt: str, output: Path | None,
         raise ConfigError("--errors goes with --format openai (other formats keep every row)")
     if fmt == "openai" and errors is None and output is not None:
         errors = errors_path_for(output)
-    with db.session(db_url) as s:
+    with db.reader(db_url) as s:
         if s.get(Job, job_id) is None:
             raise JobNotFound(f"no job {job_id!r} in this database")
     with ExitStack() as files:

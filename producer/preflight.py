@@ -157,7 +157,7 @@ def calibrate(db_url: str, model: str) -> tuple[Calibration | None, str]:
     if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
         return None, "no calibration yet (no database)"
     try:
-        with db.session(db_url) as s:
+        with db.reader(db_url) as s:
             rows = s.execute(select(Result.worker, Result.created_at, Result.completion_tokens)
                              .join(Job, Job.id == Result.job_id).where(Job.model == model)
                              .order_by(Result.created_at.desc())

@@ -1,19 +1,25 @@
-"""Create a job: validate every row, write job, items and chunks in one transaction, enqueue.
+"""Create a job: validate every row, write its items, then the job and its chunks, enqueue.
 
-A job is all or nothing: a bad row (reported with its line number) rolls the whole
-job back, unless the caller asked to skip invalid rows. Rows are written in
-batches as they stream in, so memory stays flat whatever the file's size.
+A job is all or nothing: a bad row (reported with its line number) leaves no job,
+unless the caller asked to skip invalid rows. Rows are written in batches as they
+stream in, so memory stays flat whatever the file's size. On SQLite each batch is a
+transaction of its own, and the input is read between them: a folder of PDFs parsed
+for minutes holds SQLite's one write lock for a batch's insert at a time, never
+while it parses, so workers' writes and heartbeats go in between (_Loading).
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,11 +29,15 @@ from schemas import counters, db, dedup
 from schemas.errors import InputError
 from schemas.settings import Settings
 from schemas.spec import JobSpec
-from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobState, utcnow
+from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobCount, JobState, utcnow
 from worker import models
 from worker.app import message_priority
 
+log = logging.getLogger(__name__)
+
 BATCH = 5_000
+# Items of a failed submit removed per transaction (SQLite).
+DISCARD_BATCH = 50_000
 ITEM_COLUMNS = ("job_id", "seq", "key", "chunk", "payload", "status", "tries", "content_key")
 CHUNK_COLUMNS = ("job_id", "seq", "size", "status", "deliveries")
 _encode = msgspec.json.Encoder().encode
@@ -62,14 +72,8 @@ def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
     input_format = readers.detect_format(path) if fmt == "auto" else fmt
     job_id = uuid.uuid4().hex
     result = Submitted(job_id, 0, 0)
-    with db.session(settings.database_url) as s, s.begin():
-        s.add(Job(id=job_id, state=JobState.SCHEDULED if held else JobState.QUEUED,
-                  start_at=schedule.start_at, deadline=schedule.deadline,
-                  priority=schedule.priority, kind=spec.kind, model=spec.model,
-                  spec=spec.model_dump(mode="json"), source=str(path),
-                  input_format=input_format))
-        s.flush()
-        items = _Items(s, job_id, spec, result, on_invalid)
+    with _Loading(settings.database_url, job_id) as loading:
+        items = _Items(loading, job_id, spec, result, on_invalid)
         for row in readers.read(path, input_format, spec.template):
             if isinstance(row, readers.Skipped):  # unreadable documents leave the job standing
                 result.skipped.append(row)
@@ -78,20 +82,26 @@ def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
                 continue
             items.add(row)
         items.flush()
-        counters.add(s.connection(), job_id, ItemStatus.PENDING, result.items)
         _refuse_if_invalid(path, result, skip_invalid)
-        if items.keyed:  # documents: each one answered once
-            dedup.mark_duplicates(s.connection(), job_id)
-            if reuse_results:
-                result.reused = dedup.reuse_earlier(s.connection(), job_id)
         result.chunks = -(-result.items // spec.chunk_size)
-        db.insert_rows(s.connection(), Chunk.__table__, CHUNK_COLUMNS, [
-            (job_id, c, min(spec.chunk_size, result.items - c * spec.chunk_size),
-             ChunkStatus.PENDING, 0) for c in range(result.chunks)])
-        job = s.get_one(Job, job_id)
-        job.total, job.chunks = result.items, result.chunks
         first = broker.first_window(result.chunks, settings.window)
-        job.enqueued = 0 if held else len(first)
+        with loading.last() as s:
+            s.add(Job(id=job_id, state=JobState.SCHEDULED if held else JobState.QUEUED,
+                      start_at=schedule.start_at, deadline=schedule.deadline,
+                      priority=schedule.priority, kind=spec.kind, model=spec.model,
+                      spec=spec.model_dump(mode="json"), source=str(path),
+                      input_format=input_format, total=result.items, chunks=result.chunks,
+                      enqueued=0 if held else len(first)))
+            s.flush()  # the job first: its chunks' foreign key
+            conn = s.connection()
+            counters.add(conn, job_id, ItemStatus.PENDING, result.items)
+            if items.keyed:  # documents: each one answered once
+                dedup.mark_duplicates(conn, job_id)
+                if reuse_results:
+                    result.reused = dedup.reuse_earlier(conn, job_id)
+            db.insert_rows(conn, Chunk.__table__, CHUNK_COLUMNS, [
+                (job_id, c, min(spec.chunk_size, result.items - c * spec.chunk_size),
+                 ChunkStatus.PENDING, 0) for c in range(result.chunks)])
     result.scheduled = held
     if not held:
         broker.enqueue(settings.broker_url, spec.model, job_id, first,
@@ -99,14 +109,79 @@ def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
     return result
 
 
+class _Loading:
+    """The transactions of one submit. The job's items go first, a batch at a time; the
+    job itself, its counts and its chunks last, in one short transaction: until it
+    commits no worker, reconcile or status sees the job (items have no foreign key to
+    it). On SQLite each batch commits on its own, and a submit that fails removes the
+    items it wrote. On PostgreSQL, where no writer waits for another's transaction to
+    end, it is all one transaction, which a failure rolls back."""
+
+    def __init__(self, url: str, job_id: str) -> None:
+        self.url, self.job_id = url, job_id
+        self.whole: Session | None = None
+        if db.engine_for(url).dialect.name != "sqlite":
+            self.whole = db.session(url)
+            self.whole.begin()
+
+    def __enter__(self) -> _Loading:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, _exc: BaseException | None,
+                 _tb: TracebackType | None) -> None:
+        if self.whole is not None:
+            self.whole.close()  # rolled back unless `last` committed it
+        elif kind is not None:
+            self._discard()
+
+    @contextmanager
+    def batch(self) -> Iterator[Session]:
+        """A batch's transaction (SQLite), or a savepoint in the whole one."""
+        if self.whole is not None:
+            with self.whole.begin_nested():
+                yield self.whole
+            return
+        with db.session(self.url) as s, s.begin():
+            yield s
+        db.checkpoint_soon(self.url)  # the WAL copied back off this writer's time
+
+    @contextmanager
+    def last(self) -> Iterator[Session]:
+        """The transaction that makes the job visible."""
+        if self.whole is not None:
+            yield self.whole
+            self.whole.commit()
+            return
+        with db.session(self.url) as s, s.begin():
+            yield s
+
+    def _discard(self) -> None:
+        """The items of a job that was never written, removed a range at a time. Failing
+        here (the database gone) must not hide why the submit failed: a line, no more."""
+        try:
+            self._delete_items()
+        except Exception as exc:
+            log.warning("could not remove the items of refused job %s: %s", self.job_id, exc)
+
+    def _delete_items(self) -> None:
+        with db.reader(self.url) as s:
+            top = s.scalar(select(func.max(Item.seq)).where(Item.job_id == self.job_id))
+        for first in range(0, -1 if top is None else top + 1, DISCARD_BATCH):
+            with db.session(self.url) as s, s.begin():
+                s.execute(delete(Item).where(Item.job_id == self.job_id, Item.seq >= first,
+                                             Item.seq < first + DISCARD_BATCH))
+        with db.session(self.url) as s, s.begin():  # what the delete triggers counted
+            s.execute(delete(JobCount).where(JobCount.job_id == self.job_id))
+
+
 class _Items:
     """Rows in input order, written a batch at a time. A duplicate id is found by the
     items table's unique index, not by a set of every id seen (memory stays flat), and
     becomes that row's error; errors are reported in line order."""
 
-    def __init__(self, s: Session, job_id: str, spec: JobSpec, result: Submitted,
+    def __init__(self, loading: _Loading, job_id: str, spec: JobSpec, result: Submitted,
                  on_invalid: Callable[[readers.RowError], None] | None) -> None:
-        self.s, self.job_id, self.chunk_size = s, job_id, spec.chunk_size
+        self.loading, self.job_id, self.chunk_size = loading, job_id, spec.chunk_size
         self.fingerprint = dedup.fingerprint(spec)
         self.keyed = False
         self.result, self.on_invalid = result, on_invalid
@@ -119,33 +194,36 @@ class _Items:
 
     def flush(self) -> None:
         entries, self.entries = self.entries, []
+        if not entries:
+            return
         try:
-            with self.s.begin_nested():
-                self._insert(entries)
+            with self.loading.batch() as s:
+                self._insert(s, entries)
         except IntegrityError:
-            entries = self._duplicates_marked(entries)
-            self._insert(entries)
+            with self.loading.batch() as s:
+                entries = self._duplicates_marked(s, entries)
+                self._insert(s, entries)
         for entry in entries:
             if isinstance(entry, readers.RowError):
                 self._invalid(entry)
             else:
                 self.result.items += 1
 
-    def _insert(self, entries: list[readers.Row | readers.RowError]) -> None:
+    def _insert(self, s: Session, entries: list[readers.Row | readers.RowError]) -> None:
         first, size, job_id = self.result.items, self.chunk_size, self.job_id
         rows = [row for row in entries if isinstance(row, readers.Row)]
         keys = [dedup.content_key(self.fingerprint, row.payload) for row in rows]
         self.keyed = self.keyed or any(keys)
-        db.insert_rows(self.s.connection(), Item.__table__, ITEM_COLUMNS, [
+        db.insert_rows(s.connection(), Item.__table__, ITEM_COLUMNS, [
             (job_id, seq, row.key, seq // size, _encode(row.payload).decode(),
              ItemStatus.PENDING, 0, key)
             for (seq, row), key in zip(enumerate(rows, start=first), keys, strict=True)])
 
-    def _duplicates_marked(self, entries: list[readers.Row | readers.RowError]
+    def _duplicates_marked(self, s: Session, entries: list[readers.Row | readers.RowError]
                            ) -> list[readers.Row | readers.RowError]:
         keys = {row.key for row in entries if isinstance(row, readers.Row)}
-        taken = set(self.s.scalars(select(Item.key).where(Item.job_id == self.job_id,
-                                                          Item.key.in_(keys))))
+        taken = set(s.scalars(select(Item.key).where(Item.job_id == self.job_id,
+                                                     Item.key.in_(keys))))
         marked: list[readers.Row | readers.RowError] = []
         for entry in entries:
             if isinstance(entry, readers.Row) and entry.key in taken:

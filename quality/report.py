@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 
 from quality.metrics import expected_calibration_error
-from schemas.db import session
+from schemas.db import reader
 from schemas.errors import JobNotFound
 from schemas.tables import Attempt, Job, Quality, Result
 
@@ -20,7 +20,7 @@ BATCH = 5000
 
 
 def build(db_url: str, job_id: str) -> dict[str, Any]:
-    with session(db_url) as db:
+    with reader(db_url) as db:
         job = db.get(Job, job_id)
         if job is None:
             raise JobNotFound(f"no job {job_id!r} in this database")
