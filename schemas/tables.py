@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -260,3 +261,31 @@ class JobCount(Base):
     items: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class WorkerState:
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+class Worker(Base):
+    """One `nightshift worker` process: the model it hosts and when it last said it was
+    alive (worker.presence). A worker killed without a shutdown keeps `running` here, and
+    its heartbeat goes stale."""
+
+    __tablename__ = "workers"
+
+    # The worker's lease owner (name:pid:random), as chunks.lease_owner and results.worker hold it.
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))  # --name, else the host name
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    # As the worker was started with it (--model, NIGHTSHIFT_MODEL), as jobs name it.
+    model: Mapped[str] = mapped_column(String(512))
+    slots: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default=WorkerState.RUNNING)
+    # On the database's clock (schemas.db.clock), as leases are.
+    started_at: Mapped[datetime]
+    last_heartbeat_at: Mapped[datetime]
+    # Completion tokens of the results it wrote, per second, over the last minute.
+    tokens_per_s: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")

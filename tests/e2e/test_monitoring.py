@@ -79,3 +79,27 @@ def test_a_monitored_worker_serves_metrics_of_the_job_it_ran_and_logs_json(
     assert any(r["logger"].startswith("vllm") for r in records)
     assert any(r["logger"] == "worker.serve" for r in records)
     assert len(records) > len(lines) / 2
+
+
+def test_a_running_worker_is_listed_with_its_model_a_recent_heartbeat_and_its_rate(
+        engine_stack: Stack, tmp_path: Path) -> None:
+    """The shared worker records itself: `nightshift workers --json` lists it under the
+    model name it was started with, beating every few seconds, and once it has written
+    results its generation rate shows."""
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"id": f"w{i}", "prompt": f"Name {i + 2} colours."})
+                            + "\n" for i in range(4)))
+    job = engine_stack.cli_json("submit", str(path), "--json", "--max-tokens", "24",
+                                "--temperature", "0")["job_id"]
+    assert engine_stack.wait_final(job, timeout=300)["state"] == "completed"
+
+    deadline = time.monotonic() + 30
+    while True:
+        shown = [w for w in engine_stack.cli_json("workers", "--json")
+                 if w["name"] == f"test-{engine_stack.name}"]
+        if shown and shown[0]["tokens_per_s"] > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    [ours] = shown
+    assert (ours["model"], ours["state"], ours["slots"]) == ("smollm2-135m-instruct", "running", 4)
+    assert ours["heartbeat_age_s"] < 15 and ours["tokens_per_s"] > 0

@@ -25,7 +25,7 @@ from sqlalchemy import func, insert, inspect, select, update
 from schemas import counters, db
 from schemas.tables import Base, Item, Job, JobCount, Result
 
-TABLES = {"jobs", "items", "chunks", "results", "attempts", "pieces", "job_counts"}
+TABLES = {"jobs", "items", "chunks", "results", "attempts", "pieces", "job_counts", "workers"}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
