@@ -5,24 +5,40 @@ pydantic model, so `--check length:max=300` is validated at submit, not at 3 a.m
 worker. Cheap checks run here, in order; the model-based ones (relevance, judge) are
 declared here and run by `quality.semantic`, only once the cheap ones pass.
 
-Custom checks: `--check custom:fn=package.module:function[,key=value...]` imports
-`function(answer: Answer, **params)` on the worker. It returns a `Verdict`, a bool, or
-`(passed, reason)` / `(passed, reason, score)`.
+Beside the built-in checks, the operator may register checks of their own (entry points
+of group `nightshift.checks`, or modules in NIGHTSHIFT_CHECK_MODULES; see
+`quality.registry`); a spec names them like built-in ones. Nothing a spec says is ever
+imported: a name neither built in nor registered is refused at submit, and on a worker
+it fails each item's verdict with the reason.
+
+Every check is bounded in time: a submitter's pattern runs with `REGEX_SECONDS` to
+match (the `regex` engine stops it), a registered check in a child process that is
+killed past `registry.CALL_SECONDS`. Either way the item's verdict fails with the reason.
 """
 
 from __future__ import annotations
 
-import importlib
+import inspect
 import json
 import re
 import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from difflib import SequenceMatcher
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import jsonschema
+
+# The `regex` engine, for submitters' patterns: unlike `re`, it can stop a match that
+# backtracks without end (`(a|aa)+$`).
+import regex as rx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from quality import registry
+
+# How long a submitter's pattern may take on one answer; honest ones take microseconds.
+REGEX_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -93,8 +109,8 @@ class PatternParams(Params):
     @classmethod
     def _compiles(cls, value: str) -> str:
         try:
-            re.compile(value)
-        except re.error as exc:
+            rx.compile(value)
+        except rx.error as exc:
             raise ValueError(f"pattern does not compile: {exc}") from None
         return value
 
@@ -139,9 +155,10 @@ class JudgeParams(Params):
     criteria: Words = Field(JUDGE_CRITERIA, min_length=1)
 
 
-class CustomParams(Params):
+class RegisteredParams(Params):
+    """A registered check's parameters: as the spec gives them, bound to its function."""
+
     model_config = ConfigDict(extra="allow")
-    fn: str = Field(pattern=r"^[\w.]+:\w+$")
 
 
 REFUSAL = re.compile(
@@ -207,11 +224,13 @@ def valid_json(a: Answer, p: NoParams) -> Verdict:
 
 
 def json_schema(a: Answer, p: NoParams) -> Verdict:
+    if a.json_schema is None:
+        return Verdict("json_schema", False, reason="the item has no JSON schema to check")
     value, error = _json(a)
     if error:
         return Verdict("json_schema", False, reason=error)
     try:
-        jsonschema.validate(value, a.json_schema or {})
+        jsonschema.validate(value, a.json_schema)
     except jsonschema.ValidationError as exc:
         where = "/".join(str(x) for x in exc.absolute_path) or "top level"
         return Verdict("json_schema", False, reason=f"at {where}: {exc.message}")
@@ -223,13 +242,30 @@ def label(a: Answer, p: NoParams) -> Verdict:
     return Verdict("label", ok, reason="" if ok else f"{a.text.strip()!r} is not a label")
 
 
+def _search(p: PatternParams, text: str) -> rx.Match[str] | None:
+    return rx.search(p.pattern, text, rx.IGNORECASE if p.ignore_case else 0,
+                     timeout=REGEX_SECONDS)
+
+
+def _too_slow(name: str, p: PatternParams) -> Verdict:
+    return Verdict(name, False, reason=(
+        f"/{p.pattern}/ ran past {REGEX_SECONDS:g} s on this answer and was stopped "
+        "(it backtracks too much: simplify the pattern)"))
+
+
 def regex(a: Answer, p: PatternParams) -> Verdict:
-    found = re.search(p.pattern, a.text, re.IGNORECASE if p.ignore_case else 0)
+    try:
+        found = _search(p, a.text)
+    except TimeoutError:
+        return _too_slow("regex", p)
     return Verdict("regex", bool(found), reason="" if found else f"does not match /{p.pattern}/")
 
 
 def forbid_regex(a: Answer, p: PatternParams) -> Verdict:
-    found = re.search(p.pattern, a.text, re.IGNORECASE if p.ignore_case else 0)
+    try:
+        found = _search(p, a.text)
+    except TimeoutError:
+        return _too_slow("forbid_regex", p)
     return Verdict("forbid_regex", not found,
                    reason=f"contains {found.group(0)!r} (/{p.pattern}/)" if found else "")
 
@@ -284,26 +320,15 @@ def distinct(a: Answer, p: DistinctParams) -> Verdict:
                    else "")
 
 
-def custom(a: Answer, p: CustomParams) -> Verdict:
-    fn = import_check(p.fn)
-    got = fn(a, **(p.model_extra or {}))
+def registered(name: str, a: Answer, p: RegisteredParams) -> Verdict:
+    """A registered check's verdict, computed in a child process (quality.registry)."""
+    got = registry.call(name, a, p.model_extra or {})
     if isinstance(got, Verdict):
         return got
     if isinstance(got, bool):
-        return Verdict(p.fn, got, reason="" if got else f"{p.fn} returned False")
+        return Verdict(name, got, reason="" if got else f"{name} returned False")
     passed, reason, *score = got
-    return Verdict(p.fn, bool(passed), float(score[0]) if score else None, str(reason))
-
-
-def import_check(path: str) -> Callable[..., Any]:
-    module, _, name = path.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"custom check {path!r} cannot be imported: {exc}") from None
-    if not callable(fn):
-        raise ValueError(f"custom check {path!r} is not a function")
-    return fn  # type: ignore[no-any-return]
+    return Verdict(name, bool(passed), float(score[0]) if score else None, str(reason))
 
 
 @dataclass(frozen=True)
@@ -312,6 +337,10 @@ class Check:
     # None for the model-based checks, which quality.semantic runs.
     run: Callable[[Answer, Any], Verdict] | None
     kinds: tuple[str, ...] = ("generate", "classify")
+    # "built in", or where the operator registered it.
+    origin: str = "built in"
+    # Set for a registered check: its function, to bind parameters to.
+    registration: registry.Registered | None = None
 
 
 CHECKS: dict[str, Check] = {
@@ -329,7 +358,6 @@ CHECKS: dict[str, Check] = {
     "blocklist": Check(BlocklistParams, blocklist, ("generate",)),
     "confidence": Check(ConfidenceParams, confidence, ("classify",)),
     "distinct": Check(DistinctParams, distinct, ("generate",)),
-    "custom": Check(CustomParams, custom),
     "relevance": Check(RelevanceParams, None, ("generate",)),
     "judge": Check(JudgeParams, None, ("generate",)),
 }
@@ -349,26 +377,86 @@ def parse(text: str) -> dict[str, Any]:
     return {"name": name.strip(), "params": params}
 
 
-def validate(name: str, params: dict[str, Any], kind: str) -> dict[str, Any]:
-    """The check's parameters with their defaults, or a ValueError naming what is wrong."""
-    check = CHECKS.get(name)
+class Refused(ValueError):
+    """A check declared so that it cannot run here; the message names what is wrong."""
+
+
+def lookup(name: str) -> Check | None:
+    """The built-in check `name`, else the one the operator registered under it (the
+    registry loads once), else None. A name is only ever looked up, never imported."""
+    if name in CHECKS:
+        return CHECKS[name]
+    found = registry.installed().get(name)
+    if found is None:
+        return None
+    return Check(RegisteredParams, partial(registered, name), origin=found.origin,
+                 registration=found)
+
+
+def known() -> dict[str, Check]:
+    """Every check a spec may name here: the built-in ones, then the registered ones."""
+    return {**CHECKS, **{name: c for name in registry.installed()
+                         if (c := lookup(name)) is not None}}
+
+
+def describe() -> list[dict[str, Any]]:
+    """Every check a spec may name here, as `nightshift checks` lists them: name, the
+    job kinds it applies to, its parameters (each with its default, or required), and
+    who provides it."""
+    return [{"name": name, "kinds": list(check.kinds), "origin": check.origin,
+             "params": _parameters(check)} for name, check in known().items()]
+
+
+def _parameters(check: Check) -> list[dict[str, Any]]:
+    if check.registration is not None:
+        taken = list(inspect.signature(check.registration.fn).parameters.values())[1:]
+        return [{"name": p.name, "required": p.default is p.empty,
+                 "default": None if p.default is p.empty else p.default}
+                for p in taken if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return [{"name": k, "required": f.is_required(),
+             "default": None if f.is_required() else f.get_default(call_default_factory=True)}
+            for k, f in check.params.model_fields.items()]
+
+
+def _unknown(name: str) -> Refused:
+    names = ", ".join(known())
+    if name == "custom":
+        return Refused(f"check custom: a spec names no code; custom checks are registered by "
+                       f"the operator ({registry.WHERE}) and named like built-in ones "
+                       f"(known: {names})")
+    return Refused(f"unknown check {name!r} (known: {names})")
+
+
+def validate(name: str, params: dict[str, Any], kind: str, *,
+             at_submit: bool = False) -> dict[str, Any]:
+    """The check's parameters with their defaults, or a Refused naming what is wrong.
+    Only `at_submit` is a blocklist file read: a stored spec holds its words."""
+    check = lookup(name)
     if check is None:
-        raise ValueError(f"unknown check {name!r} (known: {', '.join(CHECKS)})")
+        raise _unknown(name)
     if kind not in check.kinds:
-        raise ValueError(f"check {name!r} does not apply to {kind} jobs")
+        raise Refused(f"check {name!r} does not apply to {kind} jobs")
+    model = _params(name, check, params, at_submit=at_submit)
+    if check.registration is not None:
+        check.registration.bind(params)
+    return model.model_dump(exclude_none=True)
+
+
+def _params(name: str, check: Check, params: dict[str, Any], *, at_submit: bool) -> Params:
     try:
         model = check.params.model_validate(params)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"]) or name
         message = "unknown parameter" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ValueError(f"check {name}: {where}: {message.removeprefix('Value error, ')}"
-                         ) from None
+        raise Refused(f"check {name}: {where}: {message.removeprefix('Value error, ')}"
+                      ) from None
     if isinstance(model, BlocklistParams) and model.file:
+        if not at_submit:
+            raise Refused("check blocklist: its file is read at submit; a stored spec "
+                          "gives the words")
         model = _read_blocklist(model)
-    if isinstance(model, CustomParams):
-        import_check(model.fn)
-    return model.model_dump(exclude_none=True)
+    return model
 
 
 def _read_blocklist(p: BlocklistParams) -> BlocklistParams:
@@ -377,19 +465,27 @@ def _read_blocklist(p: BlocklistParams) -> BlocklistParams:
         with open(p.file or "", encoding="utf-8") as fh:
             words = [line.strip() for line in fh if line.strip()]
     except OSError as exc:
-        raise ValueError(f"check blocklist: cannot read {p.file}: {exc.strerror}") from None
+        raise Refused(f"check blocklist: cannot read {p.file}: {exc.strerror}") from None
     return BlocklistParams(words=words or p.words)
 
 
 def run(checks: list[tuple[str, dict[str, Any]]], answer: Answer) -> list[Verdict]:
-    """The cheap checks' verdicts, in the order declared."""
+    """The cheap checks' verdicts, in the order declared. A check that cannot run here
+    (not registered on this worker, declared wrong in a stored spec), raises, or runs
+    past its time limit fails its item with the reason, never the chunk."""
     verdicts = []
     for name, params in checks:
-        check = CHECKS[name]
-        if check.run is None:
-            continue
         try:
-            verdicts.append(check.run(answer, check.params.model_validate(params)))
-        except Exception as exc:  # a custom check's bug fails its item, not the chunk
+            check = lookup(name)
+            if check is None:
+                verdicts.append(Verdict(name, False, reason=(
+                    f"check {name!r} is not registered on this worker")))
+                continue
+            declared = _params(name, check, params, at_submit=False)
+            if check.run is not None:
+                verdicts.append(check.run(answer, declared))
+        except (Refused, registry.RegistryError, registry.CheckFailed) as exc:
+            verdicts.append(Verdict(name, False, reason=str(exc)))
+        except Exception as exc:  # a check's bug fails its item, not the chunk
             verdicts.append(Verdict(name, False, reason=f"the check raised {exc!r}"))
     return verdicts

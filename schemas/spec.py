@@ -1,4 +1,5 @@
-"""The job spec: what to ask, of which model, how to sample. Validated once, at submit."""
+"""The job spec: what to ask, of which model, how to sample. Validated in full at submit
+(context `at_submit`); a worker takes the stored spec as it is."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from typing import Any, Literal
 from jinja2 import TemplateSyntaxError
 from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from quality import checks as quality_checks
 from schemas.render import compile_template
@@ -60,6 +69,12 @@ class CheckSpec(BaseModel):
 
     name: str
     params: dict[str, Any] = {}
+    # Why a stored spec's check cannot run here (see JobSpec._checks_apply); not stored.
+    _refusal: str | None = PrivateAttr(None)
+
+    @property
+    def refusal(self) -> str | None:
+        return self._refusal
 
     @model_validator(mode="before")
     @classmethod
@@ -148,19 +163,30 @@ class JobSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _checks_apply(self) -> JobSpec:
+    def _checks_apply(self, info: ValidationInfo) -> JobSpec:
+        """At submit (context `at_submit`) every check must be built in or registered
+        where submit runs, and declared right. A stored spec is taken as it is: a check
+        a worker cannot run (not registered there, or written wrong into SQL) fails each
+        item's verdict with the reason (quality.checks.run), never the chunk."""
+        at_submit = bool((info.context or {}).get("at_submit"))
         for check in self.checks:
-            check.params = quality_checks.validate(check.name, check.params, self.kind)
-            if check.name == "json_schema" and self.json_schema is None:
-                raise ValueError("check json_schema needs the job's --json-schema")
+            try:
+                check.params = quality_checks.validate(check.name, check.params, self.kind,
+                                                       at_submit=at_submit)
+                if check.name == "json_schema" and self.json_schema is None:
+                    raise ValueError("check json_schema needs the job's --json-schema")
+            except ValueError as exc:
+                if at_submit:
+                    raise
+                check._refusal = str(exc)
         return self
 
     def check_list(self) -> list[tuple[str, dict[str, Any]]]:
         return [(c.name, c.params) for c in self.checks]
 
     def check(self, name: str) -> dict[str, Any] | None:
-        """The parameters of check `name`, if the job declares it."""
-        return next((c.params for c in self.checks if c.name == name), None)
+        """The parameters of check `name`, if the job declares it (and it can run here)."""
+        return next((c.params for c in self.checks if c.name == name and not c.refusal), None)
 
 
 def adapter_dir(value: str) -> str:

@@ -1,7 +1,10 @@
 """Every cheap check can pass and can fail, with a reason a person can act on; check
-declarations are validated at submit, naming what is wrong."""
+declarations are validated at submit, naming what is wrong; no check runs unbounded."""
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 import pytest
 
@@ -59,28 +62,58 @@ def test_a_check_passes_a_good_answer_and_fails_a_bad_one_with_its_reason(
     assert reason in failed.reason
 
 
-def test_a_custom_check_is_imported_by_path_and_given_its_parameters() -> None:
-    v = verdict("custom", Answer("twelve words " * 6), fn="tests.quality.custom:short_enough",
-                most="5")
-    assert (v.name, v.passed, v.score) == ("tests.quality.custom:short_enough", False, 12.0)
-    assert verdict("custom", Answer("two words"), fn="tests.quality.custom:short_enough",
-                   most="5").passed is True
+def at_submit(**spec: Any) -> JobSpec:
+    return JobSpec.model_validate(spec, context={"at_submit": True})
+
+
+def test_a_registered_check_is_named_like_a_built_in_one_and_given_its_parameters(
+        registered: None) -> None:
+    v = verdict("short_enough", Answer("twelve words " * 6), most="5")
+    assert (v.name, v.passed, v.score) == ("short_enough", False, 12.0)
+    assert v.reason == "12 words, more than 5"
+    assert verdict("short_enough", Answer("two words"), most="5").passed is True
+    said = verdict("mentions", Answer("No moon tonight."), word="sun")
+    assert (said.name, said.passed, said.reason) == ("mentions", False, "never says 'sun'")
 
 
 @pytest.mark.parametrize(("written", "message"), [
-    ("spelling", "unknown check 'spelling'"),
+    ("spelling", "unknown check 'spelling' (known: non_empty, length"),
     ("length:mx=3", "check length: mx: unknown parameter"),
     ("length:max=many", "check length: max: Input should be a valid integer"),
     ("regex:pattern=(", "pattern does not compile"),
     ("confidence", "check 'confidence' does not apply to generate jobs"),
-    ("custom:fn=no_such_module:fn", "custom check 'no_such_module:fn' cannot be imported"),
     ("json_schema", "check json_schema needs the job's --json-schema"),
+    ("custom:fn=pydoc:pipepager,cmd=touch FILE",
+     "custom checks are registered by the operator (entry point group 'nightshift.checks' "
+     "or a module in NIGHTSHIFT_CHECK_MODULES)"),
+    ("tests.quality.custom.short_enough", "unknown check 'tests.quality.custom.short_enough'"),
 ])
 def test_a_wrong_check_is_refused_at_submit_naming_what_is_wrong(written: str,
                                                                   message: str) -> None:
     with pytest.raises(ValueError) as caught:
-        JobSpec(checks=[written])
+        at_submit(checks=[written])
     assert message in str(caught.value)
+
+
+def test_a_registered_check_is_refused_at_submit_given_a_parameter_it_does_not_take(
+        registered: None) -> None:
+    assert at_submit(checks=["short_enough:most=5"]).check("short_enough") == {"most": "5"}
+    with pytest.raises(ValueError, match="check short_enough: got an unexpected keyword "
+                                         "argument 'fewest'"):
+        at_submit(checks=["short_enough:fewest=5"])
+    with pytest.raises(ValueError, match="check mentions: missing a required argument"):
+        at_submit(checks=["mentions"])
+
+
+@pytest.mark.parametrize("name", ["regex", "forbid_regex"])
+def test_a_pattern_that_backtracks_without_end_fails_its_item_within_its_time_limit(
+        name: str) -> None:
+    started = time.monotonic()
+    v = verdict(name, Answer("a" * 40 + "b"), pattern="(a|aa)+$")
+    assert v.passed is False
+    assert f"ran past {checks.REGEX_SECONDS:g} s on this answer" in v.reason
+    # `re` would take longer than the age of the universe; the bound is the limit's order.
+    assert time.monotonic() - started < checks.REGEX_SECONDS * 10
 
 
 def test_a_check_is_written_name_colon_parameters_and_a_value_may_hold_commas() -> None:
@@ -95,7 +128,19 @@ def test_a_blocklist_file_is_read_at_submit_so_every_worker_checks_the_same_word
 
     words = Path(str(tmp_path)) / "blocked.txt"
     words.write_text("first thing\n\nsecond thing\n")
-    spec = JobSpec(checks=[f"blocklist:file={words}"])
+    spec = at_submit(checks=[f"blocklist:file={words}"])
     assert spec.check("blocklist") == {"words": ["first thing", "second thing"]}
     # What is stored is the words, so a worker without the file validates the same spec.
     assert JobSpec.model_validate(spec.model_dump()).check("blocklist") == spec.check("blocklist")
+
+
+def test_a_stored_spec_naming_a_file_to_block_does_not_read_it_on_a_worker(
+        tmp_path: object) -> None:
+    from pathlib import Path
+
+    secret = Path(str(tmp_path)) / "secret.txt"
+    secret.write_text("the password\n")
+    stored = JobSpec.model_validate({"checks": [f"blocklist:file={secret}"]})
+    [v] = checks.run(stored.check_list(), Answer("the password is safe"))
+    assert v.passed is False and "read at submit" in v.reason
+    assert "password" not in v.reason

@@ -87,3 +87,19 @@ def test_several_greedy_samples_are_refused_at_submit() -> None:
 
     with pytest.raises(ValidationError, match="n > 1 needs a temperature above 0"):
         JobSpec(sampling={"n": 3, "temperature": 0})
+
+
+def test_a_check_not_built_in_nor_registered_is_refused_at_submit_and_kept_in_a_stored_spec(
+        ) -> None:
+    """Submit is strict; a worker reading the spec from SQL is not: the check stays as
+    written, and fails each item's verdict (quality.checks.run), never the chunk."""
+    written = {"checks": [{"name": "spelling", "params": {"lang": "en"}}, "length:max=many",
+                          "length:max=9"]}
+    with pytest.raises(ValidationError, match="unknown check 'spelling'"):
+        JobSpec.model_validate(written, context={"at_submit": True})
+    stored = JobSpec.model_validate(written)
+    assert [c.refusal is not None for c in stored.checks] == [True, True, False]
+    assert stored.check("spelling") is None  # nothing downstream acts on a refused check
+    assert stored.check("length") == {"min": 0, "max": 9, "unit": "chars"}
+    assert stored.check_list()[:2] == [("spelling", {"lang": "en"}), ("length", {"max": "many"})]
+    assert "refusal" not in str(stored.model_dump())

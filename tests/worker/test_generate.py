@@ -211,11 +211,22 @@ def test_a_label_still_unconfident_after_its_budget_is_kept_for_review(tokenizer
 
 
 def test_a_check_that_raises_fails_its_item_with_the_exception_not_the_chunk(
-        tokenizer: Any) -> None:
+        tokenizer: Any, registered: None) -> None:
     host = ScriptedHost(tokenizer, lambda p, a: ("an answer", "stop", 0))
-    spec = JobSpec(checks=["custom:fn=tests.quality.custom:broken"], max_attempts=1)
+    spec = JobSpec(checks=["broken"], max_attempts=1)
     [outcome] = run_items(host, spec, _items("x"), "job:0")  # type: ignore[arg-type]
     assert outcome.status == "failed" and "ZeroDivisionError" in (outcome.error or "")
+
+
+def test_a_stored_spec_naming_a_check_not_registered_here_fails_its_items_with_the_reason(
+        tokenizer: Any) -> None:
+    host = ScriptedHost(tokenizer, lambda p, a: ("an answer", "stop", 0))
+    spec = JobSpec.model_validate({"checks": [{"name": "custom", "params": {"fn": "os:system"}}],
+                                   "max_attempts": 2})
+    outcomes = run_items(host, spec, _items("x", "y"), "job:0")  # type: ignore[arg-type]
+    assert [o.status for o in outcomes] == ["failed", "failed"]
+    assert all("check 'custom' is not registered on this worker" in (o.error or "")
+               for o in outcomes)
 
 
 def test_a_retry_the_engine_refuses_fails_its_item_and_the_chunk_goes_on(
