@@ -97,14 +97,11 @@ class RequestRefused(Exception):
 
 
 class EngineHost:
-    def __init__(self, model: str, options: EngineOptions, *, seed: int = 0,
-                 stall_seconds: float = 300.0) -> None:
-        from vllm import LLM
-        from vllm.platforms import current_platform
+    """Steps one engine (vLLM's `LLM`) from a thread of its own, for every chunk thread."""
 
-        self.llm = LLM(model=model, seed=seed, **options.for_platform(current_platform.is_cpu()))
-        self.engine = self.llm.llm_engine
-        self.tokenizer = self.llm.get_tokenizer()
+    def __init__(self, llm: Any, *, stall_seconds: float = 300.0) -> None:
+        self.engine = llm.llm_engine
+        self.tokenizer = llm.get_tokenizer()
         self.max_model_len: int = self.engine.model_config.max_model_len
         self._inbox: queue.Queue[Request] = queue.Queue()
         self._pending: dict[str, Future[Any]] = {}
@@ -124,6 +121,16 @@ class EngineHost:
         self._thread = threading.Thread(target=self._run, name="engine-host", daemon=True)
         self._thread.start()
         threading.Thread(target=self._watch, name="engine-watchdog", daemon=True).start()
+
+    @classmethod
+    def start(cls, model: str, options: EngineOptions, *, seed: int = 0,
+             stall_seconds: float = 300.0) -> EngineHost:
+        """The engine for `model`, started (its core in a child process)."""
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        llm = LLM(model=model, seed=seed, **options.for_platform(current_platform.is_cpu()))
+        return cls(llm, stall_seconds=stall_seconds)
 
     def submit(self, request_id: str, prompt_token_ids: list[int], params: Any,
                lora: str | None = None) -> Future[Any]:
@@ -243,7 +250,7 @@ class EngineHost:
         the core is killed, and what it held fails as a dead engine's would."""
         waited = time.monotonic() - self._progress
         log.error("the engine holds %d requests and finished no step for %.0f s (stall "
-                  "limit %.0f s): killing its core process", len(self._pending), waited,
+                  "limit %g s): killing its core process", len(self._pending), waited,
                   self.stall_seconds)
         for child in self._children:
             with suppress(psutil.NoSuchProcess):
@@ -255,11 +262,12 @@ class EngineHost:
             if self._dead is None:
                 self._dead = exc
             pending, self._pending = self._pending, {}
+        reason = exc if isinstance(exc, EngineDead) else EngineDead(f"engine died: {exc!r}")
         for future in pending.values():
             if not future.done():
-                future.set_exception(EngineDead(f"engine died: {exc!r}"))
+                future.set_exception(reason)
         while not self._inbox.empty():
-            self._inbox.get_nowait().future.set_exception(EngineDead(repr(exc)))
+            self._inbox.get_nowait().future.set_exception(reason)
         with self._gate:
             self._gate.notify_all()  # submitters waiting for a solo chunk see the death
 

@@ -36,7 +36,7 @@ def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str 
     owner = f"{name or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     log.info("loading %s (%s) for %s, database %s", settings.model, model_path, owner,
              redact(settings.database_url))
-    host = EngineHost(model_path, options, stall_seconds=settings.stall_seconds)
+    host = EngineHost.start(model_path, options, stall_seconds=settings.stall_seconds)
     if metrics_port:
         metrics.start(metrics_port, settings.broker_url, settings.model, host)
     heartbeat = leases.Heartbeat(settings.database_url, owner, settings.lease_seconds,

@@ -5,13 +5,13 @@ The engine side is proven by tests/e2e/test_lora.py."""
 from __future__ import annotations
 
 import json
-import queue
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import redis
 from conftest import Stack
+from standin_engine import StandInEngine, StandInLLM
 
 from producer.cli import build_spec
 from producer.submit import submit
@@ -92,17 +92,17 @@ def test_a_lora_job_rides_its_base_models_queue_and_keeps_its_adapter(
 
 def test_a_worker_without_enable_lora_fails_the_request_naming_the_option() -> None:
     """The refusal is the request's (its item fails), never the worker's."""
-    host = EngineHost.__new__(EngineHost)
-    host._dead = None
-    host._inbox = queue.Queue()
-    host.engine = SimpleNamespace(vllm_config=SimpleNamespace(lora_config=None))
+    engine = StandInEngine()
+    host = EngineHost(StandInLLM(engine))
+    try:
+        future = host.submit("r1", [1, 2, 3], SimpleNamespace(), lora="/adapters/tone")
 
-    future = host.submit("r1", [1, 2, 3], SimpleNamespace(), lora="/adapters/tone")
-
-    assert isinstance(future.exception(timeout=1), ValueError)
-    assert "restart it with --enable-lora" in str(future.exception())
-    assert host._inbox.empty()
-    assert host.submit("r2", [1], SimpleNamespace()).done() is False
+        assert isinstance(future.exception(timeout=1), ValueError)
+        assert "restart it with --enable-lora" in str(future.exception())
+        assert host.submit("r2", [1], SimpleNamespace()).result(timeout=5).finished
+        assert engine.added == ["r2"]
+    finally:
+        host.stop()
 
 
 def test_an_adapter_has_the_same_positive_id_in_every_worker() -> None:

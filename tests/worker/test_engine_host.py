@@ -1,0 +1,103 @@
+"""The engine host's own logic on a stand-in engine: a refused request fails alone, a
+stalled engine fails what it holds, a lost chunk's requests are aborted, and an isolated
+item has the engine to itself."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from standin_engine import StandInEngine, StandInLLM
+
+from worker.engine import EngineDead, EngineHost, EngineStalled, RequestRefused
+
+LOOKAHEAD = SimpleNamespace(structured_outputs=SimpleNamespace(regex=r"^(?=.*\d).*$"))
+
+
+@pytest.fixture
+def engine() -> StandInEngine:
+    return StandInEngine()
+
+
+@pytest.fixture
+def host(engine: StandInEngine) -> Iterator[EngineHost]:
+    running = EngineHost(StandInLLM(engine), stall_seconds=0.5)
+    yield running
+    engine.core_running.set()
+    running.stop()
+
+
+def _params() -> Any:
+    return SimpleNamespace()
+
+
+def test_a_request_the_engine_refuses_fails_alone_and_the_engine_serves_on(
+        host: EngineHost) -> None:
+    refused = host.submit("job:0:1:1", [1, 2], LOOKAHEAD)
+    with pytest.raises(RequestRefused, match="look-around"):
+        refused.result(timeout=5)
+    assert host.submit("job:0:2:1", [1, 2], _params()).result(timeout=5).finished
+    assert host.alive
+
+
+def test_a_stalled_engine_fails_what_it_holds_and_stops_progressing(
+        host: EngineHost, engine: StandInEngine) -> None:
+    assert host.submit("job:0:1:1", [1], _params()).result(timeout=5).finished
+    engine.core_running.clear()  # the engine core is stopped: the next step never returns
+    held = host.submit("job:0:2:1", [1], _params())
+    with pytest.raises(EngineStalled, match="no engine step finished"):
+        held.result(timeout=10)
+    assert not host.alive and not host.progressing()
+    with pytest.raises(EngineDead):
+        host.submit("job:0:3:1", [1], _params()).result(timeout=1)
+
+
+def test_a_busy_engine_is_progressing_however_long_its_requests_wait(
+        engine: StandInEngine) -> None:
+    engine.step_seconds = 0.2
+    host = EngineHost(StandInLLM(engine), stall_seconds=0.5)
+    try:
+        futures = [host.submit(f"job:0:{i}:1", [1], _params()) for i in range(8)]
+        for future in futures:
+            assert future.result(timeout=10).finished
+            assert host.progressing()
+    finally:
+        host.stop()
+
+
+def test_aborting_a_chunk_drops_its_requests_and_fails_their_futures(
+        host: EngineHost, engine: StandInEngine) -> None:
+    engine.steps = 50  # half a second a request
+    mine = host.submit("job:3:1:1", [1], _params())
+    other = host.submit("job:4:1:1", [1], _params())
+    time.sleep(0.1)  # both in the engine
+    host.abort("job:3", LookupError("lease lost"))
+    with pytest.raises(LookupError, match="lease lost"):
+        mine.result(timeout=5)
+    assert other.result(timeout=5).finished
+    assert engine.aborted == ["job:3:1:1"]
+    late = host.submit("job:3:2:1", [1], _params())  # the chunk's thread asks again
+    with pytest.raises(LookupError):
+        late.result(timeout=5)
+
+
+def test_an_isolated_chunk_starts_once_others_drain_and_holds_their_new_requests_back(
+        host: EngineHost, engine: StandInEngine) -> None:
+    engine.step_seconds = 0.2
+    first = host.submit("job:1:1:1", [1], _params())
+    held_back: list[Future[Any]] = []
+    with host.solo("job:2"):
+        assert first.done()  # the other chunk's request in flight finished first
+        asking = threading.Thread(
+            target=lambda: held_back.append(host.submit("job:1:2:1", [1], _params())))
+        asking.start()
+        alone = host.submit("job:2:1:1", [1], _params()).result(timeout=5)
+        assert alone.finished and not held_back
+        assert engine.added[-1] == "job:2:1:1"
+    asking.join(timeout=5)
+    assert held_back and held_back[0].result(timeout=5).finished
