@@ -193,3 +193,36 @@ def _rows(db_url: str) -> dict[str, int]:
     with db.session(db_url) as s:
         return {t.name: s.scalar(select(func.count()).select_from(t)) or 0
                 for t in Base.metadata.sorted_tables}
+
+
+def test_a_chunk_handed_back_after_an_engine_death_is_sent_again_at_once(
+        stack: Stack, tmp_path: Path, tokenizer: Any) -> None:
+    from concurrent.futures import Future
+
+    from producer.broker import queue_depth
+    from worker.engine import EngineDead
+
+    class Dead(ScriptedHost):
+        def submit(self, request_id: str, token_ids: list[int], params: Any,
+                   lora: str | None = None) -> Future[Any]:
+            future: Future[Any] = Future()
+            future.set_exception(EngineDead("engine core process gone"))
+            return future
+
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(2)))
+    settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
+    job = submit(settings, JobSpec(chunk_size=2), path).job_id
+    queued = queue_depth(stack.broker_url, JobSpec().model)
+    beat = leases.Heartbeat(stack.db_url, "w", ttl=60)
+    rt = Runtime(Dead(tokenizer, lambda p, a: ("", "", 0)), stack.db_url, "w",  # type: ignore[arg-type]
+                 beat, broker_url=stack.broker_url)
+    try:
+        with pytest.raises(EngineDead):
+            run_chunk(rt, job, 0)
+    finally:
+        beat.stop()
+    assert queue_depth(stack.broker_url, JobSpec().model) == queued + 1
+    with db.session(stack.db_url) as s:
+        chunk = s.get_one(Chunk, (job, 0))
+        assert (chunk.status, chunk.lease_owner) == (ChunkStatus.PENDING, None)
