@@ -199,7 +199,10 @@ class Worker:
         args = [NIGHTSHIFT, "worker", "--name", name, "--kv-cache-memory", str(WORKER_KV_GIB),
                 "--max-model-len", "2048", "--loglevel", "INFO"]
         env = {**stack.env(), "NIGHTSHIFT_LEASE_SECONDS": "6",
-               "VLLM_CPU_OMP_THREADS_BIND": str(next(_CORES))}
+               "VLLM_CPU_OMP_THREADS_BIND": str(next(_CORES)),
+               "NIGHTSHIFT_CHECK_MODULES": CHECK_MODULES,
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                            os.environ.get("PYTHONPATH")]))}
         self.proc = subprocess.Popen(args, env=env, cwd=stack.workdir, start_new_session=True,
                                      stdout=self.log.open("w"), stderr=subprocess.STDOUT)
 
