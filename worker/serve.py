@@ -11,6 +11,7 @@ import uuid
 
 from celery.signals import setup_logging
 
+from quality import registry
 from schemas import db
 from schemas.settings import Settings, redact
 from worker import leases, logs, metrics, models, presence, tasks
@@ -32,6 +33,8 @@ def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str 
         logs.configure("text", loglevel)
     setup_logging.connect(_keep_logging)
     db.check_reachable(settings.database_url)
+    checks = registry.installed()  # a broken registration stops the start (exit 2)
+    log.info("checks registered here: %s", ", ".join(sorted(checks)) or "none")
     model_path = models.resolve(settings.model, settings.model_dir)
     owner = f"{name or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     log.info("loading %s (%s) for %s, database %s", settings.model, model_path, owner,
