@@ -143,7 +143,6 @@ class _Loading:
             return
         with db.session(self.url) as s, s.begin():
             yield s
-        db.checkpoint_soon(self.url)  # the WAL copied back off this writer's time
 
     @contextmanager
     def last(self) -> Iterator[Session]:
