@@ -105,6 +105,9 @@ def cli() -> None:
 @click.option("--reuse-results", is_flag=True, help="A document an earlier job answered with "
               "the same model, prompts, sampling and checks takes that answer; it does not run.")
 @click.option("--skip-invalid", is_flag=True, help="Leave invalid rows out instead of failing.")
+@click.option("--max-document-bytes", metavar="SIZE", default="50MiB", show_default=True,
+              callback=lambda ctx, param, value: _size(value),
+              help="Skip a document file larger than this, unread (e.g. 200MB, 1GiB).")
 @click.option("--start-at", help="Hold the job until then: HH:MM (local; today, or tomorrow "
               "if past) or an ISO 8601 datetime.")
 @click.option("--deadline", help="Cancel what is still pending then (HH:MM: the next such "
@@ -124,7 +127,8 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
            max_attempts: int | None,
            ladder: str | None, split_mode: str | None, overlap: int | None,
            reduce_template: str | None, reuse_results: bool, skip_invalid: bool,
-           start_at: str | None, deadline: str | None, priority: int, dry_run: bool, as_json: bool,
+           max_document_bytes: int, start_at: str | None, deadline: str | None, priority: int,
+           dry_run: bool, as_json: bool,
            broker_url: str | None, database_url: str | None) -> None:
     """Create a job from INPUT and enqueue it; prints the job id.
 
@@ -167,14 +171,15 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
     if dry_run:
         from producer.preflight import preflight
 
-        report = preflight(settings, spec, input_path, fmt)
+        report = preflight(settings, spec, input_path, fmt,
+                           max_document_bytes=max_document_bytes)
         click.echo(json.dumps(report.as_dict()) if as_json else report.text())
         return
     done = do_submit(settings, spec, input_path, fmt, skip_invalid,
                      on_invalid=lambda e: click.echo(f"skipped {e}", err=True)
                      if skip_invalid else None, schedule=schedule,
                      on_skipped=lambda d: click.echo(f"skipped {d}", err=True),
-                     reuse_results=reuse_results)
+                     reuse_results=reuse_results, max_document_bytes=max_document_bytes)
     if as_json:
         click.echo(json.dumps({"job_id": done.job_id, "items": done.items,
                                "invalid": done.invalid_count,
@@ -221,6 +226,15 @@ def build_spec(spec_file: Path | None, sampling: dict[str, Any], **given: Any) -
         return JobSpec.model_validate(base, context={"at_submit": True})
     except ValidationError as exc:
         raise ConfigError(f"job spec: {reason(exc)}") from None
+
+
+def _size(value: str) -> int:
+    from producer.documents import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _read_json(path: Path) -> Any:

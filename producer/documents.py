@@ -42,6 +42,13 @@ HTML_BLOCKS = ["p", "div", "section", "article", "main", "h1", "h2", "h3", "h4",
 HTML_LINES = ["li", "tr", "dt", "dd"]
 _SPACES = re.compile(r"\s+")
 AHEAD_PER_PROCESS = 4
+# A file is read whole, parsed, and its text stored in SQL: 50 MiB is thousands of pages of
+# PDF or a long book as text; a larger file is more often a dump or a scan than a document.
+MAX_BYTES = 50 * 1024 * 1024
+SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+              "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+SHOWN_UNITS = [("GiB", 1024**3), ("GB", 1000**3), ("MiB", 1024**2), ("MB", 1000**2),
+               ("KiB", 1024), ("KB", 1000)]
 T = TypeVar("T")
 
 
@@ -54,8 +61,9 @@ class Document:
     sha256: str
 
 
-def extract(path: Path) -> Document:
-    """The document's text and metadata; raises UnreadableDocument with the reason."""
+def extract(path: Path, *, max_bytes: int = MAX_BYTES) -> Document:
+    """The document's text and metadata; raises UnreadableDocument with the reason. A file
+    over `max_bytes` is refused by its size, before it is read."""
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         kind = f"file type {path.suffix!r}" if path.suffix else "file without an extension"
@@ -64,6 +72,9 @@ def extract(path: Path) -> Document:
         size = path.stat().st_size
         if size == 0:
             raise UnreadableDocument("empty file")
+        if size > max_bytes:
+            raise UnreadableDocument(f"{show_size(size)}, over the {show_size(max_bytes)} "
+                                     "document size limit (submit --max-document-bytes)")
         text, pages = reader(path)
     except OSError as exc:
         raise UnreadableDocument(f"cannot open: {exc.strerror or exc}") from None
@@ -73,7 +84,7 @@ def extract(path: Path) -> Document:
     return Document(path, text, pages, size, hashlib.sha256(text.encode("utf-8")).hexdigest())
 
 
-def extract_each(items: Iterable[tuple[T, Path | None]]
+def extract_each(items: Iterable[tuple[T, Path | None]], *, max_bytes: int = MAX_BYTES
                  ) -> Iterator[tuple[T, Document | UnreadableDocument | None]]:
     """Each item's document (or why not; None where there is no path), in input order.
 
@@ -92,26 +103,27 @@ def extract_each(items: Iterable[tuple[T, Path | None]]
                 # fork: no re-import of the caller's __main__ (spawn and forkserver need it
                 # guarded); started on the first file worth a process, so text never pays.
                 pool = pool or ProcessPoolExecutor(processes, multiprocessing.get_context("fork"))
-                future = _submit(pool, path)
+                future = _submit(pool, path, max_bytes)
             window.append((tag, path, future))
             if len(window) >= processes * AHEAD_PER_PROCESS:
-                yield _done(*window.popleft())
+                yield _done(*window.popleft(), max_bytes)
         while window:
-            yield _done(*window.popleft())
+            yield _done(*window.popleft(), max_bytes)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
 
 
-def _submit(pool: ProcessPoolExecutor, path: Path) -> Future[Document | UnreadableDocument] | None:
+def _submit(pool: ProcessPoolExecutor, path: Path, max_bytes: int
+            ) -> Future[Document | UnreadableDocument] | None:
     try:
-        return pool.submit(_outcome, path)
+        return pool.submit(_outcome, path, max_bytes)
     except BrokenProcessPool:
         return None
 
 
-def _done(tag: T, path: Path | None, future: Future[Document | UnreadableDocument] | None
-          ) -> tuple[T, Document | UnreadableDocument | None]:
+def _done(tag: T, path: Path | None, future: Future[Document | UnreadableDocument] | None,
+          max_bytes: int) -> tuple[T, Document | UnreadableDocument | None]:
     """A parser process that died (killed for memory, a crash in a C parser) takes the pool
     with it: what it left undone is read here, so no file fails for a neighbour's sake."""
     if path is None:
@@ -121,19 +133,41 @@ def _done(tag: T, path: Path | None, future: Future[Document | UnreadableDocumen
             return tag, future.result()
         except BrokenProcessPool:
             pass
-    return tag, _outcome(path)
+    return tag, _outcome(path, max_bytes)
 
 
-def _outcome(path: Path) -> Document | UnreadableDocument:
+def _outcome(path: Path, max_bytes: int) -> Document | UnreadableDocument:
     """The exception is returned, not raised: it crosses back from a worker process as a value."""
     try:
-        return extract(path)
+        return extract(path, max_bytes=max_bytes)
     except UnreadableDocument as exc:
         return exc
 
 
 def supported(path: Path) -> bool:
     return path.suffix.lower() in READERS
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `52428800`, `50MB` (decimal) or `50MiB` (binary); ValueError otherwise."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", text.lower())
+    if found is None or found[2] not in SIZE_UNITS:
+        raise ValueError(f"{text!r} is not a size (e.g. 52428800, 50MB, 50MiB)")
+    size = int(float(found[1]) * SIZE_UNITS[found[2]])
+    if size < 1:
+        raise ValueError(f"{text!r}: a size must be at least one byte")
+    return size
+
+
+def show_size(size: int) -> str:
+    """`50 MiB` or `200 MB` where a unit divides the size, else `2.1 KiB`, or bytes."""
+    for unit, scale in SHOWN_UNITS:
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
 
 
 def _clean(text: str) -> str:

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from producer import readers
+from producer import documents, readers
 from schemas import db
 from schemas.spec import JobSpec
 from schemas.tables import Job, Result
@@ -90,7 +90,8 @@ class Report:
 
 
 def preflight(settings: Any, spec: JobSpec, path: Path, fmt: str = "auto",
-              tokenizer: Any = None, context: int | None = None) -> Report:
+              tokenizer: Any = None, context: int | None = None, *,
+              max_document_bytes: int = documents.MAX_BYTES) -> Report:
     models.check_name(spec.model)
     model_path = models.resolve(spec.model, settings.model_dir)
     tokenizer = tokenizer or load_tokenizer(model_path)
@@ -98,7 +99,8 @@ def preflight(settings: Any, spec: JobSpec, path: Path, fmt: str = "auto",
     input_format = readers.detect_format(path) if fmt == "auto" else fmt
     label_budget = _label_budget(tokenizer, spec)
     seen: set[str] = set()
-    for row in readers.read(path, input_format, spec.template):
+    for row in readers.read(path, input_format, spec.template,
+                            max_document_bytes=max_document_bytes):
         if not isinstance(row, readers.Row):
             report.malformed_count += 1
             _keep(report.malformed, {"line": getattr(row, "line", None), "reason": str(row)})

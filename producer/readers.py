@@ -94,15 +94,19 @@ def is_glob(path: Path) -> bool:
     return not path.exists() and GLOB_MAGIC.search(str(path)) is not None
 
 
-def read(path: Path, fmt: str, template: str | None) -> Iterator[Row | RowError | Skipped]:
-    """Rows of any supported input, in order, each already validated."""
+def read(path: Path, fmt: str, template: str | None, *,
+         max_document_bytes: int = documents.MAX_BYTES) -> Iterator[Row | RowError | Skipped]:
+    """Rows of any supported input, in order, each already validated; a document file over
+    `max_document_bytes` is Skipped unread."""
     if not path.exists() and not is_glob(path):
         raise InputError(f"{path} does not exist")
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt == "documents":
-        yield from _documents(_document_files(path), template or "{{ text }}")
+        yield from _documents(_document_files(path), template or "{{ text }}",
+                              max_document_bytes)
     elif fmt == "paths":
-        yield from _documents(_listed_files(path), template or "{{ text }}")
+        yield from _documents(_listed_files(path), template or "{{ text }}",
+                              max_document_bytes)
     elif fmt == "csv":
         yield from _csv(path, template)
     elif fmt == "openai":
@@ -252,10 +256,10 @@ def _listed_files(path: Path) -> Iterator[tuple[int, str, Path] | RowError]:
             yield number, key, path.parent / name
 
 
-def _documents(entries: Iterator[tuple[int, str, Path] | RowError],
-               template: str) -> Iterator[Row | RowError | Skipped]:
+def _documents(entries: Iterator[tuple[int, str, Path] | RowError], template: str,
+               max_bytes: int) -> Iterator[Row | RowError | Skipped]:
     tagged = ((e, None if isinstance(e, RowError) else e[2]) for e in entries)
-    for entry, doc in documents.extract_each(tagged):
+    for entry, doc in documents.extract_each(tagged, max_bytes=max_bytes):
         if isinstance(entry, RowError):
             yield entry
         elif isinstance(doc, UnreadableDocument):
@@ -267,10 +271,13 @@ def _documents(entries: Iterator[tuple[int, str, Path] | RowError],
 def _document_row(number: int, key: str, file: Path, doc: documents.Document,
                   template: str) -> Row | RowError:
     """The template sees `text`, `path` (the row's name), `name` (the file's stem),
-    `document` (the file as given), `pages`, `size` and `sha256`; so does the payload."""
-    meta = {"document": str(file), "pages": doc.pages, "size": doc.size, "sha256": doc.sha256}
+    `document` (the file as given), `pages`, `size` and `sha256`. The payload holds the
+    text once, without a prompt: the worker renders the job's template over these fields
+    (worker.prompts.document_fields); it is rendered here only to refuse a row it fails on."""
+    payload = {"text": doc.text, "document": str(file), "path": key, "pages": doc.pages,
+               "size": doc.size, "sha256": doc.sha256}
     try:
-        prompt = render(template, {"text": doc.text, "path": key, "name": file.stem, **meta})
+        render(template, {**payload, "name": file.stem})
     except ValueError as exc:
         return RowError(number, f"{key}: {exc}")
-    return Row(number, key, {"prompt": prompt, "text": doc.text, **meta})
+    return Row(number, key, payload)

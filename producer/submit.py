@@ -23,7 +23,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from producer import broker, readers
+from producer import broker, documents, readers
 from producer.schedule import Schedule
 from schemas import counters, db, dedup
 from schemas.errors import InputError
@@ -61,9 +61,11 @@ def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
            skip_invalid: bool = False,
            on_invalid: Callable[[readers.RowError], None] | None = None,
            on_skipped: Callable[[readers.Skipped], None] | None = None,
-           schedule: Schedule | None = None, reuse_results: bool = False) -> Submitted:
+           schedule: Schedule | None = None, reuse_results: bool = False, *,
+           max_document_bytes: int = documents.MAX_BYTES) -> Submitted:
     """With a `schedule` whose start is still ahead, the job is stored `scheduled` and
-    nothing is enqueued: reconcile enqueues it once its start time has passed."""
+    nothing is enqueued: reconcile enqueues it once its start time has passed. A document
+    file over `max_document_bytes` is skipped unread."""
     schedule = schedule or Schedule()
     held = schedule.waits(utcnow())
     models.check_name(spec.model)
@@ -74,7 +76,8 @@ def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
     result = Submitted(job_id, 0, 0)
     with _Loading(settings.database_url, job_id) as loading:
         items = _Items(loading, job_id, spec, result, on_invalid)
-        for row in readers.read(path, input_format, spec.template):
+        for row in readers.read(path, input_format, spec.template,
+                                max_document_bytes=max_document_bytes):
             if isinstance(row, readers.Skipped):  # unreadable documents leave the job standing
                 result.skipped.append(row)
                 if on_skipped:

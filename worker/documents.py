@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import PurePath
 from typing import Any
 
 from quality import checks
@@ -24,7 +23,7 @@ from schemas.render import render
 from schemas.spec import JobSpec, Sampling
 from schemas.tables import ItemStatus
 from worker.attempts import ItemRun, Outcome, Try, judgement
-from worker.prompts import Prompt, PromptTooLong, build
+from worker.prompts import Prompt, PromptTooLong, build, document_fields
 from worker.split import split
 
 # Tokens kept free of every piece's budget: re-tokenizing a piece can differ at its edges.
@@ -72,9 +71,7 @@ class DocumentRun:
     final: ItemRun | None = None
 
     def fields(self, text: str) -> dict[str, Any]:
-        meta = {k: v for k, v in self.payload.items() if k not in ("prompt", "text")}
-        name = PurePath(str(self.payload["document"])).stem
-        return {"path": self.key, "name": name, **meta, "text": text}
+        return {"path": self.key, **document_fields(self.payload, text)}
 
     def _run(self, piece: int, prompt_text: str) -> ItemRun:
         payload = {"prompt": prompt_text}

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
+from schemas.render import render as render_template
 from schemas.spec import JobSpec, Sampling
+
+DOCUMENT_TEMPLATE = "{{ text }}"
 
 
 class PromptTooLong(ValueError):
@@ -28,10 +32,30 @@ def classify_instruction(labels: list[str]) -> str:
     return "Answer with exactly one of these labels: " + ", ".join(labels) + "."
 
 
+def document_fields(payload: dict[str, Any], text: str | None = None) -> dict[str, Any]:
+    """What a document's template sees: its payload's fields, `name` (the file's stem), and
+    its text or, for a piece of a long one, that piece."""
+    fields = {k: v for k, v in payload.items() if k != "prompt"}
+    fields["name"] = PurePath(str(payload["document"])).stem
+    if text is not None:
+        fields["text"] = text
+    return fields
+
+
+def user_prompt(spec: JobSpec, payload: dict[str, Any]) -> str:
+    """The item's own prompt. A document's payload holds its text once and no prompt: the
+    job's template is rendered over its fields here, once, and kept on the payload in memory
+    (retries, checks and `question` read it again); the stored payload is not changed."""
+    if "prompt" not in payload and "document" in payload and "text" in payload:
+        payload["prompt"] = render_template(spec.template or DOCUMENT_TEMPLATE,
+                                            document_fields(payload))
+    return str(payload["prompt"])
+
+
 def messages_for(spec: JobSpec, payload: dict[str, Any]) -> list[dict[str, str]]:
     """System prompt, few-shot turns, then the item's own turns."""
     own: list[dict[str, str]] = payload.get("messages") or [
-        {"role": "user", "content": payload["prompt"]}
+        {"role": "user", "content": user_prompt(spec, payload)}
     ]
     system = [m["content"] for m in own if m["role"] == "system"] or [spec.system or ""]
     if spec.kind == "classify":
@@ -116,7 +140,7 @@ def checked(text: str, ids: list[int], max_model_len: int, max_tokens: int) -> P
 
 def question(payload: dict[str, Any]) -> str:
     """The item's own request, without system prompt or examples: what its answer is
-    measured against."""
+    measured against (a document's once its prompt was built: see user_prompt)."""
     if "prompt" in payload:
         return str(payload["prompt"])
     users = [m["content"] for m in payload.get("messages", []) if m["role"] == "user"]

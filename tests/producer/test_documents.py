@@ -20,9 +20,11 @@ from producer import documents
 from producer.cli import cli
 from producer.documents import extract
 from producer.readers import Row, RowError, Skipped, detect_format, read
-from schemas import db
+from schemas import db, dedup
 from schemas.errors import InputError, UnreadableDocument
+from schemas.spec import JobSpec
 from schemas.tables import Item
+from worker.prompts import user_prompt
 
 
 def sha(text: str) -> str:
@@ -160,11 +162,12 @@ def test_folder_gives_a_row_per_readable_document_and_names_the_rest(tmp_path: P
     assert [r.key for r in rows] == READABLE
     assert set(skipped) == UNREADABLE and all(skipped.values())
     report = rows[2].payload
-    assert report == {"prompt": f"report (3): {report['text']}", "text": "\n\n".join(PAGES),
-                      "document": str(folder / "report.pdf"), "pages": 3,
+    assert report == {"text": "\n\n".join(PAGES), "document": str(folder / "report.pdf"),
+                      "path": "report.pdf", "pages": 3,
                       "size": (folder / "report.pdf").stat().st_size,
                       "sha256": sha("\n\n".join(PAGES))}
-    assert rows[4].payload["prompt"] == "plain (None): Plain words."
+    spec = JobSpec(template="{{ name }} ({{ pages }}): {{ text }}")
+    assert user_prompt(spec, rows[4].payload) == "plain (None): Plain words."
 
 
 def test_glob_reads_the_matching_files_named_below_its_fixed_part(
@@ -229,16 +232,81 @@ def test_a_parser_process_that_dies_fails_no_document(tmp_path: Path,
     folder = mixed_folder(tmp_path / "docs")
     parent, real = os.getpid(), documents.extract
 
-    def dies_in_a_child(path: Path) -> documents.Document:
+    def dies_in_a_child(path: Path, **limits: int) -> documents.Document:
         if os.getpid() != parent and path.name == "report.pdf":
             os._exit(1)  # what the kernel's OOM killer or a crashing C parser looks like
-        return real(path)
+        return real(path, **limits)
 
     monkeypatch.setattr(documents, "extract", dies_in_a_child)
     assert len(os.sched_getaffinity(0)) >= 2  # the pool is in use
     result = list(read(folder, "auto", None))
     assert [r.key for r in result if isinstance(r, Row)] == READABLE
     assert {Path(s.document).name for s in result if isinstance(s, Skipped)} == UNREADABLE
+
+
+def test_a_document_over_the_size_limit_is_skipped_by_its_size_without_being_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_pdf(tmp_path / "report.pdf", PAGES)  # parsed in a forked process
+    (tmp_path / "small.txt").write_text("Small words.")
+    (tmp_path / "big.txt").write_text("Big words. " * 200)  # 2,200 bytes
+    limit = (tmp_path / "report.pdf").stat().st_size - 1
+    opened: list[str] = []
+    real = documents.READERS[".txt"]
+    monkeypatch.setitem(documents.READERS, ".txt",
+                        lambda path: opened.append(path.name) or real(path))
+    result = list(read(tmp_path, "documents", None, max_document_bytes=2048))
+    assert [r.key for r in result if isinstance(r, Row)] == ["report.pdf", "small.txt"]
+    assert result[0] == Skipped(str(tmp_path / "big.txt"), "2.1 KiB, over the 2 KiB document "
+                                "size limit (submit --max-document-bytes)")
+    assert opened == ["small.txt"]
+    skipped = [s for s in read(tmp_path, "documents", None, max_document_bytes=limit)
+               if isinstance(s, Skipped)]
+    assert [Path(s.document).name for s in skipped] == ["big.txt", "report.pdf"]
+
+
+def test_the_default_size_limit_is_50_mib(tmp_path: Path) -> None:
+    assert documents.MAX_BYTES == 50 * 1024 * 1024
+    with (tmp_path / "huge.txt").open("wb") as fh:
+        fh.truncate(60 * 1024 * 1024)  # sparse: no disk, and never read
+    assert unreadable(tmp_path / "huge.txt") == ("60 MiB, over the 50 MiB document size "
+                                                 "limit (submit --max-document-bytes)")
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("52428800", 52_428_800), ("50MiB", 52_428_800), ("50 mib", 52_428_800),
+    ("50MB", 50_000_000), ("1.5GiB", 1_610_612_736), ("200kb", 200_000), ("1", 1)])
+def test_sizes_are_read_in_bytes_decimal_or_binary_units(text: str, size: int) -> None:
+    assert documents.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "50XB", "-1", "0", "0.1", "MB", "5 0MB"])
+def test_a_size_that_is_not_one_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="size"):
+        documents.parse_size(text)
+
+
+def test_a_document_payload_holds_its_text_once_with_the_same_content_key(
+        tmp_path: Path) -> None:
+    """The prompt is rendered by the worker from the text; a document's content key (its
+    text's hash and the job) is what it was when the payload also held the prompt."""
+    (tmp_path / "a.md").write_text("# Lighthouse\n\nThe keeper logged the weather.")
+    [row] = read(tmp_path, "documents", "Summarize:\n\n{{ text }}")
+    assert isinstance(row, Row)
+    assert json.dumps(row.payload).count("The keeper logged the weather.") == 1
+    spec = JobSpec(template="Summarize:\n\n{{ text }}")
+    before = {"prompt": "Summarize:\n\n" + row.payload["text"],
+              **{k: v for k, v in row.payload.items() if k != "path"}}
+    fingerprint = dedup.fingerprint(spec)
+    assert dedup.content_key(fingerprint, row.payload) == \
+        dedup.content_key(fingerprint, before) is not None
+    assert user_prompt(spec, row.payload) == before["prompt"]
+
+
+def test_a_template_a_document_cannot_render_is_that_rows_error(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("Alpha")
+    [error] = read(tmp_path, "documents", "{{ title }}: {{ text }}")
+    assert isinstance(error, RowError)
+    assert error.reason.startswith("a.txt: template: 'title' is undefined")
 
 
 # The command line, on real SQL and Redis (no worker).
@@ -275,9 +343,10 @@ def test_submit_folder_json_names_skipped_documents_and_creates_the_job(
     assert all(set(s) == {"document", "reason"} and s["reason"] for s in out["skipped"])
     stored = payloads(stack, out["job_id"])
     assert list(stored) == READABLE
-    assert stored["sub/minutes.docx"]["prompt"].startswith("Summarize: Minutes\n\n")
     assert {k for p in stored.values() for k in p} == \
-        {"prompt", "text", "document", "pages", "size", "sha256"}
+        {"text", "document", "path", "pages", "size", "sha256"}
+    spec = JobSpec(template="Summarize: {{ text }}")
+    assert user_prompt(spec, stored["sub/minutes.docx"]).startswith("Summarize: Minutes\n\n")
 
 
 def test_submit_without_json_prints_the_job_and_names_each_unreadable_file(
@@ -311,3 +380,25 @@ def test_submit_of_only_unreadable_documents_creates_no_job(run: Invoke, tmp_pat
     (tmp_path / "empty.txt").write_bytes(b"")
     result = run("submit", str(tmp_path), "--json", code=2)
     assert "no valid rows (1 unreadable documents); no job was created" in result.stderr
+
+
+def test_submit_skips_documents_over_max_document_bytes_and_says_why(
+        stack: Stack, run: Invoke, tmp_path: Path) -> None:
+    (tmp_path / "small.txt").write_text("Small words.")
+    (tmp_path / "big.txt").write_text("Big words. " * 200)
+    out = json.loads(run("submit", str(tmp_path), "--max-document-bytes", "1KB",
+                         "--json").stdout)
+    assert out["items"] == 1
+    assert out["skipped"] == [{"document": str(tmp_path / "big.txt"), "reason":
+                               "2.1 KiB, over the 1 KB document size limit "
+                               "(submit --max-document-bytes)"}]
+    text = run("submit", str(tmp_path), "--max-document-bytes", "2000")
+    assert f"skipped {tmp_path / 'big.txt'}: 2.1 KiB, over the 2 KB" in text.stderr
+    assert "1 unreadable documents skipped" in text.stderr
+
+
+def test_submit_refuses_a_max_document_bytes_that_is_not_a_size(run: Invoke,
+                                                                tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("Alpha")
+    result = run("submit", str(tmp_path), "--max-document-bytes", "lots", code=2)
+    assert "'lots' is not a size" in result.output

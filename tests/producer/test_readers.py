@@ -10,6 +10,8 @@ import pytest
 
 from producer.readers import Row, RowError, Skipped, read
 from schemas.errors import InputError
+from schemas.spec import JobSpec
+from worker.prompts import user_prompt
 
 
 def jsonl(path: Path, *rows: Any) -> Path:
@@ -187,7 +189,8 @@ def test_document_folder_gives_one_row_per_file_keyed_by_relative_path(tmp_path:
     (tmp_path / "docs" / "sub" / "b.md").write_text("# Beta")
     (tmp_path / "docs" / "skip.png").write_bytes(b"\x89PNG")
     result = rows(tmp_path / "docs", template="{{ name }}: {{ text }}")
-    assert [(r.line, r.key, r.payload["prompt"], r.payload["document"]) for r in result
+    spec = JobSpec(template="{{ name }}: {{ text }}")
+    assert [(r.line, r.key, user_prompt(spec, r.payload), r.payload["document"]) for r in result
             if isinstance(r, Row)] == [
         (1, "a.txt", "a: Alpha", str(tmp_path / "docs" / "a.txt")),
         (3, "sub/b.md", "b: # Beta", str(tmp_path / "docs" / "sub" / "b.md")),
@@ -199,8 +202,8 @@ def test_document_folder_gives_one_row_per_file_keyed_by_relative_path(tmp_path:
 
 def test_document_text_is_the_prompt_without_a_template(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("Alpha")
-    assert [(r.key, r.payload["prompt"]) for r in rows(tmp_path) if isinstance(r, Row)] == \
-        [("a.txt", "Alpha")]
+    assert [(r.key, user_prompt(JobSpec(), r.payload)) for r in rows(tmp_path)
+            if isinstance(r, Row)] == [("a.txt", "Alpha")]
 
 
 def test_empty_document_is_skipped_by_name_not_an_invalid_row(tmp_path: Path) -> None:

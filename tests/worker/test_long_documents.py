@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from scripted import ScriptedHost
 
+from schemas import render as render_module
 from schemas.spec import JobSpec
 from worker.generate import run_items
 
@@ -22,9 +24,8 @@ PARAGRAPH = ("The harbour town kept its old lighthouse running long after ships 
 
 def _document(paragraphs: int, key: str = "report") -> tuple[int, str, dict[str, Any]]:
     text = "\n\n".join(f"Section {i}. " + PARAGRAPH * 2 for i in range(paragraphs))
-    return (0, key, {"prompt": f"Summarize:\n\n{text}", "text": text,
-                     "document": f"docs/{key}.txt", "pages": None, "size": len(text),
-                     "sha256": "x"})
+    return (0, key, {"text": text, "document": f"docs/{key}.txt", "path": f"{key}.txt",
+                     "pages": None, "size": len(text), "sha256": "x"})
 
 
 def _host(tokenizer: Any, context: int, answer: Any) -> ScriptedHost:
@@ -112,3 +113,37 @@ def test_a_document_that_fits_is_one_ordinary_item(tokenizer: Any) -> None:
     host = _host(tokenizer, 2048, lambda prompt: "short")
     [outcome] = run_items(host, JobSpec(), [_document(1)], "job:0")  # type: ignore[arg-type]
     assert (outcome.output, outcome.pieces, outcome.parts) == ("short", None, [])
+
+
+def test_a_document_is_asked_with_the_jobs_template_over_its_one_stored_text(
+        tokenizer: Any) -> None:
+    host = _host(tokenizer, 2048, lambda prompt: "short")
+    spec = JobSpec(template="Summarize {{ name }} ({{ path }}):\n\n{{ text }}")
+    seq, key, payload = _document(1)
+    [outcome] = run_items(host, spec, [(seq, key, payload)], "job:0")  # type: ignore[arg-type]
+    assert outcome.output == "short"
+    [sent] = [t.prompt for t in outcome.tries]
+    assert f"Summarize report (report.txt):\n\n{payload['text']}" in sent
+
+
+def test_a_document_stored_with_its_prompt_runs_with_that_prompt(tokenizer: Any) -> None:
+    """Items written before the payload dropped its rendered prompt still run as submitted."""
+    host = _host(tokenizer, 2048, lambda prompt: "short")
+    seq, key, payload = _document(1)
+    payload["prompt"] = "Stored prompt: " + payload["text"]
+    spec = JobSpec(template="Summarize:\n\n{{ text }}")
+    [outcome] = run_items(host, spec, [(seq, key, payload)], "job:0")  # type: ignore[arg-type]
+    assert outcome.status == "succeeded" and "Stored prompt: Section 0." in outcome.tries[0].prompt
+
+
+def test_a_template_that_runs_away_fails_its_document_alone(
+        tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(render_module, "RENDER_SECONDS", 0.2)
+    host = _host(tokenizer, 2048, lambda prompt: "short")
+    spec = JobSpec(template="{% for i in range(size) %}{% for j in range(size) %}{% endfor %}"
+                            "{% endfor %}{{ text }}")
+    calm, wild = _document(1, "calm"), _document(1, "wild")
+    calm[2]["size"], wild[2]["size"] = 1, 100_000
+    outcomes = run_items(host, spec, [calm, (1, "wild", wild[2])], "job:0")  # type: ignore[arg-type]
+    assert {o.item_seq: (o.status, o.error) for o in outcomes} == {
+        0: ("succeeded", None), 1: ("failed", "template: rendering took longer than 0.2 s")}

@@ -14,7 +14,9 @@ from worker.prompts import (
     encode_many,
     item_seed,
     messages_for,
+    question,
     sampling_for,
+    user_prompt,
 )
 
 
@@ -129,3 +131,31 @@ def test_prompts_encoded_together_have_the_tokens_each_would_alone(tokenizer: An
         assert together.token_ids == alone.token_ids and together.text == alone.text
     with pytest.raises(KeyError):
         build(tokenizer, spec, payloads[3], 2048, 64, encoded[3])
+
+
+DOCUMENT = {"text": "The keeper logged the weather.", "document": "/data/docs/log.md",
+            "path": "docs/log.md", "pages": None, "size": 31, "sha256": "ab12"}
+
+
+def test_a_documents_prompt_is_the_jobs_template_over_its_stored_fields() -> None:
+    spec = JobSpec(template="{{ name }} | {{ path }} | {{ document }} | {{ pages }} | "
+                            "{{ size }} | {{ sha256 }}\n\n{{ text }}")
+    payload = dict(DOCUMENT)
+    assert messages_for(spec, payload) == [{"role": "user", "content": (
+        "log | docs/log.md | /data/docs/log.md | None | 31 | ab12\n\n"
+        "The keeper logged the weather.")}]
+    assert question(payload) == messages_for(spec, payload)[0]["content"]
+
+
+def test_a_document_without_a_template_is_asked_its_text() -> None:
+    assert user_prompt(JobSpec(), dict(DOCUMENT)) == "The keeper logged the weather."
+
+
+def test_a_stored_prompt_is_used_as_it_is() -> None:
+    spec = JobSpec(template="Summarize: {{ text }}")
+    assert user_prompt(spec, {**DOCUMENT, "prompt": "As submitted"}) == "As submitted"
+
+
+def test_a_template_a_document_cannot_render_fails_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="'title' is undefined"):
+        user_prompt(JobSpec(template="{{ title }}"), dict(DOCUMENT))
