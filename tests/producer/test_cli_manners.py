@@ -93,7 +93,7 @@ def test_read_commands_print_json(env: Stack, tmp_path: Path) -> None:
     upgraded = json.loads(runner.invoke(cli, ["db", "upgrade", "--json"]).stdout)
     assert set(upgraded) == {"database", "revision"} and upgraded["revision"]
     reconciled = json.loads(runner.invoke(cli, ["reconcile", "--json"]).stdout)
-    assert set(reconciled) == {"started", "expired", "resent"}
+    assert set(reconciled) == {"started", "expired", "abandoned", "resent"}
     cancelled = json.loads(runner.invoke(cli, ["cancel", job, "--json"]).stdout)
     assert cancelled["job_id"] == job and cancelled["state"] == "cancelled"
     watched = runner.invoke(cli, ["watch", job, "--json"])
