@@ -51,7 +51,7 @@ def reconcile(db_url: str, broker_url: str, now: datetime | None = None,
     """Every pass's time is the database's (worker.leases reckons leases by it), unless
     given."""
     if now is None:
-        with db.session(db_url) as s:
+        with db.reader(db_url) as s:
             now = db.clock(s)
     done = Reconciled(expired=expire(db_url, now))
     with db.session(db_url) as s, s.begin():
@@ -77,7 +77,7 @@ def start_due(db_url: str, broker_url: str, now: datetime, window: int) -> list[
 
     The state changes in SQL before the messages go out: if the broker is lost in
     between, the job is queued with pending chunks, which `resend` finds."""
-    with db.session(db_url) as s:
+    with db.reader(db_url) as s:
         due = s.execute(select(Job.id, Job.model, Job.chunks, Job.priority)
                         .where(Job.state == JobState.SCHEDULED, Job.start_at <= now)
                         .order_by(Job.priority.desc(), Job.start_at)).all()
@@ -97,7 +97,7 @@ def start_due(db_url: str, broker_url: str, now: datetime, window: int) -> list[
 
 def resend(db_url: str, broker_url: str, now: datetime) -> dict[str, int]:
     """Returns how many chunks were enqueued again, per model."""
-    with db.session(db_url) as s:
+    with db.reader(db_url) as s:
         rows = s.execute(
             select(Job.id, Job.model, Job.priority, Chunk.seq, Chunk.status)
             .join(Chunk, Chunk.job_id == Job.id)

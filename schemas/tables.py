@@ -121,8 +121,9 @@ class Item(Base):
               postgresql_where=_HAS_KEY),
     )
 
-    # Per-item tables (items, results, attempts, pieces) have no foreign key to jobs:
-    # they are written with their job created or locked (migration 0008).
+    # Per-item tables (items, results, attempts, pieces) have no foreign key to jobs
+    # (migration 0008): a submit writes its items before its job row, which makes them
+    # visible, and workers write results with the job's row locked.
     job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     # The input's own id (`id`, `custom_id`, a file name); unique within its job.

@@ -22,7 +22,14 @@ from sqlalchemy.orm import Session
 from producer import broker
 from quality.semantic import Embedder
 from schemas import counters, dedup
-from schemas.db import checkpoint_soon, replace_rows, session, update_among, upsert_rows
+from schemas.db import (
+    checkpoint_soon,
+    reader,
+    replace_rows,
+    session,
+    update_among,
+    upsert_rows,
+)
 from schemas.spec import JobSpec
 from schemas.tables import (
     Attempt,
@@ -75,7 +82,7 @@ def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
         return "skipped"  # leased by a live worker, or done: a duplicate message
     rt.heartbeat.hold(lease)
     try:
-        with session(rt.db_url) as db:
+        with reader(rt.db_url) as db:
             spec, items = _load(db, job_id, seq)
         if spec is None:
             _finish_cancelled(rt.db_url, lease)
@@ -123,7 +130,7 @@ def _hand_back(rt: Runtime, lease: leases.Lease) -> None:
     try:
         if not leases.release(rt.db_url, lease) or not rt.broker_url:
             return
-        with session(rt.db_url) as db:
+        with reader(rt.db_url) as db:
             model, priority = db.execute(select(Job.model, Job.priority)
                                          .where(Job.id == lease.job_id)).one()
         broker.enqueue(rt.broker_url, model, lease.job_id, [lease.seq],
