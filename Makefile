@@ -7,7 +7,7 @@ EXTRAS   ?= cpu,postgres,parquet,dev
 INPUT    ?=
 PYTEST_ARGS ?=
 
-.PHONY: install model demo test bench bench-quality bench-classify bench-dataplane bench-engine lint lint-docker clean
+.PHONY: install model demo test chaos bench bench-quality bench-classify bench-dataplane bench-engine lint lint-docker clean
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ demo: model
 
 test: model
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fault suite on a Redis and a PostgreSQL of its own: six faults, each on a job of 500
+# items, then a table (bench/chaos); exit 1 if any lost, duplicated or hung. About 25 min.
+chaos: model
+	$(PY) -m bench.chaos
 
 bench: model
 	$(PY) -m bench.run $(if $(INPUT),--input $(INPUT),)
