@@ -44,6 +44,7 @@ def rng() -> random.Random:
 
 
 def _survived(h: Harness, report: Report) -> None:
+    print(table([report]))  # the figures, with pytest -rP
     assert report.ok, (f"{table([report])}\nseed {SEED} (NIGHTSHIFT_CHAOS_SEED)\n"
                        f"{h.log_tails()}")
 
