@@ -274,8 +274,7 @@ class Harness:
         alive = [w for w in self.workers if w.reap() is None and w.ready()]
         if not alive:
             return []
-        stopped = [w.name for w in alive
-                   if psutil.Process(w.pid).status() == psutil.STATUS_STOPPED]
+        stopped = [w.name for w in alive if _stopped(w.pid)]
         app = Celery("chaos-ping", broker=self.broker_url, set_as_current=False)
         replies: list[dict[str, Any]] = []
         for _ in range(3):  # a worker busy writing may miss one ping
@@ -286,6 +285,13 @@ class Harness:
             if not silent:
                 break
         return stopped + silent
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_STOPPED)
+    except psutil.NoSuchProcess:  # it exited a moment ago: its code is read next time
+        return False
 
 
 def _ping(app: Celery) -> list[dict[str, Any]]:

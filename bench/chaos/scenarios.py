@@ -37,6 +37,9 @@ class Size:
     max_tokens: int = 16
     # Progress (a share of items answered) at which a server is restarted.
     mid_job: float = 0.25
+    # ... and a worker paused past its lease: late, where the backlog its chunks wait behind
+    # to be taken over is short, so that it wakes well within the stall limit.
+    late_job: float = 0.8
 
 
 # `make test`: small jobs, a few chunks per worker slot.
@@ -89,6 +92,7 @@ def _run(h: Harness, name: str, size: Size, inject: Callable[[str], Fault],
     the fleet must do after), judge it."""
     assert h.fleet is not None
     h.fleet.ensure_ready()
+    exits = {w.name: len(w.exits) for w in h.workers}
     job = submit() if submit else h.submit(
         rows or prompts(size.items), "--chunk-size", str(size.chunk_size), "--max-tokens",
         str(size.max_tokens), *options)
@@ -109,6 +113,9 @@ def _run(h: Harness, name: str, size: Size, inject: Callable[[str], Fault],
         time.sleep(monitor.every * 2)
         monitor.stop()
     report.verdict = h.verdict(job, fault.stale if fault else None)
+    exited = {w.name: w.exits[exits[w.name]:] for w in h.workers if w.exits[exits[w.name]:]}
+    if exited:
+        report.notes.append(f"workers exited (code): {exited}")
     if fault is not None:
         recovered = (monitor.all_done_at(fault.interrupted) if fault.until == "all"
                      else min((monitor.done_at[s] for s in fault.interrupted
@@ -119,8 +126,8 @@ def _run(h: Harness, name: str, size: Size, inject: Callable[[str], Fault],
     return report
 
 
-def _progress(h: Harness, job: str, size: Size) -> None:
-    target = max(1, int(size.mid_job * size.items))
+def _progress(h: Harness, job: str, size: Size, share: float | None = None) -> None:
+    target = max(1, int((share or size.mid_job) * size.items))
     h.wait_for(f"{target} items answered", lambda: h.final_items(job) >= target, size.timeout)
 
 
@@ -153,9 +160,7 @@ def sigkill(h: Harness, size: Size, rng: random.Random, kills: int = 3) -> Repor
             victim.start()  # as its supervisor would
         return Fault(first or time.monotonic(), interrupted)
 
-    report = _run(h, "sigkill x3", size, inject)
-    report.notes.append(f"exits {[(w.name, w.exits) for w in h.workers]}")
-    return report
+    return _run(h, "sigkill x3", size, inject)
 
 
 # 2. A Redis restart mid-job: every message on the broker is lost.
@@ -194,6 +199,7 @@ def _pending_chunks(h: Harness, job: str) -> set[int]:
 
 def stale_owner(h: Harness, size: Size, rng: random.Random) -> Report:
     def inject(job: str) -> Fault:
+        _progress(h, job, size, size.late_job)
         held: dict[int, int] = {}
         while not held:  # its chunks may have ended between the look and the stop
             victim, owner = _a_worker_holding(h, job, rng, size.timeout)
@@ -215,9 +221,11 @@ def stale_owner(h: Harness, size: Size, rng: random.Random) -> Report:
         time.sleep(max(5.0, h.options.lease_seconds))
         with victim.log.open("rb") as log:
             log.seek(log_start)
-            refused = log.read().count(b"nothing of this run is written")
+            woke = log.read()
         notes.append(f"stopped {owner} {stopped_for:.0f}s holding chunks {sorted(held)}, "
-                     f"{len(taken)} taken over by another; its late writes refused: {refused}")
+                     f"{len(taken)} taken over by another; on waking it saw "
+                     f"{woke.count(b'lost the lease on chunk')} leases lost, "
+                     f"{woke.count(b'nothing of this run is written')} writes refused")
         if not taken:
             problems.append("no chunk of the stopped worker was taken over: nothing tested")
         return Fault(at, set(held), stale={seq: {owner} for seq in taken})
@@ -248,38 +256,37 @@ def _finished(h: Harness, job: str, seqs: dict[int, int]) -> bool:
 
 def stalled_engine(h: Harness, size: Size, rng: random.Random) -> Report:
     stall = h.options.stall_seconds
-    stopped: list[Worker] = []
+    # The worker whose engine core was stopped, its start count and exits at that moment.
+    stopped: list[tuple[Worker, int, int]] = []
 
     def inject(job: str) -> Fault:
         victim, owner = _a_worker_holding(h, job, rng, size.timeout)
         held = h.leased_by(job, owner)
         victim.engine_core().suspend()
-        stopped.append(victim)
+        stopped.append((victim, victim.starts, len(victim.exits)))
         return Fault(time.monotonic(), set(held))
 
-    starts = {w.name: w.starts for w in h.workers}
-    # Bounded: a worker blind to the stall renews its leases for ever.
-    limit = min(size.timeout, 3 * (stall or 30) + 6 * h.options.lease_seconds + 60)
     def settle(report: Report) -> None:
-        for w in stopped:  # its chunks went to another; the worker itself must go too
+        for w, starts, _ in stopped:  # its chunks went to another; it must go too
             try:
-                h.wait_for(f"{w.name} exited", lambda w=w: w.starts > starts[w.name],
+                h.wait_for(f"{w.name} exited", lambda w=w, n=starts: w.starts > n,
                            2 * (stall or 30) + 30)
             except TimeoutError as exc:
                 report.problems.append(str(exc))
 
+    # Bounded: a worker blind to the stall renews its leases for ever.
+    limit = min(size.timeout, 3 * (stall or 30) + 6 * h.options.lease_seconds + 60)
     try:
         report = _run(h, "stalled engine", size, inject, timeout=limit, settle=settle)
     finally:
-        for w in stopped:  # whatever happened, the next scenario gets a healthy fleet
-            if w.alive() and w.starts == starts[w.name]:
+        for w, starts, _ in stopped:  # whatever happened, the next scenario gets a
+            if w.alive() and w.starts == starts:  # healthy fleet
                 w.kill()
     if stall is None:
         report.problems.append("the worker has no --stall-seconds option")
-    for w in stopped:
-        codes = w.exits[len(w.exits) - (w.starts - starts[w.name]):] if w.exits else []
-        report.notes.append(f"{w.name} exited {codes}")
-        if not codes or codes[0] != 70:
+    for w, _, exits in stopped:
+        codes = w.exits[exits:]
+        if codes[:1] != [70]:
             report.problems.append(f"{w.name} with a stopped engine exited {codes or 'never'}"
                                    ", not 70")
     return report
