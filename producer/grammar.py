@@ -1,36 +1,40 @@
 """Constraints the engine's grammar backends would refuse, found at submit.
 
-A retry on the `constrain` step sends the job's `regex` check pattern to vLLM as a
-grammar. Python's `re` accepts patterns (look-around, backreferences) that neither of
-vLLM's grammar backends compiles, and a refused request only fails its attempt on the
-worker: refusing the job at submit tells its author at once. vLLM picks xgrammar and
-falls back to llguidance, so a pattern is refused only when both refuse it; llguidance
-is asked first because it imports in milliseconds (xgrammar imports torch). Where
-neither can be imported, the worker's refusal stays the only check.
+A job's JSON schema constrains every answer, and a retry on the `constrain` step sends
+the `regex` check's pattern to vLLM as a grammar. Python's `re` and JSON Schema accept
+what neither of vLLM's grammar backends compiles (look-around, backreferences), and a
+refused request only fails its attempt on the worker: refusing the job at submit tells
+its author at once. vLLM tries xgrammar and falls back to llguidance, so a constraint is
+refused only when both refuse it; llguidance is asked first because it imports in
+milliseconds, and vLLM's own xgrammar validation (seconds to import) only then. Where
+they cannot be imported, the worker's refusal stays the only check. An OpenAI row's own
+`response_format` schema is left to the worker.
 """
 
 from __future__ import annotations
 
-import logging
+import json
+from typing import Any
 
 from schemas.errors import InputError
 from schemas.spec import JobSpec
 
-log = logging.getLogger(__name__)
-
 
 def check(spec: JobSpec) -> None:
-    """Raise InputError when the job's constrained retries would send a grammar the
-    engine cannot compile."""
+    """Raise InputError when the job would send a grammar the engine cannot compile."""
+    if spec.json_schema is not None:
+        refused = refusal({"json": spec.json_schema})
+        if refused:
+            raise InputError(f"--json-schema: the engine cannot constrain answers to it: "
+                             f"{refused}")
     pattern = constrained_regex(spec)
-    if pattern is None:
-        return
-    refused = regex_refusal(pattern)
-    if refused:
-        raise InputError(f"check regex: the engine cannot constrain answers to /{pattern}/ "
-                         f"on the ladder's constrain step: {refused}; rewrite the pattern "
-                         "without look-around or backreferences, or drop `constrain` from "
-                         "--ladder")
+    if pattern is not None:
+        refused = refusal({"regex": pattern})
+        if refused:
+            raise InputError(
+                f"check regex: the engine cannot constrain answers to /{pattern}/ on the "
+                f"ladder's constrain step: {refused}; rewrite the pattern without "
+                "look-around or backreferences, or drop `constrain` from --ladder")
 
 
 def constrained_regex(spec: JobSpec) -> str | None:
@@ -41,24 +45,34 @@ def constrained_regex(spec: JobSpec) -> str | None:
     return str(regex["pattern"]) if "constrain" in spec.ladder else None
 
 
-def regex_refusal(pattern: str) -> str | None:
-    """Why both backends refuse `pattern`; None when one compiles it (or none is here)."""
+def refusal(constraint: dict[str, Any]) -> str | None:
+    """Why both backends refuse `constraint` ({"regex": ...} or {"json": schema}); None
+    when one compiles it, or when they are not installed here."""
     try:
         import llguidance
     except ImportError:
         return None
-    error = llguidance.LLMatcher.validate_grammar(llguidance.grammar_from("regex", pattern))
-    if not error:
+    (kind, value), = constraint.items()
+    grammar = (llguidance.grammar_from("regex", value) if kind == "regex"
+               else llguidance.LLMatcher.grammar_from_json_schema(json.dumps(value)))
+    error = llguidance.LLMatcher.validate_grammar(grammar)
+    if not error or _xgrammar_accepts(constraint):
         return None
+    return _reason(error)
+
+
+def _xgrammar_accepts(constraint: dict[str, Any]) -> bool:
     try:
-        import xgrammar
+        from vllm.sampling_params import SamplingParams, StructuredOutputsParams
+        from vllm.v1.structured_output.backend_xgrammar import validate_xgrammar_grammar
     except ImportError:
-        return _reason(error)
+        return False
     try:
-        xgrammar.Grammar.from_regex(pattern)
+        validate_xgrammar_grammar(
+            SamplingParams(structured_outputs=StructuredOutputsParams(**constraint)))
     except Exception:
-        return _reason(error)
-    return None
+        return False
+    return True
 
 
 def _reason(error: str) -> str:

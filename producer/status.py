@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, or_, select, update
@@ -12,6 +12,8 @@ from schemas.errors import JobNotFound
 from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobCount, JobState
 from worker import presence
 
+# How long after a job is cancelled reconcile still looks for chunks no worker holds.
+ABANDONED_WITHIN = timedelta(days=7)
 COUNTED = (ItemStatus.PENDING, ItemStatus.RUNNING, ItemStatus.SUCCEEDED, ItemStatus.FAILED,
            ItemStatus.CANCELLED)
 
@@ -115,12 +117,19 @@ def stop(s: Any, job: Job, now: datetime) -> bool:
 def end_abandoned(s: Any, *, job_id: str | None = None) -> int:
     """The chunks of cancelled jobs that no live worker holds (handed back, or their
     worker's lease ran out by the database's clock) are done and their open items
-    cancelled: a cancelled job keeps nothing pending or running. Returns how many."""
+    cancelled: a cancelled job keeps nothing pending or running. Returns how many.
+
+    Only jobs cancelled in the last `ABANDONED_WITHIN` are looked at (a chunk still
+    running then was handed back or lost long ago), so the pass stays cheap however
+    many jobs a database keeps. Chunks are locked in key order, as heartbeats renew."""
+    now = db.clock(s)
     query = (select(Chunk.job_id, Chunk.seq).join(Job, Job.id == Chunk.job_id)
-             .where(Job.state == JobState.CANCELLED)
+             .where(Job.state == JobState.CANCELLED,
+                    Job.finished_at >= now - ABANDONED_WITHIN)
              .where(or_(Chunk.status == ChunkStatus.PENDING,
                         and_(Chunk.status == ChunkStatus.LEASED,
-                             Chunk.lease_expires_at < db.clock(s)))))
+                             Chunk.lease_expires_at < now)))
+             .order_by(Chunk.job_id, Chunk.seq))
     if job_id is not None:
         query = query.where(Chunk.job_id == job_id)
     ended = s.execute(query.with_for_update(of=Chunk)).all()

@@ -42,14 +42,16 @@ class Try:
     def failed(self) -> list[Verdict]:
         return [v for v in self.verdicts if v.passed is False]
 
-    def rank(self) -> tuple[int, float, int]:
-        """Fewest failed checks first; among those, the judge's highest score (an answer
-        it scored passed every check before it), then the later attempt. A retry is not
-        always better: in bench.quality's ledger (256 prompts, the demo model) the judge
-        scored retries 2.4 on average and first answers 2.9."""
+    def rank(self) -> tuple[bool, int, float, int]:
+        """An answer before a request the engine refused (it has none); then fewest failed
+        checks; among those, the judge's highest score (an answer it scored passed every
+        check before it), then the later attempt. A retry is not always better: in
+        bench.quality's ledger (256 prompts, the demo model) the judge scored retries 2.4
+        on average and first answers 2.9."""
         judged = next((v.score for v in self.verdicts if v.name == "judge"
                        and v.score is not None), 0.0)
-        return -len(self.failed), judged, self.attempt
+        answered = not any(v.name == "engine" for v in self.verdicts)
+        return answered, -len(self.failed), judged, self.attempt
 
     def ledger_row(self, job_id: str, item_seq: int, worker: str) -> dict[str, Any]:
         return {"job_id": job_id, "item_seq": item_seq, "piece": self.piece,
@@ -121,6 +123,10 @@ class ItemRun:
         quality, status, error = judgement(spec, chosen)
         if error and len(self.tries) > 1:
             error = f"failed quality after {len(self.tries)} attempts: {error}"
+            refused = [t for t in self.tries if t is not chosen and not t.rank()[0]]
+            if refused:
+                error += (f"; the engine refused {len(refused)} of them: "
+                          f"{reasons(refused[-1].failed)}")
         return Outcome(
             self.seq, status, output=chosen.output, label=chosen.label,
             probabilities=chosen.probabilities, samples=chosen.samples, error=error,

@@ -46,7 +46,7 @@ from schemas.tables import (
 from worker import leases, metrics
 from worker.app import message_priority
 from worker.attempts import Outcome
-from worker.engine import EngineHost
+from worker.engine import Aborted, EngineHost
 from worker.generate import run_items
 from worker.prompts import encode_many
 
@@ -97,7 +97,7 @@ def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
         timings["write"] = time.perf_counter() - wrote
         _log_overhead(lease.tag, len(items), timings, time.thread_time() - cpu_started)
         return "done"
-    except leases.LeaseLost as exc:
+    except (leases.LeaseLost, Aborted) as exc:
         log.warning("%s: nothing of this run is written", exc)
         return "lost"
     except BaseException:

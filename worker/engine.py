@@ -91,30 +91,39 @@ class EngineStalled(EngineDead):
     """The engine held requests but finished no step within the stall limit."""
 
 
+class Aborted(Exception):
+    """The request's chunk was taken from this worker (its lease was lost)."""
+
+
 class RequestRefused(Exception):
     """The engine refused one request (validation, a grammar it cannot compile, an
     adapter): that attempt fails with the engine's reason and the engine serves on."""
 
 
 class EngineHost:
-    """Steps one engine (vLLM's `LLM`) from a thread of its own, for every chunk thread."""
+    """Steps one engine (vLLM's `LLM`) from a thread of its own, for every chunk thread.
+
+    Every request ends: with its output, its refusal, its chunk's abort, or the engine's
+    death (a dead core, or a step that does not return within the stall limit)."""
 
     def __init__(self, llm: Any, *, stall_seconds: float = 300.0) -> None:
         self.engine = llm.llm_engine
         self.tokenizer = llm.get_tokenizer()
         self.max_model_len: int = self.engine.model_config.max_model_len
-        self._inbox: queue.Queue[Request] = queue.Queue()
-        self._pending: dict[str, Future[Any]] = {}
-        self._lock = threading.Lock()
-        self._dead: BaseException | None = None
-        self._stop = threading.Event()
         self.stall_seconds = stall_seconds
-        # When the step loop last came round: a step that never returns stops it.
-        self._progress = time.monotonic()
-        # Chunks whose requests are to be dropped (their lease was lost), and the one
-        # chunk that has the engine to itself (an isolated item, see `solo`).
-        self._aborts: queue.Queue[tuple[str, BaseException]] = queue.Queue()
-        self._aborted: dict[str, BaseException] = {}
+        self._inbox: queue.Queue[Request] = queue.Queue()
+        # Requests in the engine, and the death that ends them all; both under `_lock`, so
+        # no request joins either after the engine died.
+        self._pending: dict[str, Future[Any]] = {}
+        self._dead: BaseException | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        # When the engine step under way began (None between steps).
+        self._step_began: float | None = None
+        # Leases whose requests are dropped (worker.leases), newest last.
+        self._aborts: queue.Queue[tuple[str, str]] = queue.Queue()
+        self._aborted: dict[str, str] = {}
+        # The one chunk that has the engine to itself (see `solo`); turns under `_gate`.
         self._gate = threading.Condition()
         self._solo: str | None = None
         self._children = psutil.Process().children(recursive=True)
@@ -124,7 +133,7 @@ class EngineHost:
 
     @classmethod
     def start(cls, model: str, options: EngineOptions, *, seed: int = 0,
-             stall_seconds: float = 300.0) -> EngineHost:
+              stall_seconds: float = 300.0) -> EngineHost:
         """The engine for `model`, started (its core in a child process)."""
         from vllm import LLM
         from vllm.platforms import current_platform
@@ -137,16 +146,20 @@ class EngineHost:
         """Queue one request, with the job's LoRA adapter if it has one; its future
         resolves to the finished vLLM RequestOutput."""
         future: Future[Any] = Future()
-        self._wait_turn(request_id)
-        if self._dead is not None:
-            future.set_exception(EngineDead(str(self._dead)))
-            return future
         try:
             adapter = self._adapter(lora)
         except ValueError as exc:  # this job's items fail; the worker serves other jobs
             future.set_exception(exc)
             return future
-        self._inbox.put(Request(request_id, prompt_token_ids, params, future, adapter))
+        with self._gate:  # a solo chunk cannot begin between this turn and this put
+            self._gate.wait_for(lambda: self._solo is None or request_id.startswith(self._solo)
+                                or self._dead is not None)
+            with self._lock:
+                if self._dead is not None:
+                    future.set_exception(EngineDead(str(self._dead)))
+                else:
+                    self._inbox.put(Request(request_id, prompt_token_ids, params, future,
+                                            adapter))
         return future
 
     def _adapter(self, lora: str | None) -> Any:
@@ -169,20 +182,23 @@ class EngineHost:
         return self._dead is None and self._thread.is_alive()
 
     def progressing(self) -> bool:
-        """Alive, and not holding requests without finishing a step for the stall limit."""
-        return self.alive and not self._stalled_too_long()
+        """Alive, and no engine step has run longer than the stall limit."""
+        return self.alive and not self._stalled_for()
 
-    def _stalled_too_long(self) -> bool:
-        return bool(self._pending) and time.monotonic() - self._progress > self.stall_seconds
+    def _stalled_for(self) -> float:
+        """The seconds the step under way has run, once past the stall limit; else 0.0."""
+        began = self._step_began
+        running = time.monotonic() - began if began is not None else 0.0
+        return running if running > self.stall_seconds else 0.0
 
-    def abort(self, tag: str, reason: BaseException) -> None:
-        """Drop every request of chunk `tag` (its lease was lost): their futures fail with
-        `reason`, and the engine stops computing them."""
+    def abort(self, tag: str, reason: str) -> None:
+        """Drop every request of lease `tag` (worker.leases): their futures fail with
+        Aborted(reason), and the engine stops computing them."""
         self._aborts.put((f"{tag}:", reason))
 
     @contextmanager
     def solo(self, tag: str) -> Iterator[None]:
-        """The engine to chunk `tag` alone: other chunks' new requests wait, and it starts
+        """The engine to lease `tag` alone: other chunks' new requests wait, and it starts
         once their requests in flight are done. A worker death while an isolated item runs
         so is that item's doing, not a neighbour's from another slot (worker.chunks)."""
         with self._gate:
@@ -190,19 +206,14 @@ class EngineHost:
             self._solo = f"{tag}:"
         try:
             while self._pending or not self._inbox.empty():
-                if self._dead is not None:
-                    raise EngineDead(str(self._dead))
                 time.sleep(0.05)
+            if self._dead is not None:
+                raise EngineDead(str(self._dead))
             yield
         finally:
             with self._gate:
                 self._solo = None
                 self._gate.notify_all()
-
-    def _wait_turn(self, request_id: str) -> None:
-        with self._gate:
-            self._gate.wait_for(lambda: self._solo is None or request_id.startswith(self._solo)
-                                or self._dead is not None)
 
     def load(self) -> tuple[int, int, int]:
         """(requests in the engine, requests not yet handed to it, max_num_seqs): read
@@ -222,7 +233,6 @@ class EngineHost:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                self._progress = time.monotonic()
                 self._abort_lost()
                 self._admit(block=not self.engine.has_unfinished_requests())
                 if self.engine.has_unfinished_requests():
@@ -233,7 +243,8 @@ class EngineHost:
 
     def _watch(self) -> None:
         """A dead engine core does not always wake a thread blocked in `step()` (vLLM sets
-        a flag and moves on), so liveness is watched from outside the step loop too."""
+        a flag and moves on), and a stopped one never does: both are watched from outside
+        the step loop."""
         while not self._stop.wait(1.0) and self._dead is None:
             core = getattr(self.engine, "engine_core", None)
             flagged = getattr(getattr(core, "resources", None), "engine_dead", False)
@@ -242,32 +253,34 @@ class EngineHost:
                 log.error("engine core process gone (%s); failing in-flight requests",
                           gone or "flagged dead")
                 self._die(EngineDead(f"engine core process gone: {gone or 'flagged dead'}"))
-            elif self._stalled_too_long():
-                self._stalled()
+            elif stalled := self._stalled_for():
+                self._stalled(stalled)
 
-    def _stalled(self) -> None:
+    def _stalled(self, seconds: float) -> None:
         """A step that never returns (a hung or stopped engine core) will not come back:
         the core is killed, and what it held fails as a dead engine's would."""
-        waited = time.monotonic() - self._progress
-        log.error("the engine holds %d requests and finished no step for %.0f s (stall "
-                  "limit %g s): killing its core process", len(self._pending), waited,
-                  self.stall_seconds)
+        log.error("an engine step has run for %.0f s (stall limit %g s) with %d requests "
+                  "in the engine: killing its core process", seconds, self.stall_seconds,
+                  len(self._pending))
         for child in self._children:
             with suppress(psutil.NoSuchProcess):
                 child.kill()
-        self._die(EngineStalled(f"no engine step finished for {waited:.0f} s"))
+        self._die(EngineStalled(f"an engine step did not finish in {seconds:.0f} s"))
 
     def _die(self, exc: BaseException) -> None:
+        reason = exc if isinstance(exc, EngineDead) else EngineDead(f"engine died: {exc!r}")
         with self._lock:
             if self._dead is None:
-                self._dead = exc
+                self._dead = reason
             pending, self._pending = self._pending, {}
-        reason = exc if isinstance(exc, EngineDead) else EngineDead(f"engine died: {exc!r}")
         for future in pending.values():
             if not future.done():
                 future.set_exception(reason)
-        while not self._inbox.empty():
-            self._inbox.get_nowait().future.set_exception(reason)
+        while True:  # nothing joins the inbox now; the step thread may be emptying it too
+            try:
+                self._inbox.get_nowait().future.set_exception(reason)
+            except queue.Empty:
+                break
         with self._gate:
             self._gate.notify_all()  # submitters waiting for a solo chunk see the death
 
@@ -286,10 +299,10 @@ class EngineHost:
     def _add(self, request: Request) -> None:
         if request.future.cancelled():
             return
-        lost = next((reason for tag, reason in self._aborted.items()
+        lost = next((why for tag, why in self._aborted.items()
                      if request.request_id.startswith(tag)), None)
         if lost is not None:
-            request.future.set_exception(lost)
+            request.future.set_exception(Aborted(lost))
             return
         try:
             prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
@@ -309,7 +322,10 @@ class EngineHost:
             request.future.set_exception(EngineDead(f"engine died: {exc!r}"))
             raise
         with self._lock:
-            self._pending[request.request_id] = request.future
+            if self._dead is None:
+                self._pending[request.request_id] = request.future
+                return
+        request.future.set_exception(EngineDead(str(self._dead)))
 
     def _forget(self, request_id: str) -> None:
         """Whatever a refused add left behind in the engine's bookkeeping goes."""
@@ -320,20 +336,23 @@ class EngineHost:
 
     def _abort_lost(self) -> None:
         while not self._aborts.empty():
-            tag, reason = self._aborts.get_nowait()
-            self._aborted[tag] = reason
-            if len(self._aborted) > 256:  # that chunk's thread stopped asking long ago
+            tag, why = self._aborts.get_nowait()
+            self._aborted[tag] = why
+            if len(self._aborted) > 256:  # that lease's chunk thread stopped asking long ago
                 del self._aborted[next(iter(self._aborted))]
             with self._lock:
                 ids = [rid for rid in self._pending if rid.startswith(tag)]
                 futures = [self._pending.pop(rid) for rid in ids]
+            for future in futures:
+                future.set_exception(Aborted(why))
             if ids:
                 self.engine.abort_request(ids)
-            for future in futures:
-                future.set_exception(reason)
 
     def _step(self) -> None:
-        for output in self.engine.step():
+        self._step_began = time.monotonic()
+        outputs = self.engine.step()
+        self._step_began = None
+        for output in outputs:
             if output.finished:
                 with self._lock:
                     future = self._pending.pop(output.request_id, None)

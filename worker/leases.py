@@ -37,8 +37,15 @@ class Lease:
 
     @property
     def tag(self) -> str:
-        """The chunk's part of its engine request ids (worker.requests)."""
-        return f"{self.job_id}:{self.seq}"
+        """This taking's part of its engine request ids (worker.requests): an abort or a
+        solo run of one delivery never touches another's requests."""
+        return f"{self.job_id}:{self.seq}.{self.deliveries}"
+
+    def where_held(self) -> Any:
+        """The SQL condition that this lease still holds its chunk."""
+        return and_(Chunk.job_id == self.job_id, Chunk.seq == self.seq,
+                    Chunk.lease_owner == self.owner, Chunk.deliveries == self.deliveries,
+                    Chunk.status == ChunkStatus.LEASED)
 
 
 class LeaseLost(Exception):
@@ -52,8 +59,16 @@ def claim(db_url: str, job_id: str, seq: int, owner: str, ttl: float) -> Lease |
 
 
 def take(db: Session, job_id: str, seq: int, owner: str, ttl: float) -> Lease | None:
-    """`claim` within the caller's transaction (worker.chunks.rehearse rolls it back)."""
+    """`claim` within the caller's transaction (worker.chunks.rehearse rolls it back).
+
+    The job's row is locked first, as cancel, deadlines and result writes lock it, so no
+    two of them wait on each other's rows in opposite orders (PostgreSQL)."""
     now = clock(db)
+    if db.scalar(select(Job.state).where(Job.id == job_id).with_for_update()) is None:
+        log.warning("chunk %s/%s is not in this worker's database: does another "
+                    "deployment, with another database, share this Redis database?",
+                    job_id, seq)
+        return None
     taken = cast(CursorResult[Any], db.execute(
         update(Chunk)
         .where(Chunk.job_id == job_id, Chunk.seq == seq)
@@ -64,10 +79,6 @@ def take(db: Session, job_id: str, seq: int, owner: str, ttl: float) -> Lease | 
                 deliveries=Chunk.deliveries + 1)
     )).rowcount
     if not taken:
-        if db.get(Chunk, (job_id, seq)) is None:
-            log.warning("chunk %s/%s is not in this worker's database: does another "
-                        "deployment, with another database, share this Redis database?",
-                        job_id, seq)
         return None
     db.execute(update(Item).where(Item.job_id == job_id, Item.chunk == seq,
                                   Item.status == ItemStatus.PENDING)
@@ -87,11 +98,7 @@ def fence(db: Session | Any, lease: Lease, *, done: bool) -> None:
     if done:
         values = {"status": ChunkStatus.DONE, "lease_owner": None, "lease_expires_at": None}
     held = cast(CursorResult[Any], db.execute(
-        update(Chunk)
-        .where(Chunk.job_id == lease.job_id, Chunk.seq == lease.seq,
-               Chunk.lease_owner == lease.owner, Chunk.deliveries == lease.deliveries,
-               Chunk.status == ChunkStatus.LEASED)
-        .values(**values))).rowcount
+        update(Chunk).where(lease.where_held()).values(**values))).rowcount
     if not held:
         raise LeaseLost(f"chunk {lease.tag} is no longer leased by {lease.owner} "
                         f"(delivery {lease.deliveries})")
@@ -102,10 +109,7 @@ def release(db_url: str, lease: Lease) -> bool:
     the lease was no longer held (nothing to hand back)."""
     with session(db_url) as db, db.begin():
         released = cast(CursorResult[Any], db.execute(
-            update(Chunk)
-            .where(Chunk.job_id == lease.job_id, Chunk.seq == lease.seq,
-                   Chunk.lease_owner == lease.owner, Chunk.deliveries == lease.deliveries,
-                   Chunk.status == ChunkStatus.LEASED)
+            update(Chunk).where(lease.where_held())
             .values(status=ChunkStatus.PENDING, lease_owner=None, lease_expires_at=None)
         )).rowcount
         if released:
@@ -152,7 +156,7 @@ class Heartbeat:
     def renew(self) -> list[Lease]:
         """Extend every held lease; returns those found lost (and drops them)."""
         with self._lock:
-            held = list(self.held)
+            held = sorted(self.held, key=lambda lease: (lease.job_id, lease.seq))
         if not held:
             return []
         if not self.healthy():
@@ -162,16 +166,14 @@ class Heartbeat:
         lost = []
         with session(self.db_url) as db, db.begin():
             expires = clock(db) + timedelta(seconds=self.ttl)
-            for lease in held:
+            for lease in held:  # in key order, as end_abandoned locks them
                 renewed = cast(CursorResult[Any], db.execute(
-                    update(Chunk)
-                    .where(Chunk.job_id == lease.job_id, Chunk.seq == lease.seq,
-                           Chunk.lease_owner == self.owner,
-                           Chunk.deliveries == lease.deliveries,
-                           Chunk.status == ChunkStatus.LEASED)
+                    update(Chunk).where(lease.where_held())
                     .values(lease_expires_at=expires))).rowcount
                 if not renewed:
                     lost.append(lease)
+        with self._lock:  # a chunk that finished meanwhile dropped its lease: not lost
+            lost = [lease for lease in lost if lease in self.held]
         for lease in lost:
             log.warning("lost the lease on chunk %s (another worker took it, or it ended): "
                         "its requests are aborted", lease.tag)

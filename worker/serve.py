@@ -44,8 +44,8 @@ def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str 
         metrics.start(metrics_port, settings.broker_url, settings.model, host)
     heartbeat = leases.Heartbeat(settings.database_url, owner, settings.lease_seconds,
                                  healthy=host.progressing,
-                                 on_lost=lambda lease: host.abort(lease.tag, leases.LeaseLost(
-                                     f"lost the lease on chunk {lease.tag}")))
+                                 on_lost=lambda lease: host.abort(
+                                     lease.tag, f"lost the lease on chunk {lease.tag}"))
     tasks.runtime = Runtime(host, settings.database_url, owner, heartbeat,
                             broker_url=settings.broker_url)
     try:

@@ -6,6 +6,8 @@ import logging
 import os
 import signal
 
+from celery.exceptions import Reject
+
 from worker.app import RUN_CHUNK, celery_app
 from worker.chunks import Runtime, run_chunk
 from worker.engine import EngineDead
@@ -20,6 +22,10 @@ runtime: Runtime | None = None
 def run_chunk_task(job_id: str, seq: int) -> str:
     if runtime is None:
         raise RuntimeError("this process hosts no engine; start workers with `nightshift worker`")
+    if not runtime.host.alive:
+        # Shutting down after its engine died: the message goes back for another worker,
+        # untouched (a claim here would count a delivery that never ran).
+        raise Reject("this worker's engine is dead", requeue=True)
     try:
         outcome = run_chunk(runtime, str(job_id), int(seq))
     except EngineDead:

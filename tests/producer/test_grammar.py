@@ -25,7 +25,15 @@ def test_a_lookahead_pattern_on_a_constrain_ladder_is_refused_naming_the_reason(
 def test_patterns_the_engine_compiles_or_never_sees_pass() -> None:
     grammar.check(JobSpec(checks=[r"regex:pattern=^\d+$"], ladder=["constrain"]))
     grammar.check(JobSpec(checks=[f"regex:pattern={LOOKAHEAD}"], ladder=["resample"]))
-    assert grammar.regex_refusal(r"(a)\1") == "backreferences are not supported"
+    assert grammar.refusal({"regex": r"(a)\1"}) == "backreferences are not supported"
+    grammar.check(JobSpec(json_schema={"type": "object", "properties": {"a": {"type": "string"}}}))
+
+
+def test_a_json_schema_both_backends_refuse_is_refused_and_one_xgrammar_takes_passes() -> None:
+    assert grammar.refusal({"json": {"type": "string", "pattern": "(a)\\1"}}) == (
+        "backreferences are not supported")
+    # llguidance refuses look-ahead in a schema's pattern; vLLM's xgrammar takes it.
+    assert grammar.refusal({"json": {"type": "string", "pattern": "(?=a)a"}}) is None
 
 
 def test_submit_refuses_it_with_exit_2_and_writes_nothing(tmp_path: Path) -> None:

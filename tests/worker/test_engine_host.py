@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from standin_engine import StandInEngine, StandInLLM
 
-from worker.engine import EngineDead, EngineHost, EngineStalled, RequestRefused
+from worker.engine import Aborted, EngineDead, EngineHost, EngineStalled, RequestRefused
 
 LOOKAHEAD = SimpleNamespace(structured_outputs=SimpleNamespace(regex=r"^(?=.*\d).*$"))
 
@@ -50,7 +50,7 @@ def test_a_stalled_engine_fails_what_it_holds_and_stops_progressing(
     assert host.submit("job:0:1:1", [1], _params()).result(timeout=5).finished
     engine.core_running.clear()  # the engine core is stopped: the next step never returns
     held = host.submit("job:0:2:1", [1], _params())
-    with pytest.raises(EngineStalled, match="no engine step finished"):
+    with pytest.raises(EngineStalled, match="did not finish"):
         held.result(timeout=10)
     assert not host.alive and not host.progressing()
     with pytest.raises(EngineDead):
@@ -73,17 +73,19 @@ def test_a_busy_engine_is_progressing_however_long_its_requests_wait(
 def test_aborting_a_chunk_drops_its_requests_and_fails_their_futures(
         host: EngineHost, engine: StandInEngine) -> None:
     engine.steps = 50  # half a second a request
-    mine = host.submit("job:3:1:1", [1], _params())
-    other = host.submit("job:4:1:1", [1], _params())
+    mine = host.submit("job:3.1:1:1", [1], _params())
+    other = host.submit("job:4.1:1:1", [1], _params())
     time.sleep(0.1)  # both in the engine
-    host.abort("job:3", LookupError("lease lost"))
-    with pytest.raises(LookupError, match="lease lost"):
+    host.abort("job:3.1", "lost the lease")
+    with pytest.raises(Aborted, match="lost the lease"):
         mine.result(timeout=5)
     assert other.result(timeout=5).finished
-    assert engine.aborted == ["job:3:1:1"]
-    late = host.submit("job:3:2:1", [1], _params())  # the chunk's thread asks again
-    with pytest.raises(LookupError):
+    assert engine.aborted == ["job:3.1:1:1"]
+    late = host.submit("job:3.1:2:1", [1], _params())  # the lost lease's thread asks again
+    with pytest.raises(Aborted):
         late.result(timeout=5)
+    engine.steps = 1  # the chunk's next delivery, here again, is not the lost one
+    assert host.submit("job:3.2:1:1", [1], _params()).result(timeout=5).finished
 
 
 def test_an_isolated_chunk_starts_once_others_drain_and_holds_their_new_requests_back(
@@ -101,3 +103,9 @@ def test_an_isolated_chunk_starts_once_others_drain_and_holds_their_new_requests
         assert engine.added[-1] == "job:2:1:1"
     asking.join(timeout=5)
     assert held_back and held_back[0].result(timeout=5).finished
+
+
+def test_an_isolated_chunk_does_not_start_on_a_dead_engine(host: EngineHost) -> None:
+    host._die(RuntimeError("engine core process gone"))
+    with pytest.raises(EngineDead), host.solo("job:5.3"):
+        pass

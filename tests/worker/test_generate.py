@@ -18,6 +18,7 @@ import pytest
 from scripted import ScriptedHost
 
 from schemas.spec import JobSpec
+from worker.engine import RequestRefused
 from worker.generate import run_items
 
 
@@ -231,21 +232,26 @@ def test_a_stored_spec_naming_a_check_not_registered_here_fails_its_items_with_t
 
 def test_a_retry_the_engine_refuses_fails_its_item_and_the_chunk_goes_on(
         tokenizer: Any) -> None:
-    from vllm.exceptions import VLLMValidationError
-
+    """As the real host does (worker.engine), the refusal comes back on the request's
+    future; the item keeps its real answer, and fails naming the engine's reason."""
     class Picky(ScriptedHost):
         def submit(self, request_id: str, token_ids: list[int], params: Any,
                    lora: str | None = None) -> Future[Any]:
             if int(request_id.split(":")[3]) > 1 and "picky" in self.tokenizer.decode(token_ids):
-                raise VLLMValidationError("refused on purpose")
+                refused: Future[Any] = Future()
+                refused.set_exception(RequestRefused("look-around is not supported"))
+                return refused
             return super().submit(request_id, token_ids, params)
 
     host = Picky(tokenizer, lambda p, a: ("", "stop", 0) if a == 1 else ("fine", "stop", 0))
-    outcomes = run_items(host, JobSpec(checks=["non_empty"]),  # type: ignore[arg-type]
+    outcomes = run_items(host, JobSpec(checks=["non_empty"], max_attempts=3),  # type: ignore[arg-type]
                          _items("picky one", "easy one"), "job:0")
     assert [o.status for o in outcomes] == ["failed", "succeeded"]
-    assert "refused on purpose" in (outcomes[0].error or "")
-
+    picky = outcomes[0]
+    assert picky.attempts == 3 and picky.attempt == 1
+    assert picky.error == ("failed quality after 3 attempts: non_empty: the answer is empty; the "
+                           "engine refused 2 of them: engine: the engine refused it: look-around "
+                           "is not supported")
 
 def test_a_tied_vote_goes_to_the_greedy_answers_label(tokenizer: Any) -> None:
     spec = JobSpec(kind="classify", labels=["negative", "positive"],
