@@ -116,7 +116,9 @@ def cli() -> None:
               help="0-9; among waiting jobs of a model, higher runs first.")
 @click.option("--dry-run", is_flag=True, help="Validate and tokenize every row, report "
               "totals and an ETA; write nothing.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"job_id": ..., "items": N}.')
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: job_id, items, "
+              "invalid, skipped (documents, with reasons), reused and state "
+              "(queued or scheduled); --dry-run: the pre-flight report.")
 @connection_options
 def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[str, ...],
            system: str | None, template: str | None, template_file: Path | None,
