@@ -1,7 +1,7 @@
 """The docker files stay in step with the code: every package is copied, every extra and
 setting they name exists, every command they run parses, and both validators pass.
 
-Docker cannot run on the development machines, so these checks are what stands between
+Docker need not run where the tests run, so these checks are what stands between
 an edit of the CLI or the settings and an image that fails on a GPU machine.
 """
 
