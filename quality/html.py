@@ -17,7 +17,7 @@ table { border-collapse: collapse; } td, th { padding: .2em .8em; text-align: le
 svg text { font: 11px system-ui, sans-serif; }
 </style></head><body>
 <h1>Job {{ r.job_id }}</h1>
-<p class="muted">{{ r.kind }} · {{ r.state }} · {{ r.items }} items ·
+<p class="muted">{{ r.kind }} · {{ r.state }} · {{ r["items"] }} items ·
 checks: {{ r.checks | join(", ") or "none" }}</p>
 <table><tr><th>first-try pass rate</th><th>after retries</th><th>needs review</th>
 <th>retry tokens</th></tr>

@@ -72,6 +72,18 @@ def test_the_report_counts_first_try_and_final_passes_attempts_and_failures(
     assert "75.0%" in page
 
 
+def test_the_html_header_counts_the_jobs_items(stack: Stack, tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}"}) + "\n" for i in range(3)))
+    settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
+    job = submit(settings, JobSpec(chunk_size=4), path).job_id
+
+    page = html.render(reports.build(stack.db_url, job))
+
+    assert " · 3 items ·" in page
+    assert "built-in method" not in page
+
+
 def test_a_job_nobody_submitted_is_named_in_the_error(stack: Stack) -> None:
     from schemas.errors import JobNotFound
 
