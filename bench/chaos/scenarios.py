@@ -120,9 +120,11 @@ def _run(h: Harness, name: str, size: Size, inject: Callable[[str], Fault],
         recovered = (monitor.all_done_at(fault.interrupted) if fault.until == "all"
                      else min((monitor.done_at[s] for s in fault.interrupted
                                if s in monitor.done_at), default=None))
-        report.recover_s = None if recovered is None else max(0.0, recovered - fault.at)
         if monitor.completed_at is not None:
             report.complete_s = monitor.completed_at - fault.at
+            # A chunk's end and its job's commit together: one look may see only the job's.
+            recovered = min(recovered or monitor.completed_at, monitor.completed_at)
+        report.recover_s = None if recovered is None else max(0.0, recovered - fault.at)
     return report
 
 
