@@ -1,7 +1,7 @@
 """`make demo`, the README's first command, runs its whole story: a worker starts, the
 example questions are submitted with a quality bar, watched to the end, reported on,
-and read back from SQL. (Session 9 found its last step broken by a Python 3.11
-SyntaxError that nothing else ran.)"""
+and read back from SQL. Nothing else runs its last step, which once broke on a Python
+3.11 SyntaxError."""
 
 from __future__ import annotations
 
