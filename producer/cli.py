@@ -407,7 +407,7 @@ def reconcile(as_json: bool, broker_url: str | None, database_url: str | None) -
       nightshift reconcile
       nightshift reconcile --json
     """
-    from producer.reconcile import reconcile as do_reconcile
+    from worker.reconcile import reconcile as do_reconcile
 
     settings = settings_from(broker_url=broker_url, database_url=database_url)
     db.check_reachable(settings.database_url)

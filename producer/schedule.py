@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from schemas.errors import ConfigError
-from worker.app import MAX_PRIORITY
+from worker.broker import MAX_PRIORITY
 
 CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 

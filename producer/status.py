@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select
 
 from schemas import db
 from schemas.errors import JobNotFound
-from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobCount, JobState
+from schemas.tables import ItemStatus, Job, JobCount, JobState
 from worker import presence
+from worker.cancel import stop
 
-# How long after a job is cancelled reconcile still looks for chunks no worker holds.
-ABANDONED_WITHIN = timedelta(days=7)
 COUNTED = (ItemStatus.PENDING, ItemStatus.RUNNING, ItemStatus.SUCCEEDED, ItemStatus.FAILED,
            ItemStatus.CANCELLED)
 
@@ -99,44 +97,3 @@ def cancel(db_url: str, job_id: str) -> tuple[bool, dict[str, Any]]:
         stopped = stop(s, _job(s, job_id, lock=True), db.clock(s))
     return stopped, status(db_url, job_id)
 
-
-def stop(s: Any, job: Job, now: datetime) -> bool:
-    """Cancel what has not started, inside the caller's transaction (cancel, deadline),
-    on a job the caller locked; False when it had ended already."""
-    if job.state in JobState.FINAL:
-        return False
-    job.state, job.finished_at = JobState.CANCELLED, now
-    s.execute(update(Item).where(Item.job_id == job.id, Item.status == ItemStatus.PENDING)
-              .values(status=ItemStatus.CANCELLED))
-    s.execute(update(Chunk).where(Chunk.job_id == job.id, Chunk.status == ChunkStatus.PENDING)
-              .values(status=ChunkStatus.DONE))
-    end_abandoned(s, job_id=job.id)
-    return True
-
-
-def end_abandoned(s: Any, *, job_id: str | None = None) -> int:
-    """The chunks of cancelled jobs that no live worker holds (handed back, or their
-    worker's lease ran out by the database's clock) are done and their open items
-    cancelled: a cancelled job keeps nothing pending or running. Returns how many.
-
-    Only jobs cancelled in the last `ABANDONED_WITHIN` are looked at (a chunk still
-    running then was handed back or lost long ago), so the pass stays cheap however
-    many jobs a database keeps. Chunks are locked in key order, as heartbeats renew."""
-    now = db.clock(s)
-    query = (select(Chunk.job_id, Chunk.seq).join(Job, Job.id == Chunk.job_id)
-             .where(Job.state == JobState.CANCELLED,
-                    Job.finished_at >= now - ABANDONED_WITHIN)
-             .where(or_(Chunk.status == ChunkStatus.PENDING,
-                        and_(Chunk.status == ChunkStatus.LEASED,
-                             Chunk.lease_expires_at < now)))
-             .order_by(Chunk.job_id, Chunk.seq))
-    if job_id is not None:
-        query = query.where(Chunk.job_id == job_id)
-    ended = s.execute(query.with_for_update(of=Chunk)).all()
-    for chunk_job, seq in ended:
-        s.execute(update(Chunk).where(Chunk.job_id == chunk_job, Chunk.seq == seq)
-                  .values(status=ChunkStatus.DONE, lease_owner=None, lease_expires_at=None))
-        s.execute(update(Item).where(Item.job_id == chunk_job, Item.chunk == seq,
-                                     Item.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING)))
-                  .values(status=ItemStatus.CANCELLED))
-    return len(ended)

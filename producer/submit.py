@@ -23,15 +23,15 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from producer import broker, documents, readers
+from producer import documents, readers
 from producer.schedule import Schedule
 from schemas import counters, db, dedup
 from schemas.errors import InputError
 from schemas.settings import Settings
 from schemas.spec import JobSpec
 from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobCount, JobState, utcnow
-from worker import models
-from worker.app import message_priority
+from worker import broker, models
+from worker.broker import message_priority
 
 log = logging.getLogger(__name__)
 

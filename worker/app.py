@@ -1,13 +1,12 @@
-"""The Celery app: the broker contract both sides share.
+"""The Celery app, as the worker runs it and the producer sends with it.
 
 Only JSON crosses the broker (a pickled message is refused before anything runs);
 a message is acknowledged after its chunk ran (acks late), one at a time
-(prefetch 1), and a chunk message names ids only: (job id, chunk seq).
+(prefetch 1). What a message says and where it goes: worker.broker.
 """
 
 from __future__ import annotations
 
-import re
 import ssl
 from functools import lru_cache
 from typing import Any
@@ -15,7 +14,6 @@ from typing import Any
 from celery import Celery
 
 RUN_CHUNK = "nightshift.run_chunk"
-MAX_PRIORITY = 9
 
 CONFIG = dict(
     task_serializer="json",
@@ -59,19 +57,3 @@ def app_for(broker_url: str) -> Celery:
     app.conf.update(CONFIG, **broker_settings(broker_url))
     return app
 
-
-def message_priority(job_priority: int) -> int:
-    """A job's priority (0-9, higher runs first) as kombu's Redis message priority, where
-    the lowest value is popped first. Default jobs (0) sit in the last list."""
-    return MAX_PRIORITY - min(max(job_priority, 0), MAX_PRIORITY)
-
-
-def queue_for(model: str) -> str:
-    """Workers are grouped by model: a job only reaches workers that hold its model.
-
-    A job with a LoRA adapter shares its base model's queue: vLLM applies adapters per
-    request, so a worker with --enable-lora serves plain and adapter jobs from one engine,
-    and a queue of their own would only split the model's workers in two. The rule is
-    that all workers of a model run --enable-lora when any of its jobs may carry an
-    adapter; one that does not fails those items, naming the option (worker.engine)."""
-    return "nightshift." + re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_")

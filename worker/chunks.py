@@ -19,7 +19,6 @@ from typing import Any
 from sqlalchemy import Connection, func, select, update
 from sqlalchemy.orm import Session
 
-from producer import broker
 from quality.semantic import Embedder
 from schemas import counters, dedup
 from schemas.db import (
@@ -43,9 +42,9 @@ from schemas.tables import (
     Result,
     utcnow,
 )
-from worker import leases, metrics
-from worker.app import message_priority
+from worker import broker, leases, metrics
 from worker.attempts import Outcome
+from worker.broker import message_priority
 from worker.engine import Aborted, EngineHost
 from worker.generate import run_items
 from worker.prompts import encode_many

@@ -93,8 +93,7 @@ class Live(Collector):
 
 
 def _queue(broker_url: str, model: str) -> Iterator[Metric]:
-    from producer.broker import queue_depth
-    from worker.app import queue_for
+    from worker.broker import queue_depth, queue_for
 
     gauge = GaugeMetricFamily("nightshift_queue_depth", "Chunk messages waiting on this "
                               "worker's queue (all priorities).", labels=["queue"])

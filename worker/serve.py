@@ -15,7 +15,8 @@ from quality import registry
 from schemas import db
 from schemas.settings import Settings, redact
 from worker import leases, logs, metrics, models, presence, tasks
-from worker.app import broker_settings, celery_app, queue_for
+from worker.app import broker_settings, celery_app
+from worker.broker import queue_for
 from worker.chunks import Runtime, rehearse
 from worker.engine import EngineHost, EngineOptions
 
@@ -88,7 +89,7 @@ def _keep_logging(**_: object) -> None:
 
 def _reconcile_every(settings: Settings, stop: threading.Event) -> None:
     """Workers heal lost messages themselves: no one has to run `nightshift reconcile`."""
-    from producer.reconcile import reconcile
+    from worker.reconcile import reconcile
 
     # Every half lease: a dead worker's chunk runs again within 1.5 leases (45 s by default).
     while not stop.wait(settings.lease_seconds / 2):

@@ -14,9 +14,9 @@ from pathlib import Path
 from conftest import Stack
 from sqlalchemy import func, select
 
-from producer import broker
 from schemas import db
 from schemas.tables import Chunk, ChunkStatus, Result
+from worker import broker
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:

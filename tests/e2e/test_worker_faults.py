@@ -18,7 +18,8 @@ from sqlalchemy import func, select
 
 from schemas import db
 from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Result
-from worker.app import RUN_CHUNK, queue_for
+from worker.app import RUN_CHUNK
+from worker.broker import queue_for
 
 MODEL = "smollm2-135m-instruct"
 

@@ -11,7 +11,6 @@ from conftest import Stack, lease
 from sqlalchemy import select
 
 from producer.cli import cli
-from producer.reconcile import reconcile
 from producer.status import cancel
 from producer.submit import submit
 from schemas import db
@@ -21,6 +20,7 @@ from schemas.tables import Chunk, ChunkStatus, Item, JobState
 from worker import leases
 from worker.chunks import write
 from worker.generate import Outcome
+from worker.reconcile import reconcile
 
 
 def _job(stack: Stack, tmp_path: Path, n: int = 6) -> str:

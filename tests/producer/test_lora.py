@@ -20,7 +20,7 @@ from schemas.errors import ConfigError
 from schemas.settings import load
 from schemas.spec import JobSpec
 from schemas.tables import Job
-from worker.app import queue_for
+from worker.broker import queue_for
 from worker.engine import EngineHost, lora_id
 
 

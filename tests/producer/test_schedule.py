@@ -13,9 +13,7 @@ from click.testing import CliRunner
 from conftest import Stack
 from sqlalchemy import select
 
-from producer.broker import queue_depth
 from producer.cli import cli
-from producer.reconcile import reconcile
 from producer.schedule import Schedule, parse, when
 from producer.status import status
 from producer.submit import submit
@@ -25,9 +23,11 @@ from schemas.settings import load
 from schemas.spec import JobSpec
 from schemas.tables import Item, ItemStatus, Job, JobState
 from worker import leases
-from worker.app import app_for, queue_for
+from worker.app import app_for
+from worker.broker import queue_depth, queue_for
 from worker.chunks import write
 from worker.generate import Outcome
+from worker.reconcile import reconcile
 
 MODEL = JobSpec().model
 

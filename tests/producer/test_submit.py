@@ -16,7 +16,7 @@ from schemas.errors import BrokerUnreachable, DatabaseUnreachable, InputError
 from schemas.settings import load
 from schemas.spec import JobSpec
 from schemas.tables import Chunk, Item, Job
-from worker.app import queue_for
+from worker.broker import queue_for
 
 
 def _count(stack: Stack, table: type) -> int:

@@ -11,15 +11,15 @@ from pathlib import Path
 import redis
 from conftest import Stack, lease
 
-from producer.reconcile import reconcile
 from producer.submit import submit
 from schemas import db
 from schemas.settings import load
 from schemas.spec import JobSpec
 from schemas.tables import Job
-from worker.app import queue_for
 from worker.attempts import Outcome
+from worker.broker import queue_for
 from worker.chunks import write
+from worker.reconcile import reconcile
 
 
 def _jsonl(tmp_path: Path, name: str, n: int) -> Path:

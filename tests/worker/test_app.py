@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from schemas.errors import ModelError
-from worker.app import app_for, celery_app, queue_for
+from worker.app import app_for, celery_app
+from worker.broker import queue_for
 from worker.models import check_name
 
 

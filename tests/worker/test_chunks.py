@@ -199,7 +199,7 @@ def test_a_chunk_handed_back_after_an_engine_death_is_sent_again_at_once(
         stack: Stack, tmp_path: Path, tokenizer: Any) -> None:
     from concurrent.futures import Future
 
-    from producer.broker import queue_depth
+    from worker.broker import queue_depth
     from worker.engine import EngineDead
 
     class Dead(ScriptedHost):

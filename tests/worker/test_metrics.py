@@ -13,9 +13,8 @@ import pytest
 from conftest import Stack, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from producer import broker
 from schemas.spec import JobSpec
-from worker import metrics
+from worker import broker, metrics
 
 MODEL = JobSpec().model
 

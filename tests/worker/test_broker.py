@@ -1,14 +1,14 @@
-"""The broker side of the producer: how deep a model's queue is, and what an unreachable
-broker says."""
+"""The broker contract: how deep a model's queue is, and what an unreachable broker
+says."""
 
 from __future__ import annotations
 
 import pytest
 from conftest import Stack
 
-from producer import broker
 from schemas.errors import BrokerUnreachable
 from schemas.spec import JobSpec
+from worker import broker
 
 MODEL = JobSpec().model
 

@@ -1,4 +1,5 @@
-"""Sending "run chunk" messages: ids only, JSON, one per chunk, on the model's queue.
+"""The broker contract both sides share: a "run chunk" message names ids only, (job id,
+chunk seq), as JSON, one per chunk, on its model's queue, at its job's priority.
 
 A job keeps at most `Settings.window` messages on the broker; each chunk that finishes
 sends the job's next one (`next_chunk`, in the finishing chunk's transaction). A job
@@ -8,6 +9,7 @@ of the big one's chunks, not for all of them: jobs take turns.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -19,11 +21,30 @@ from sqlalchemy.orm import Session
 from schemas.errors import BrokerUnreachable
 from schemas.settings import redact
 from schemas.tables import Job, JobState
-from worker.app import RUN_CHUNK, app_for, queue_for
+from worker.app import RUN_CHUNK, app_for
+
+MAX_PRIORITY = 9
 
 # A submit's check, a metrics scrape and a reconcile pass must fail in seconds on a
 # stalled broker, not hang (kombu's Redis sockets wait forever by default).
 _BOUNDED = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0, "max_retries": 1}
+
+
+def message_priority(job_priority: int) -> int:
+    """A job's priority (0-9, higher runs first) as kombu's Redis message priority, where
+    the lowest value is popped first. Default jobs (0) sit in the last list."""
+    return MAX_PRIORITY - min(max(job_priority, 0), MAX_PRIORITY)
+
+
+def queue_for(model: str) -> str:
+    """Workers are grouped by model: a job only reaches workers that hold its model.
+
+    A job with a LoRA adapter shares its base model's queue: vLLM applies adapters per
+    request, so a worker with --enable-lora serves plain and adapter jobs from one engine,
+    and a queue of their own would only split the model's workers in two. The rule is
+    that all workers of a model run --enable-lora when any of its jobs may carry an
+    adapter; one that does not fails those items, naming the option (worker.engine)."""
+    return "nightshift." + re.sub(r"[^A-Za-z0-9_.-]+", "_", model).strip("_")
 
 
 @contextmanager

@@ -8,7 +8,7 @@ with time, and heals what the broker lost.
 - A chunk that no message will start (the broker lost it, or its worker died) is
   enqueued again: when its lease has expired, or when it is pending and its model's
   queue holds no messages at all. A message too many is harmless: the lease drops it.
-  Only chunks already sent count (a job's `enqueued`, see producer.broker): the rest
+  Only chunks already sent count (a job's `enqueued`, see worker.broker): the rest
   wait their turn in the job's window.
 
 Run by `nightshift reconcile` and by every worker every half lease, so a scheduled job
@@ -24,12 +24,12 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, and_, or_, select, update
 
-from producer import broker
-from producer.status import end_abandoned, stop
 from schemas import db
 from schemas.settings import Settings
 from schemas.tables import Chunk, ChunkStatus, Job, JobState
-from worker.app import message_priority
+from worker import broker
+from worker.broker import message_priority
+from worker.cancel import end_abandoned, stop
 
 
 @dataclass
