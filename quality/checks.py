@@ -92,9 +92,8 @@ class LengthParams(Params):
 
 
 class RepetitionParams(Params):
-    # Word n-grams; a share of repeated n-grams above `max_repeat` is degenerate. Measured
-    # on 96 greedy 128-token demo-model answers: loops and lists that restate one line
-    # score 0.31-0.95, fluent answers 0.25 or less (median 0.08).
+    # Word n-grams; a share of repeated n-grams above `max_repeat` is degenerate: 0.3 lies
+    # between fluent answers and loops (bench/README.md, "Figures behind defaults").
     ngram: int = Field(4, ge=2)
     max_repeat: float = Field(0.3, gt=0, le=1)
     # zlib ratio over answers of 200+ characters: text that loops compresses too well.

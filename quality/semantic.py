@@ -5,15 +5,9 @@ judge runs on the worker's own engine (its requests join the running batch): one
 request per criterion, asking a yes/no question with the reply constrained to "Yes" or
 "No", scored 1 + 4 * P(Yes) from the first step's log-probabilities (P(True) scoring).
 
-Why not one request for a JSON object of 1-5 scores, greedy: measured on 144 answers of
-the 135M demo model (48 open prompts, greedy, 128 tokens), that judge gave nearly every
-answer 1, complete answers (mean 1.12) no higher than answers to another prompt (1.15),
-and probability-weighted 1-5 digits (G-Eval) were as flat (1.93 vs 1.89). The yes/no
-probabilities do separate them: complete answers 2.75, cut-off ones 2.33, answers to
-another question 2.34. Loops score high (2.65), but no_repetition fails them before the
-judge is asked. Asking the opposite question too ("is it confusing?", "does it contain
-mistakes?") and averaging flattened them again (2.92 vs 2.87): the demo model says yes to
-both. A larger model judges better either way; the scale stays 1-5.
+Yes/no rather than 1-5 scores in JSON: on the demo model, scores came out flat, while yes/no
+probabilities tell complete answers from cut-off and off-topic ones (bench/README.md,
+"The judge"). The scale stays 1-5.
 """
 
 from __future__ import annotations

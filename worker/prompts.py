@@ -106,8 +106,8 @@ def encode_many(tokenizer: Any, spec: JobSpec, payloads: list[dict[str, Any]]
 
     The tokenizer gives up the GIL while it encodes, and a worker thread that encodes item
     by item waits for the engine's stepping thread to hand it back, once per item, up to
-    a switch interval (5 ms): `make bench` measured 5.3 ms per item to prepare a chunk,
-    where preparing alone takes 0.07 ms."""
+    a switch interval (5 ms), which costs far more than the encoding itself
+    (bench/README.md, "Figures behind defaults")."""
     rendered: list[tuple[str, bool] | None] = []
     for payload in payloads:
         try:
