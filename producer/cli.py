@@ -257,12 +257,12 @@ def status(job_id: str | None, as_json: bool, broker_url: str | None,
     \b
     Examples:
       nightshift status
-      nightshift status 3f2a... --json
+      nightshift status 3f2a9c --json      # JOB: its id or a unique prefix (6+ characters)
     """
     settings = settings_from(database_url=database_url)
     db.check_reachable(settings.database_url)
     if job_id:
-        shown: Any = jobs.status(settings.database_url, job_id)
+        shown: Any = jobs.status(settings.database_url, jobs.resolve(settings.database_url, job_id))
         rows = [shown]
     else:
         db.upgrade(settings.database_url)
@@ -296,6 +296,7 @@ def watch(job_id: str, interval: float, as_json: bool, broker_url: str | None,
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     settings = settings_from(database_url=database_url)
+    job_id = jobs.resolve(settings.database_url, job_id)
     first = jobs.status(settings.database_url, job_id)
     if as_json:
         sys.exit(_watch_json(settings.database_url, job_id, interval))
@@ -361,6 +362,7 @@ def results(job_id: str, fmt: str, output: Path | None, errors_path: Path | None
     db.check_reachable(settings.database_url)
     if as_json and output is None:
         raise ConfigError("--json describes the files written: pass -o FILE")
+    job_id = jobs.resolve(settings.database_url, job_id)
     done = export.to_files(settings.database_url, job_id, fmt, output, errors_path, per_piece)
     if as_json:
         click.echo(json.dumps(done))
@@ -385,7 +387,7 @@ def cancel(job_id: str, as_json: bool, broker_url: str | None, database_url: str
       nightshift cancel JOB --json      # the job's status afterwards
     """
     settings = settings_from(database_url=database_url)
-    stopped, shown = jobs.cancel(settings.database_url, job_id)
+    stopped, shown = jobs.cancel(settings.database_url, jobs.resolve(settings.database_url, job_id))
     if not stopped:
         click.echo(f"job {shown['job_id']} had already ended ({shown['state']}): nothing to "
                    "cancel", err=True)
@@ -552,7 +554,7 @@ def report(job_id: str, as_json: bool, html_path: Path | None, broker_url: str |
 
     settings = settings_from(database_url=database_url)
     db.check_reachable(settings.database_url)
-    shown = reports.build(settings.database_url, job_id)
+    shown = reports.build(settings.database_url, jobs.resolve(settings.database_url, job_id))
     if html_path is not None:
         html_path.write_text(html.render(shown), encoding="utf-8")
         click.echo(f"report written to {html_path}", err=True)

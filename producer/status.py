@@ -7,13 +7,18 @@ from typing import Any
 from sqlalchemy import select
 
 from schemas import db
-from schemas.errors import JobNotFound
+from schemas.errors import AmbiguousJob, JobNotFound
 from schemas.tables import ItemStatus, Job, JobCount, JobState
 from worker import presence
 from worker.cancel import stop
 
 COUNTED = (ItemStatus.PENDING, ItemStatus.RUNNING, ItemStatus.SUCCEEDED, ItemStatus.FAILED,
            ItemStatus.CANCELLED)
+# The shortest prefix a JOB argument may be: six hex characters tell some 16 million ids
+# apart, and `watch` shows eight.
+MIN_PREFIX = 6
+# How many of the jobs an ambiguous prefix matches its error lists.
+LISTED_MATCHES = 5
 
 
 def _job(s: Any, job_id: str, *, lock: bool = False) -> Job:
@@ -21,6 +26,25 @@ def _job(s: Any, job_id: str, *, lock: bool = False) -> Job:
     if job is None:
         raise JobNotFound(f"no job {job_id!r} in this database (see `nightshift status`)")
     return job
+
+
+def resolve(db_url: str, given: str) -> str:
+    """The full id of the job a JOB argument names: the id, or a unique prefix of it of at
+    least `MIN_PREFIX` characters, as git and docker take them."""
+    if len(given) < MIN_PREFIX:
+        raise AmbiguousJob(f"job {given!r} is too short: give at least {MIN_PREFIX} "
+                           "characters of its id (see `nightshift status`)")
+    with db.reader(db_url) as s:
+        found = s.scalars(select(Job.id).where(Job.id.startswith(given, autoescape=True))
+                          .order_by(Job.id).limit(LISTED_MATCHES + 1)).all()
+    if not found:
+        raise JobNotFound(f"no job {given!r} in this database (see `nightshift status`)")
+    if len(found) > 1 and found[0] != given:
+        listed = ", ".join(found[:LISTED_MATCHES]) + (", ..." if len(found) > LISTED_MATCHES
+                                                       else "")
+        raise AmbiguousJob(f"job {given!r} is the start of several jobs' ids ({listed}): "
+                           "give more characters")
+    return found[0]
 
 
 def status(db_url: str, job_id: str) -> dict[str, Any]:

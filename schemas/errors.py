@@ -33,6 +33,13 @@ class JobNotFound(NightshiftError):
     exit_code = 4
 
 
+class AmbiguousJob(NightshiftError):
+    """A JOB argument that names no one job: shorter than a prefix may be, or the start of
+    several jobs' ids."""
+
+    exit_code = 2
+
+
 class ModelError(NightshiftError):
     """The model cannot be found or loaded."""
 

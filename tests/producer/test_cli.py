@@ -8,11 +8,13 @@ import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
 from conftest import NIGHTSHIFT, Stack, lease
 
+from producer import submit
 from producer.cli import cli
 from worker.chunks import write
 from worker.generate import Outcome
@@ -121,8 +123,8 @@ def test_watch_follows_a_running_job_until_its_last_chunk_is_written(
 
 
 def test_unknown_job_and_bad_settings_are_one_line_errors(run: Invoke) -> None:
-    out = run("status", "nope", code=4)
-    assert out.strip() == "error: no job 'nope' in this database (see `nightshift status`)"
+    out = run("status", "nope-nope", code=4)
+    assert out.strip() == "error: no job 'nope-nope' in this database (see `nightshift status`)"
     out = run("submit", "missing.jsonl", "--kind", "classify", "--label", "a", code=2)
     assert "classify job needs at least two --label values" in out and "Traceback" not in out
 
@@ -134,3 +136,38 @@ def test_an_invalid_json_schema_file_is_refused_before_anything_is_created(
     out = run("submit", str(tmp_path / "in.jsonl"), "--json-schema", str(tmp_path / "s.json"),
               code=2)
     assert out.startswith("error: job spec: json_schema: JSON Schema is invalid at properties/a")
+
+
+def test_every_command_taking_a_job_takes_a_unique_prefix_of_its_id(
+        run: Invoke, tmp_path: Path) -> None:
+    job = _job(run, tmp_path)
+    prefix = job[:8]
+
+    assert json.loads(run("status", prefix, "--json"))["job_id"] == job
+    assert json.loads(run("report", prefix, "--json"))["job_id"] == job
+    assert run("results", job[:6]).count("\n") == 3
+    assert run("cancel", prefix).strip() == f"{job}: cancelled"
+    assert json.loads(run("watch", prefix, "--json", code=1))["job_id"] == job
+
+
+def test_a_prefix_several_jobs_start_with_is_refused_and_lists_them(
+        run: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ids = iter(["abcdef01" + "0" * 24, "abcdef02" + "0" * 24])
+    monkeypatch.setattr(submit, "uuid", SimpleNamespace(uuid4=lambda: SimpleNamespace(
+        hex=next(ids))))
+    first, second = _job(run, tmp_path), _job(run, tmp_path)
+
+    out = run("status", "abcdef", code=2)
+
+    assert out.startswith("error: job 'abcdef' is the start of several jobs' ids")
+    assert first in out and second in out
+    assert json.loads(run("status", "abcdef02", "--json"))["job_id"] == second
+    run("status", "abcde_", code=4)  # a prefix is matched literally, not as a LIKE pattern
+
+
+def test_a_prefix_under_six_characters_is_refused(run: Invoke, tmp_path: Path) -> None:
+    job = _job(run, tmp_path)
+    out = run("cancel", job[:5], code=2)
+    assert out.strip() == (f"error: job '{job[:5]}' is too short: give at least 6 characters "
+                           "of its id (see `nightshift status`)")
+    assert json.loads(run("status", job, "--json"))["state"] == "queued"
