@@ -38,7 +38,7 @@ test: model
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The fault suite on a Redis and a PostgreSQL of its own: six faults, each on a job of 500
-# items, then a table (bench/chaos); exit 1 if any lost, duplicated or hung. About 25 min.
+# items, then a table (bench/chaos); exit 1 if any lost, duplicated or hung. About 10 min.
 chaos: model
 	$(PY) -m bench.chaos
 
