@@ -218,6 +218,8 @@ def _warn_unserved(db_url: str, model: str) -> None:
 
 
 def build_spec(spec_file: Path | None, sampling: dict[str, Any], **given: Any) -> JobSpec:
+    from quality import checks
+
     base: dict[str, Any] = _read_json(spec_file) if spec_file else {}
     base.update({k: v for k, v in given.items() if v is not None})
     chosen = {k: v for k, v in sampling.items() if v is not None}
@@ -225,8 +227,9 @@ def build_spec(spec_file: Path | None, sampling: dict[str, Any], **given: Any) -
     if given.get("model") and spec_file is None:
         base["model"] = given["model"]
     try:
-        return JobSpec.model_validate(base, context={"at_submit": True})
-    except ValidationError as exc:
+        spec = JobSpec.model_validate(base, context={"at_submit": True})
+        return checks.validate_spec(spec, at_submit=True)
+    except ValueError as exc:  # a pydantic ValidationError is one too
         raise ConfigError(f"job spec: {reason(exc)}") from None
 
 

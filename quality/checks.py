@@ -36,6 +36,7 @@ import regex as rx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from quality import registry
+from schemas.spec import JobSpec
 
 # How long a submitter's pattern may take on one answer; honest ones take microseconds.
 REGEX_SECONDS = 1.0
@@ -363,19 +364,6 @@ CHECKS: dict[str, Check] = {
 MODEL_BASED = ("relevance", "judge")
 
 
-def parse(text: str) -> dict[str, Any]:
-    """`NAME[:key=value,...]` as written on the command line; a value may hold commas
-    (regular expressions do) as long as no `key=` follows them."""
-    name, _, rest = text.partition(":")
-    params: dict[str, Any] = {}
-    for part in re.split(r",(?=\s*\w+=)", rest) if rest else []:
-        key, eq, value = part.partition("=")
-        if not eq:
-            raise ValueError(f"check {name}: expected key=value, got {part!r}")
-        params[key.strip()] = value
-    return {"name": name.strip(), "params": params}
-
-
 class Refused(ValueError):
     """A check declared so that it cannot run here; the message names what is wrong."""
 
@@ -439,6 +427,25 @@ def validate(name: str, params: dict[str, Any], kind: str, *,
     if check.registration is not None:
         check.registration.bind(params)
     return model.model_dump(exclude_none=True)
+
+
+def validate_spec(spec: JobSpec, *, at_submit: bool = False) -> JobSpec:
+    """The spec's checks with their parameters' defaults filled in, in place. At submit
+    every check must be built in or registered where submit runs, and declared right:
+    the first that is not raises, naming what is wrong. A stored spec is taken as it is:
+    a check a worker cannot run (not registered there, or written wrong into SQL) is
+    marked refused, and fails each item's verdict with the reason (`run`), never the
+    chunk."""
+    for check in spec.checks:
+        try:
+            check.params = validate(check.name, check.params, spec.kind, at_submit=at_submit)
+            if check.name == "json_schema" and spec.json_schema is None:
+                raise Refused("check json_schema needs the job's --json-schema")
+        except ValueError as exc:
+            if at_submit:
+                raise
+            check.refuse(str(exc))
+    return spec
 
 
 def _params(name: str, check: Check, params: dict[str, Any], *, at_submit: bool) -> Params:

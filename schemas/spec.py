@@ -1,8 +1,13 @@
 """The job spec: what to ask, of which model, how to sample. Validated in full at submit
-(context `at_submit`); a worker takes the stored spec as it is."""
+(context `at_submit`); a worker takes the stored spec as it is.
+
+The quality bar is data here: each check a name and its parameters. Whether a check may
+run, and its parameters with their defaults, are the checks' own business
+(`quality.checks.validate_spec`, called at submit and where a worker loads a spec)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +24,6 @@ from pydantic import (
     model_validator,
 )
 
-from quality import checks as quality_checks
 from schemas.render import compile_template
 from schemas.settings import DEMO_MODEL
 
@@ -69,17 +73,35 @@ class CheckSpec(BaseModel):
 
     name: str
     params: dict[str, Any] = {}
-    # Why a stored spec's check cannot run here (see JobSpec._checks_apply); not stored.
+    # Why a stored spec's check cannot run here (quality.checks.validate_spec); not stored.
     _refusal: str | None = PrivateAttr(None)
 
     @property
     def refusal(self) -> str | None:
         return self._refusal
 
+    def refuse(self, reason: str) -> None:
+        """Mark the check as one that cannot run here: `JobSpec.check` no longer offers it,
+        and its verdict fails each item with the reason."""
+        self._refusal = reason
+
     @model_validator(mode="before")
     @classmethod
     def _from_text(cls, value: object) -> object:
-        return quality_checks.parse(value) if isinstance(value, str) else value
+        return parse_check(value) if isinstance(value, str) else value
+
+
+def parse_check(text: str) -> dict[str, Any]:
+    """`NAME[:key=value,...]` as written on the command line; a value may hold commas
+    (regular expressions do) as long as no `key=` follows them."""
+    name, _, rest = text.partition(":")
+    params: dict[str, Any] = {}
+    for part in re.split(r",(?=\s*\w+=)", rest) if rest else []:
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise ValueError(f"check {name}: expected key=value, got {part!r}")
+        params[key.strip()] = value
+    return {"name": name.strip(), "params": params}
 
 
 # What a failed attempt is retried with, in order (see quality.ladder).
@@ -162,30 +184,12 @@ class JobSpec(BaseModel):
             raise ValueError("a classify job needs at least two --label values")
         return self
 
-    @model_validator(mode="after")
-    def _checks_apply(self, info: ValidationInfo) -> JobSpec:
-        """At submit (context `at_submit`) every check must be built in or registered
-        where submit runs, and declared right. A stored spec is taken as it is: a check
-        a worker cannot run (not registered there, or written wrong into SQL) fails each
-        item's verdict with the reason (quality.checks.run), never the chunk."""
-        at_submit = bool((info.context or {}).get("at_submit"))
-        for check in self.checks:
-            try:
-                check.params = quality_checks.validate(check.name, check.params, self.kind,
-                                                       at_submit=at_submit)
-                if check.name == "json_schema" and self.json_schema is None:
-                    raise ValueError("check json_schema needs the job's --json-schema")
-            except ValueError as exc:
-                if at_submit:
-                    raise
-                check._refusal = str(exc)
-        return self
-
     def check_list(self) -> list[tuple[str, dict[str, Any]]]:
         return [(c.name, c.params) for c in self.checks]
 
     def check(self, name: str) -> dict[str, Any] | None:
-        """The parameters of check `name`, if the job declares it (and it can run here)."""
+        """The parameters of check `name`, if the job declares it (and it can run here:
+        quality.checks.validate_spec fills in their defaults and notes what cannot)."""
         return next((c.params for c in self.checks if c.name == name and not c.refusal), None)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select, update
 from sqlalchemy.orm import Session
 
+from quality import checks
 from quality.semantic import Embedder
 from schemas import counters, dedup
 from schemas.db import (
@@ -184,7 +185,7 @@ def _load(db: Session, job_id: str, seq: int) -> tuple[JobSpec | None, list[Any]
                Item.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING)))
         .order_by(Item.seq)
     ).all()
-    return JobSpec.model_validate(job.spec), list(items)
+    return checks.validate_spec(JobSpec.model_validate(job.spec)), list(items)
 
 
 def _count_try(db_url: str, lease: leases.Lease, item_seq: int) -> None:

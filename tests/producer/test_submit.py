@@ -136,3 +136,23 @@ def test_without_skip_a_duplicate_in_a_later_batch_still_refuses_the_whole_job(
     with pytest.raises(InputError, match="line 6: duplicate id 'i0'.*no job was created"):
         submit(settings, JobSpec(), path)
     assert (_count(stack, Job), _count(stack, Item)) == (jobs_before, items_before)
+
+
+@pytest.mark.parametrize(("check", "message"), [
+    ("spelling", "job spec: unknown check 'spelling' (known: non_empty, "),
+    ("length:max=many", "job spec: check length: max: Input should be a valid integer"),
+    ("json_schema", "job spec: check json_schema needs the job's --json-schema"),
+])
+def test_a_check_that_cannot_run_is_refused_at_submit_and_nothing_is_written(
+        stack: Stack, tmp_path: Path, check: str, message: str) -> None:
+    from click.testing import CliRunner
+
+    from producer.cli import cli
+
+    jobs, queued = _count(stack, Job), _queued(stack)
+    result = CliRunner().invoke(cli, ["submit", str(_jsonl(tmp_path, 2)), "--check", check,
+                                      "--database-url", stack.db_url,
+                                      "--broker-url", stack.broker_url])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert (_count(stack, Job), _queued(stack)) == (jobs, queued)

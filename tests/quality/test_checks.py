@@ -63,7 +63,13 @@ def test_a_check_passes_a_good_answer_and_fails_a_bad_one_with_its_reason(
 
 
 def at_submit(**spec: Any) -> JobSpec:
-    return JobSpec.model_validate(spec, context={"at_submit": True})
+    return checks.validate_spec(JobSpec.model_validate(spec, context={"at_submit": True}),
+                                at_submit=True)
+
+
+def as_loaded(**spec: Any) -> JobSpec:
+    """The spec as a worker loads it from SQL."""
+    return checks.validate_spec(JobSpec.model_validate(spec))
 
 
 def test_a_registered_check_is_named_like_a_built_in_one_and_given_its_parameters(
@@ -95,6 +101,22 @@ def test_a_wrong_check_is_refused_at_submit_naming_what_is_wrong(written: str,
     assert message in str(caught.value)
 
 
+def test_a_check_not_built_in_nor_registered_is_refused_at_submit_and_kept_in_a_stored_spec(
+        ) -> None:
+    """Submit is strict; a worker reading the spec from SQL is not: the check stays as
+    written, and fails each item's verdict (checks.run), never the chunk."""
+    written: dict[str, Any] = {"checks": [{"name": "spelling", "params": {"lang": "en"}},
+                                          "length:max=many", "length:max=9"]}
+    with pytest.raises(checks.Refused, match="unknown check 'spelling'"):
+        at_submit(**written)
+    spec = as_loaded(**written)
+    assert [c.refusal is not None for c in spec.checks] == [True, True, False]
+    assert spec.check("spelling") is None  # nothing downstream acts on a refused check
+    assert spec.check("length") == {"min": 0, "max": 9, "unit": "chars"}
+    assert spec.check_list()[:2] == [("spelling", {"lang": "en"}), ("length", {"max": "many"})]
+    assert "refusal" not in str(spec.model_dump())
+
+
 def test_a_registered_check_is_refused_at_submit_given_a_parameter_it_does_not_take(
         registered: None) -> None:
     assert at_submit(checks=["short_enough:most=5"]).check("short_enough") == {"most": "5"}
@@ -117,7 +139,7 @@ def test_a_pattern_that_backtracks_without_end_fails_its_item_within_its_time_li
 
 
 def test_a_check_is_written_name_colon_parameters_and_a_value_may_hold_commas() -> None:
-    spec = JobSpec(checks=["judge:min=3", r"regex:pattern=\d{1,3},ignore_case=true"])
+    spec = as_loaded(checks=["judge:min=3", r"regex:pattern=\d{1,3},ignore_case=true"])
     assert spec.check("judge") == {"min": 3.0, "criteria": checks.JUDGE_CRITERIA}
     assert spec.check("regex") == {"pattern": r"\d{1,3}", "ignore_case": True}
 
@@ -131,7 +153,7 @@ def test_a_blocklist_file_is_read_at_submit_so_every_worker_checks_the_same_word
     spec = at_submit(checks=[f"blocklist:file={words}"])
     assert spec.check("blocklist") == {"words": ["first thing", "second thing"]}
     # What is stored is the words, so a worker without the file validates the same spec.
-    assert JobSpec.model_validate(spec.model_dump()).check("blocklist") == spec.check("blocklist")
+    assert as_loaded(**spec.model_dump()).check("blocklist") == spec.check("blocklist")
 
 
 def test_a_stored_spec_naming_a_file_to_block_does_not_read_it_on_a_worker(
@@ -140,7 +162,7 @@ def test_a_stored_spec_naming_a_file_to_block_does_not_read_it_on_a_worker(
 
     secret = Path(str(tmp_path)) / "secret.txt"
     secret.write_text("the password\n")
-    stored = JobSpec.model_validate({"checks": [f"blocklist:file={secret}"]})
-    [v] = checks.run(stored.check_list(), Answer("the password is safe"))
+    spec = as_loaded(checks=[f"blocklist:file={secret}"])
+    [v] = checks.run(spec.check_list(), Answer("the password is safe"))
     assert v.passed is False and "read at submit" in v.reason
     assert "password" not in v.reason

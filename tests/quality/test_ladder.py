@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from quality import checks
 from quality.checks import Verdict
 from quality.ladder import next_attempt
 from schemas.spec import JobSpec
@@ -42,7 +43,7 @@ def test_the_budget_never_grows_past_what_the_context_leaves() -> None:
 
 
 def test_too_long_an_answer_is_asked_to_be_shorter() -> None:
-    spec = JobSpec(checks=["length:max=50,unit=words"])
+    spec = checks.validate_spec(JobSpec(checks=["length:max=50,unit=words"]))
     plan = next_attempt(spec, 1, [Verdict("length", False, 80, "80 words, more than 50")],
                         {"max_tokens": 100}, 500)
     assert plan.instruction is not None and "max_tokens" not in plan.sampling

@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import CHECK_MODULES, NIGHTSHIFT, ROOT
@@ -28,6 +29,16 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     registry.forget()
     yield tmp_path
     registry.forget()
+
+
+def at_submit(spec: dict[str, Any]) -> JobSpec:
+    return checks.validate_spec(JobSpec.model_validate(spec, context={"at_submit": True}),
+                                at_submit=True)
+
+
+def as_loaded(spec: dict[str, Any]) -> JobSpec:
+    """The spec as a worker loads it from SQL."""
+    return checks.validate_spec(JobSpec.model_validate(spec))
 
 
 def install(site: Path, module: str, source: str, entry_points: str) -> None:
@@ -49,8 +60,7 @@ def test_a_check_an_installed_package_registers_as_an_entry_point_is_found_and_r
     module = f"acme_{uuid.uuid4().hex[:8]}"
     install(site, module, POLITE, f"polite = {module}:polite")
     assert checks.lookup("polite") is not None
-    spec = JobSpec.model_validate({"checks": ["polite:word=thanks"]},
-                                  context={"at_submit": True})
+    spec = at_submit({"checks": ["polite:word=thanks"]})
     assert spec.check("polite") == {"word": "thanks"}
     good, bad = (checks.run(spec.check_list(), Answer(text)) for text in ("thanks!", "no."))
     assert good[0].passed is True
@@ -69,10 +79,10 @@ def test_a_name_in_a_spec_is_never_imported_here_or_on_a_worker(site: Path) -> N
     named = [{"name": "custom", "params": {"fn": f"{module}:touch"}},
              {"name": f"{module}:touch", "params": {}}, {"name": module, "params": {}}]
     with pytest.raises(ValueError, match="registered by the operator"):
-        JobSpec.model_validate({"checks": named[:1]}, context={"at_submit": True})
+        at_submit({"checks": named[:1]})
     with pytest.raises(ValueError, match="unknown check"):
-        JobSpec.model_validate({"checks": named[1:]}, context={"at_submit": True})
-    stored = JobSpec.model_validate({"checks": named})  # a worker's view of the SQL row
+        at_submit({"checks": named[1:]})
+    stored = as_loaded({"checks": named})
     verdicts = checks.run(stored.check_list(), Answer("an answer"))
     assert [v.reason for v in verdicts] == [
         f"check {c['name']!r} is not registered on this worker" for c in named]
@@ -105,11 +115,11 @@ def test_a_module_the_setting_names_that_cannot_load_refuses_its_checks_not_buil
     monkeypatch.setenv("NIGHTSHIFT_CHECK_MODULES", "no_such_checks_module")
     registry.forget()
     try:
-        assert JobSpec.model_validate({"checks": ["non_empty"]}, context={"at_submit": True})
+        assert at_submit({"checks": ["non_empty"]})
         with pytest.raises(ValueError, match="NIGHTSHIFT_CHECK_MODULES: the CHECKS of "
                                              "module no_such_checks_module cannot be loaded"):
-            JobSpec.model_validate({"checks": ["short_enough"]}, context={"at_submit": True})
-        stored = JobSpec.model_validate({"checks": ["short_enough", "non_empty"]})
+            at_submit({"checks": ["short_enough"]})
+        stored = as_loaded({"checks": ["short_enough", "non_empty"]})
         [refused, fine] = checks.run(stored.check_list(), Answer("an answer"))
         assert refused.passed is False and "no_such_checks_module" in refused.reason
         assert fine.passed is True

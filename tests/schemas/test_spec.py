@@ -89,17 +89,12 @@ def test_several_greedy_samples_are_refused_at_submit() -> None:
         JobSpec(sampling={"n": 3, "temperature": 0})
 
 
-def test_a_check_not_built_in_nor_registered_is_refused_at_submit_and_kept_in_a_stored_spec(
-        ) -> None:
-    """Submit is strict; a worker reading the spec from SQL is not: the check stays as
-    written, and fails each item's verdict (quality.checks.run), never the chunk."""
-    written = {"checks": [{"name": "spelling", "params": {"lang": "en"}}, "length:max=many",
-                          "length:max=9"]}
-    with pytest.raises(ValidationError, match="unknown check 'spelling'"):
-        JobSpec.model_validate(written, context={"at_submit": True})
-    stored = JobSpec.model_validate(written)
-    assert [c.refusal is not None for c in stored.checks] == [True, True, False]
-    assert stored.check("spelling") is None  # nothing downstream acts on a refused check
-    assert stored.check("length") == {"min": 0, "max": 9, "unit": "chars"}
-    assert stored.check_list()[:2] == [("spelling", {"lang": "en"}), ("length", {"max": "many"})]
-    assert "refusal" not in str(stored.model_dump())
+def test_checks_are_data_a_name_and_its_parameters_as_written() -> None:
+    """Whether a check may run is the checks' own business (quality.checks.validate_spec):
+    the spec keeps what was written, from `NAME[:key=value,...]` or an object."""
+    spec = JobSpec(checks=[r"regex:pattern=\d{1,3},ignore_case=true",
+                           {"name": "spelling", "params": {"lang": "en"}}])
+    assert spec.check_list() == [("regex", {"pattern": r"\d{1,3}", "ignore_case": "true"}),
+                                 ("spelling", {"lang": "en"})]
+    with pytest.raises(ValidationError, match="check length: expected key=value, got 'max'"):
+        JobSpec(checks=["length:max"])

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from scripted import ScriptedHost
 
+from quality import checks
 from schemas.spec import JobSpec
 from worker.engine import RequestRefused
 from worker.generate import run_items
@@ -104,7 +105,7 @@ def test_the_judge_asks_one_yes_no_question_per_criterion_and_a_low_score_is_ret
         return ("Paris is in Spain." if attempt == 1 else "Paris is in France.", "stop", 0)
 
     host = ScriptedHost(tokenizer, script)
-    spec = JobSpec(checks=["judge:min=4.5"], sampling={"temperature": 0})
+    spec = checks.validate_spec(JobSpec(checks=["judge:min=4.5"], sampling={"temperature": 0}))
     [outcome] = run_items(host, spec, _items("Where is Paris?"), "job:0")  # type: ignore[arg-type]
 
     assert (outcome.quality, outcome.attempt, outcome.output) == (
@@ -129,7 +130,8 @@ def test_an_item_the_judge_never_passes_keeps_the_answer_it_scored_highest(
         return ("No" if any(d in prompt for d in doubts) else "Yes", "stop", 0)
 
     host = ScriptedHost(tokenizer, script)
-    spec = JobSpec(checks=["judge:min=4.5"], max_attempts=3, sampling={"temperature": 0})
+    spec = checks.validate_spec(JobSpec(checks=["judge:min=4.5"], max_attempts=3,
+                                        sampling={"temperature": 0}))
     [outcome] = run_items(host, spec, _items("Tell me about Paris."),  # type: ignore[arg-type]
                           "job:0")
 
