@@ -361,7 +361,6 @@ CHECKS: dict[str, Check] = {
     "relevance": Check(RelevanceParams, None, ("generate",)),
     "judge": Check(JudgeParams, None, ("generate",)),
 }
-MODEL_BASED = ("relevance", "judge")
 
 
 class Refused(ValueError):

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from sqlalchemy import JSON, Connection, Engine, Integer, create_engine, event, insert, text
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import JSON, Connection, Engine, Integer, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -140,7 +139,6 @@ def reader(url: str) -> Session:
     return sessionmaker(_reading(url), expire_on_commit=False)()
 
 
-
 @lru_cache(maxsize=8)
 def _reading(url: str) -> Engine:
     """`engine_for(url)` (its pool and listeners) with its transactions marked as reads."""
@@ -228,9 +226,7 @@ def upsert_rows(conn: Connection, table: Any, keys: Sequence[str],
         conn.exec_driver_sql(head + f"SELECT {picked} FROM {_recordset(table)} {conflict}",
                              (*[value for _, value in filled], _json(rows).decode()))
         return
-    # A column that is None in every row is written as a literal NULL: the sqlite3 module
-    # binds each None through an adapter lookup (a chunk's results: 5.0 ms bound, 2.1 not).
-    nulls = _all_none(rows, given)
+    nulls = _all_none(rows, given)  # written as literal NULLs
     marks = ", ".join(["NULL" if c in nulls else "?" for c in given] + ["?"] * len(filled))
     conn.exec_driver_sql(head + f"VALUES ({marks}) {conflict}",
                          _tuples(conn, table, [c for c in given if c not in nulls], rows,
@@ -263,8 +259,7 @@ def replace_rows(conn: Connection, table: Any, keys: Sequence[str], rows: Sequen
         among, listed = _among(conn, table, last, lasts)
         conn.exec_driver_sql(f"DELETE FROM {table.name} WHERE {where}{among}",
                              (*values, *listed))
-    # A column that is None in every row is left out (NULL): the sqlite3 module binds
-    # each None through an adapter lookup (a chunk's results: 5.0 ms bound, 2.1 not).
+    # A column None in every row is left out, NULL (see _all_none).
     picked = {c.name: _column(rows, c.name) for c in table.columns
               if c.name not in shared and _has(rows[0], c.name)}
     given = [name for name, column in picked.items()
@@ -281,30 +276,13 @@ def replace_rows(conn: Connection, table: Any, keys: Sequence[str], rows: Sequen
     insert_rows(conn, table, given, list(zip(*columns, strict=True)))
 
 
-def update_rows(conn: Connection, table: Any, keys: Sequence[str],
-                rows: Sequence[dict[str, Any]]) -> None:
-    """Set each row's other columns where its keys match, for a whole batch at once: one
-    statement per group of rows that set the same values under the same leading keys,
-    over the list of their last key (a chunk's items: one statement per status, not one
-    per item; on PostgreSQL 2.5 ms for 1,000 items, where joining the batch as a JSON
-    recordset took 4.8)."""
-    if not rows:
-        return
-    others = [c.name for c in table.columns if c.name in rows[0] and c.name not in keys]
-    *lead, last = keys
-    groups: dict[tuple[Any, ...], list[Any]] = {}
-    for values, row in zip(_tuples(conn, table, [*others, *lead], rows), rows, strict=True):
-        groups.setdefault(values, []).append(row[last])
-    for values, lasts in groups.items():
-        update_among(conn, table, dict(zip(others, values[:len(others)], strict=True)),
-                     dict(zip(lead, values[len(others):], strict=True)), last, lasts)
-
-
 def update_among(conn: Connection, table: Any, values: dict[str, Any], where: dict[str, Any],
                  name: str, among: list[Any], increment: Sequence[str] = ()) -> int:
     """One UPDATE: `values` set, and one added to each column of `increment`, on the rows
     that match `where` and whose `name` is among `among`. Values as the driver takes
-    them. How many rows it changed."""
+    them. How many rows it changed. A batch's rows that take the same values take them
+    in one statement (a chunk's items: one per status, not one per item; on PostgreSQL
+    2.5 ms for 1,000 items, where joining the batch as a JSON recordset took 4.8)."""
     q = conn.dialect.identifier_preparer.quote
     sets = ", ".join([f"{q(c)} = {_mark(conn)}" for c in values]
                      + [f"{q(c)} = {q(c)} + 1" for c in increment])
@@ -370,6 +348,8 @@ def _column(rows: Sequence[Any], name: str) -> list[Any]:
 
 
 def _all_none(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> set[str]:
+    """The columns None in every row, which are not bound: the sqlite3 module binds each
+    None through an adapter lookup (a chunk's results: 5.0 ms bound, 2.1 not)."""
     return {name for name in names if rows[0][name] is None
             and _column(rows, name).count(None) == len(rows)}
 
@@ -401,11 +381,3 @@ def _encoder(conn: Connection, column: Any) -> Any:
         return lambda value: _json(value).decode()
     return column.type.bind_processor(conn.dialect)
 
-
-def upsert(table: Any, dialect: str, keys: list[str]) -> Any:
-    """An INSERT that replaces the row with the same key: exactly one row per key."""
-    if dialect not in ("postgresql", "sqlite"):
-        return insert(table)
-    stmt = (postgresql if dialect == "postgresql" else sqlite).insert(table)
-    updates = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
-    return stmt.on_conflict_do_update(index_elements=keys, set_=updates)

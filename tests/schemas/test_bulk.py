@@ -75,28 +75,30 @@ def test_upsert_rows_replaces_by_key_and_fills_defaults(stack: Stack) -> None:
     assert rows[0].created_at >= before.replace(microsecond=0)
 
 
-def test_update_rows_sets_each_rows_own_value(stack: Stack) -> None:
+def test_update_among_sets_the_listed_rows_and_counts_them(stack: Stack) -> None:
+    """A run of keys is one range; keys with gaps are a range and a list."""
     job_id = _job(stack)
     with db.session(stack.db_url) as s, s.begin():
-        db.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(4)))
-        db.update_rows(s.connection(), Item.__table__, ["job_id", "seq"],
-                       [{"job_id": job_id, "seq": 1, "status": "succeeded"},
-                        {"job_id": job_id, "seq": 3, "status": "failed"}])
+        db.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(5)))
+        changed = [db.update_among(s.connection(), Item.__table__, {"status": status},
+                                   {"job_id": job_id}, "seq", among, increment=["tries"])
+                   for status, among in (("succeeded", [1, 2]), ("failed", [4, 0]))]
     with db.session(stack.db_url) as s:
-        statuses = s.scalars(select(Item.status).where(Item.job_id == job_id)
-                             .order_by(Item.seq)).all()
-    assert statuses == ["pending", "succeeded", "pending", "failed"]
+        items = s.execute(select(Item.status, Item.tries).where(Item.job_id == job_id)
+                          .order_by(Item.seq)).all()
+    assert changed == [2, 2]
+    assert items == [("failed", 1), ("succeeded", 1), ("succeeded", 1), ("pending", 0),
+                     ("failed", 1)]
 
 
-def test_update_rows_finds_rows_by_a_text_key(stack: Stack) -> None:
+def test_update_among_finds_rows_by_a_text_key(stack: Stack) -> None:
     """A text key gets no range on PostgreSQL: its collation, not Python, orders it."""
     job_id = _job(stack)
     with db.session(stack.db_url) as s, s.begin():
         for status in ("Zeta", "alpha", "mid"):
             counters.add(s.connection(), job_id, status, 1)
-        db.update_rows(s.connection(), JobCount.__table__, ["job_id", "status"],
-                       [{"job_id": job_id, "status": "Zeta", "items": 5},
-                        {"job_id": job_id, "status": "alpha", "items": 5}])
+        db.update_among(s.connection(), JobCount.__table__, {"items": 5}, {"job_id": job_id},
+                        "status", ["Zeta", "alpha"])
     with db.session(stack.db_url) as s:
         counts = {status: n for status, n in s.execute(
             select(JobCount.status, JobCount.items).where(JobCount.job_id == job_id))}

@@ -98,10 +98,9 @@ def test_results_replaced_by_their_writer_or_changed_by_hand_keep_their_tokens_e
         conn.execute(update(Result).where(Result.job_id == job_id, Result.item_seq == 1)
                      .values(status="failed", completion_tokens=0))
         conn.execute(delete(Result).where(Result.job_id == job_id, Result.item_seq == 3))
-        db.update_rows(conn, Item.__table__, ["job_id", "seq"],
-                       [{"job_id": job_id, "seq": 0, "status": "succeeded"},
-                        {"job_id": job_id, "seq": 1, "status": "failed"},
-                        {"job_id": job_id, "seq": 2, "status": "succeeded"}])
+        for status, among in (("succeeded", [0, 2]), ("failed", [1])):
+            db.update_among(conn, Item.__table__, {"status": status}, {"job_id": job_id},
+                            "seq", among)
     assert _counters(stack, job_id) == {"succeeded": (2, 20, 12), "failed": (1, 10, 0),
                                         "pending": (1, 0, 0)}
     assert _counters(stack, job_id) == _recounted(stack, job_id)
