@@ -118,8 +118,10 @@ class EngineHost:
         self._dead: BaseException | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        # When the engine step under way began (None between steps).
+        # When the engine step under way began (None between steps), and when this process
+        # last resumed from a pause (SIGSTOP, a frozen VM): a step is timed from the later.
         self._step_began: float | None = None
+        self._resumed = 0.0
         # Leases whose requests are dropped (worker.leases), newest last.
         self._aborts: queue.Queue[tuple[str, str]] = queue.Queue()
         self._aborted: dict[str, str] = {}
@@ -188,7 +190,9 @@ class EngineHost:
     def _stalled_for(self) -> float:
         """The seconds the step under way has run, once past the stall limit; else 0.0."""
         began = self._step_began
-        running = time.monotonic() - began if began is not None else 0.0
+        if began is None:
+            return 0.0
+        running = time.monotonic() - max(began, self._resumed)
         return running if running > self.stall_seconds else 0.0
 
     def abort(self, tag: str, reason: str) -> None:
@@ -245,7 +249,12 @@ class EngineHost:
         """A dead engine core does not always wake a thread blocked in `step()` (vLLM sets
         a flag and moves on), and a stopped one never does: both are watched from outside
         the step loop."""
+        tick = time.monotonic()
         while not self._stop.wait(1.0) and self._dead is None:
+            tick, last = time.monotonic(), tick
+            if tick - last > 3.0:  # this process was stopped, not just its engine core
+                self._resumed = tick
+                continue
             core = getattr(self.engine, "engine_core", None)
             flagged = getattr(getattr(core, "resources", None), "engine_dead", False)
             gone = [p.pid for p in self._children if not _running(p)]

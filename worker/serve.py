@@ -33,6 +33,7 @@ def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str 
     if not logging.getLogger().handlers:
         logs.configure("text", loglevel)
     setup_logging.connect(_keep_logging)
+    bound_idle_transactions(settings.lease_seconds)
     db.check_reachable(settings.database_url)
     checks = registry.installed()  # a broken registration stops the start (exit 2)
     log.info("checks registered here: %s", ", ".join(sorted(checks)) or "none")
@@ -81,6 +82,15 @@ def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str 
         alive = host.alive
         host.stop()
     return 0 if alive else EXIT_ENGINE_DEAD
+
+
+def bound_idle_transactions(lease_seconds: float) -> None:
+    """A worker paused inside a transaction (SIGSTOP, a frozen VM) would hold its rows'
+    locks, and every other worker's claims and writes would wait for it: PostgreSQL ends
+    such a session after two leases. Its work is the lease's to redo, and a write from it
+    is fenced anyway. Set before the first connection: libpq reads PGOPTIONS then."""
+    bound = f"-c idle_in_transaction_session_timeout={int(max(lease_seconds * 2, 10) * 1000)}"
+    os.environ["PGOPTIONS"] = f"{os.environ.get('PGOPTIONS', '')} {bound}".strip()
 
 
 def _keep_logging(**_: object) -> None:

@@ -4,10 +4,15 @@ item has the engine to itself."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -109,3 +114,41 @@ def test_an_isolated_chunk_does_not_start_on_a_dead_engine(host: EngineHost) -> 
     host._die(RuntimeError("engine core process gone"))
     with pytest.raises(EngineDead), host.solo("job:5.3"):
         pass
+
+
+def test_a_worker_paused_longer_than_the_stall_limit_does_not_take_its_engine_for_stalled(
+        tmp_path: Path) -> None:
+    """A whole process stopped (SIGSTOP) and resumed: its engine step is timed from the
+    resume, so an engine core that is fine is not killed."""
+    script = tmp_path / "paused.py"
+    script.write_text(PAUSED)
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "stepping"
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(4.5)  # past the 1 s stall limit, and the watchdog's late-tick bound
+        proc.send_signal(signal.SIGCONT)
+        out, _ = proc.communicate("go\n", timeout=30)
+    finally:
+        proc.kill()
+    assert out.split() == ["alive", "finished"]
+
+
+PAUSED = """
+import time
+from types import SimpleNamespace
+from standin_engine import StandInEngine, StandInLLM
+from worker.engine import EngineHost
+
+host = EngineHost(StandInLLM(StandInEngine(step_seconds=0.05, steps=100)), stall_seconds=1)
+future = host.submit("job:0.1:1:1", [1], SimpleNamespace())
+time.sleep(0.3)
+print("stepping", flush=True)
+input()
+print("alive" if host.alive else "dead", flush=True)
+print("finished" if future.result(timeout=20).finished else "?", flush=True)
+host.stop()
+"""
