@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session
 
 from producer import documents, readers
 from producer.schedule import Schedule
-from schemas import counters, db, dedup
+from schemas import db, dedup
+from schemas.db import bulk, counters
 from schemas.errors import InputError
 from schemas.settings import Settings
 from schemas.spec import JobSpec
@@ -102,7 +103,7 @@ def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
                 dedup.mark_duplicates(conn, job_id)
                 if reuse_results:
                     result.reused = dedup.reuse_earlier(conn, job_id)
-            db.insert_rows(conn, Chunk.__table__, CHUNK_COLUMNS, [
+            bulk.insert_rows(conn, Chunk.__table__, CHUNK_COLUMNS, [
                 (job_id, c, min(spec.chunk_size, result.items - c * spec.chunk_size),
                  ChunkStatus.PENDING, 0) for c in range(result.chunks)])
     result.scheduled = held
@@ -216,7 +217,7 @@ class _Items:
         rows = [row for row in entries if isinstance(row, readers.Row)]
         keys = [dedup.content_key(self.fingerprint, row.payload) for row in rows]
         self.keyed = self.keyed or any(keys)
-        db.insert_rows(s.connection(), Item.__table__, ITEM_COLUMNS, [
+        bulk.insert_rows(s.connection(), Item.__table__, ITEM_COLUMNS, [
             (job_id, seq, row.key, seq // size, _encode(row.payload).decode(),
              ItemStatus.PENDING, 0, key)
             for (seq, row), key in zip(enumerate(rows, start=first), keys, strict=True)])

@@ -135,7 +135,7 @@ class Item(Base):
     # Times a worker started this item alone after a crash (see worker.chunks: poison items).
     tries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Result writes that finished this item while it ran. The write that moves it counts
-    # the item's status change itself, and the counting triggers stand down (schemas.counters).
+    # the item's status change itself, and the counting triggers stand down (schemas.db.counters).
     writes: Mapped[int] = mapped_column(Integer, server_default="0")
     # A document's content and everything that decides its answer (model, prompt, sampling,
     # checks), hashed: equal keys get one answer. `same_as`: the item of this job whose
@@ -253,7 +253,7 @@ class Piece(Base):
 class JobCount(Base):
     """Per job and status: how many items have it, and the tokens of the results with it.
     Kept by database triggers, and by the bulk writers for what they insert or finish:
-    submit and the result write (schemas.counters)."""
+    submit and the result write (schemas.db.counters)."""
 
     __tablename__ = "job_counts"
 

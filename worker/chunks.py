@@ -21,15 +21,9 @@ from sqlalchemy.orm import Session
 
 from quality import checks
 from quality.semantic import Embedder
-from schemas import counters, dedup
-from schemas.db import (
-    checkpoint_soon,
-    reader,
-    replace_rows,
-    session,
-    update_among,
-    upsert_rows,
-)
+from schemas import dedup
+from schemas.db import checkpoint_soon, counters, reader, session
+from schemas.db.bulk import replace_rows, update_among, upsert_rows
 from schemas.spec import JobSpec
 from schemas.tables import (
     Attempt,
@@ -233,7 +227,7 @@ def _store(db: Session, lease: leases.Lease, outcomes: list[Outcome], *, last: b
 def _record(conn: Connection, job_id: str, owner: str, outcomes: list[Outcome],
             documents: bool = False) -> None:
     # Replaced whole: write() holds the job's row lock, so no one races on these keys
-    # (schemas.db.replace_rows: COPY on PostgreSQL, executemany on SQLite).
+    # (schemas.db.bulk.replace_rows: COPY on PostgreSQL, executemany on SQLite).
     replace_rows(conn, Result.__table__, ["job_id", "item_seq"], outcomes,
                  shared={"job_id": job_id, "worker": owner})
     ledger = [t.ledger_row(job_id, o.item_seq, owner) for o in outcomes for t in o.tries]
@@ -249,7 +243,7 @@ def _record(conn: Connection, job_id: str, owner: str, outcomes: list[Outcome],
 
 def _finish(conn: Connection, job_id: str, outcomes: list[Outcome]
             ) -> dict[str, tuple[int, int, int]]:
-    """The items' final statuses. What the write changes, it counts (schemas.counters):
+    """The items' final statuses. What the write changes, it counts (schemas.db.counters):
     the results it inserted, and the running items it finished (their `writes` moved).
     An item no longer running (its lease was lost meanwhile, say) is counted by the
     triggers. Returns the counts by status: (items, prompt tokens, completion tokens)."""
@@ -281,7 +275,7 @@ def _finish_cancelled(db_url: str, lease: leases.Lease) -> None:
 
 
 def _maybe_complete(conn: Connection, job_id: str) -> None:
-    # The job's counters (schemas.counters), current within this transaction: counting
+    # The job's counters (schemas.db.counters), current within this transaction: counting
     # the items themselves would cost every chunk of a big job a pass over its index.
     open_items = conn.execute(select(func.coalesce(func.sum(JobCount.items), 0)).where(
         JobCount.job_id == job_id,

@@ -20,6 +20,7 @@ from sqlalchemy import insert
 from producer.status import status
 from producer.submit import submit
 from schemas import db
+from schemas.db import bulk
 from schemas.settings import load
 from schemas.spec import JobSpec
 from schemas.tables import Item, ItemStatus, Job, JobState, Result
@@ -39,11 +40,11 @@ def big_finished_job(db_url: str, rows: int) -> str:
         s.execute(insert(Job), [{"id": job_id, "kind": "generate", "model": "m", "spec": {},
                                  "state": JobState.COMPLETED, "total": rows}])
         conn = s.connection()
-        db.insert_rows(conn, Item.__table__, ("job_id", "seq", "key", "chunk", "payload",
+        bulk.insert_rows(conn, Item.__table__, ("job_id", "seq", "key", "chunk", "payload",
                                               "status", "tries"),
                        [(job_id, i, f"r{i}", i // 1000, '{"prompt": "Say hi."}',
                          ItemStatus.SUCCEEDED, 0) for i in range(rows)])
-        db.insert_rows(conn, Result.__table__, ("job_id", "item_seq", "status", "output",
+        bulk.insert_rows(conn, Result.__table__, ("job_id", "item_seq", "status", "output",
                                                 "prompt_tokens", "completion_tokens",
                                                 "attempts", "created_at"),
                        [(job_id, i, ItemStatus.SUCCEEDED, f"Hi number {i}.", 5, 4, 1,

@@ -1,4 +1,4 @@
-"""The bulk statements behind submit and result writes (schemas.db): same rows as the
+"""The bulk statements behind submit and result writes (schemas.db.bulk): same rows as the
 ORM would store, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from conftest import Stack
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from schemas import counters, db
+from schemas import db
+from schemas.db import bulk, counters
 from schemas.tables import Item, ItemStatus, Job, JobCount, Result
 
 
@@ -33,7 +34,7 @@ COLUMNS = ("job_id", "seq", "key", "chunk", "payload", "status", "tries")
 def test_insert_rows_stores_what_the_orm_reads_back(stack: Stack) -> None:
     job_id = _job(stack)
     with db.session(stack.db_url) as s, s.begin():
-        db.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(3)))
+        bulk.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(3)))
     with db.session(stack.db_url) as s:
         items = s.scalars(select(Item).where(Item.job_id == job_id).order_by(Item.seq)).all()
     assert [(i.seq, i.key, i.payload, i.status) for i in items] == [
@@ -44,11 +45,11 @@ def test_insert_rows_reports_a_duplicate_key_as_integrity_error(stack: Stack) ->
     """On PostgreSQL too, where COPY's own error is turned into SQLAlchemy's."""
     job_id = _job(stack)
     with db.session(stack.db_url) as s, s.begin():
-        db.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(2)))
+        bulk.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(2)))
         with pytest.raises(IntegrityError), s.begin_nested():
-            db.insert_rows(s.connection(), Item.__table__, COLUMNS,
+            bulk.insert_rows(s.connection(), Item.__table__, COLUMNS,
                            [(job_id, 5, "k1", 0, "{}", ItemStatus.PENDING, 0)])
-        db.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(2, 3)))
+        bulk.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(2, 3)))
     with db.session(stack.db_url) as s:
         assert s.scalars(select(Item.seq).where(Item.job_id == job_id)).all() == [0, 1, 2]
 
@@ -56,14 +57,14 @@ def test_insert_rows_reports_a_duplicate_key_as_integrity_error(stack: Stack) ->
 def test_upsert_rows_replaces_by_key_and_fills_defaults(stack: Stack) -> None:
     job_id = _job(stack)
     with db.session(stack.db_url) as s, s.begin():
-        db.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(2)))
+        bulk.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(2)))
     before = datetime.now(UTC)
     first = [{"job_id": job_id, "item_seq": n, "status": "succeeded", "output": f"o{n}",
               "probabilities": {"yes": 0.75}, "samples": None, "sampling": {"seed": n}}
              for n in range(2)]
     with db.session(stack.db_url) as s, s.begin():
-        db.upsert_rows(s.connection(), Result.__table__, ["job_id", "item_seq"], first)
-        db.upsert_rows(s.connection(), Result.__table__, ["job_id", "item_seq"],
+        bulk.upsert_rows(s.connection(), Result.__table__, ["job_id", "item_seq"], first)
+        bulk.upsert_rows(s.connection(), Result.__table__, ["job_id", "item_seq"],
                        [{**first[1], "status": "failed", "output": None, "error": "e"}])
     with db.session(stack.db_url) as s:
         rows = s.scalars(select(Result).where(Result.job_id == job_id)
@@ -79,8 +80,8 @@ def test_update_among_sets_the_listed_rows_and_counts_them(stack: Stack) -> None
     """A run of keys is one range; keys with gaps are a range and a list."""
     job_id = _job(stack)
     with db.session(stack.db_url) as s, s.begin():
-        db.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(5)))
-        changed = [db.update_among(s.connection(), Item.__table__, {"status": status},
+        bulk.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(5)))
+        changed = [bulk.update_among(s.connection(), Item.__table__, {"status": status},
                                    {"job_id": job_id}, "seq", among, increment=["tries"])
                    for status, among in (("succeeded", [1, 2]), ("failed", [4, 0]))]
     with db.session(stack.db_url) as s:
@@ -97,7 +98,7 @@ def test_update_among_finds_rows_by_a_text_key(stack: Stack) -> None:
     with db.session(stack.db_url) as s, s.begin():
         for status in ("Zeta", "alpha", "mid"):
             counters.add(s.connection(), job_id, status, 1)
-        db.update_among(s.connection(), JobCount.__table__, {"items": 5}, {"job_id": job_id},
+        bulk.update_among(s.connection(), JobCount.__table__, {"items": 5}, {"job_id": job_id},
                         "status", ["Zeta", "alpha"])
     with db.session(stack.db_url) as s:
         counts = {status: n for status, n in s.execute(
@@ -114,8 +115,8 @@ def test_replace_rows_replaces_each_row_whole_once_per_key(stack: Stack) -> None
     again = [{"job_id": job_id, "item_seq": n, "status": "succeeded", "output": f"o{n}",
               "error": None, "sampling": {"seed": n}} for n in (2, 0)]
     with db.session(stack.db_url) as s, s.begin():
-        db.replace_rows(s.connection(), Result.__table__, ["job_id", "item_seq"], first)
-        db.replace_rows(s.connection(), Result.__table__, ["job_id", "item_seq"], again)
+        bulk.replace_rows(s.connection(), Result.__table__, ["job_id", "item_seq"], first)
+        bulk.replace_rows(s.connection(), Result.__table__, ["job_id", "item_seq"], again)
     with db.session(stack.db_url) as s:
         rows = s.scalars(select(Result).where(Result.job_id == job_id)
                          .order_by(Result.item_seq)).all()

@@ -11,7 +11,8 @@ from conftest import Stack
 from sqlalchemy import delete, func, insert, select, text, update
 
 from producer.submit import submit
-from schemas import counters, db
+from schemas import db
+from schemas.db import bulk, counters
 from schemas.settings import load
 from schemas.spec import JobSpec
 from schemas.tables import Item, Job, JobCount, Result
@@ -90,16 +91,16 @@ def test_results_replaced_by_their_writer_or_changed_by_hand_keep_their_tokens_e
     keys = ["job_id", "item_seq"]
     with db.session(stack.db_url) as s, s.begin():
         conn = s.connection()
-        db.replace_rows(conn, Result.__table__, keys,
+        bulk.replace_rows(conn, Result.__table__, keys,
                         [_result(job_id, n, "succeeded", 10, 5) for n in range(4)])
         counters.add_many(conn, job_id, {"succeeded": (0, 40, 20)})
-        db.replace_rows(conn, Result.__table__, keys, [_result(job_id, 0, "succeeded", 10, 7)])
+        bulk.replace_rows(conn, Result.__table__, keys, [_result(job_id, 0, "succeeded", 10, 7)])
         counters.add_many(conn, job_id, {"succeeded": (0, 10, 7)})
         conn.execute(update(Result).where(Result.job_id == job_id, Result.item_seq == 1)
                      .values(status="failed", completion_tokens=0))
         conn.execute(delete(Result).where(Result.job_id == job_id, Result.item_seq == 3))
         for status, among in (("succeeded", [0, 2]), ("failed", [1])):
-            db.update_among(conn, Item.__table__, {"status": status}, {"job_id": job_id},
+            bulk.update_among(conn, Item.__table__, {"status": status}, {"job_id": job_id},
                             "seq", among)
     assert _counters(stack, job_id) == {"succeeded": (2, 20, 12), "failed": (1, 10, 0),
                                         "pending": (1, 0, 0)}

@@ -22,7 +22,8 @@ from alembic.script import ScriptDirectory
 from conftest import PG_ADMIN
 from sqlalchemy import func, insert, inspect, select, update
 
-from schemas import counters, db
+from schemas import db
+from schemas.db import counters
 from schemas.tables import Base, Item, Job, JobCount, Result
 
 TABLES = {"jobs", "items", "chunks", "results", "attempts", "pieces", "job_counts", "workers"}

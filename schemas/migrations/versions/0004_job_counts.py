@@ -7,7 +7,7 @@ Revises: 0003
 import sqlalchemy as sa
 from alembic import op
 
-from schemas import counters
+from schemas.db import counters
 
 revision = "0004"
 down_revision = "0003"

@@ -1,5 +1,5 @@
 """items.writes: a result write counts the status changes it makes itself, and the
-counting triggers stand down for it (schemas.counters). On SQLite, whose triggers fire
+counting triggers stand down for it (schemas.db.counters). On SQLite, whose triggers fire
 per row, that is two counter upserts an item: an eighth of a 1,000-result write.
 
 Revision ID: 0009
@@ -9,7 +9,7 @@ Revises: 0008
 import sqlalchemy as sa
 from alembic import op
 
-from schemas import counters
+from schemas.db import counters
 
 revision = "0009"
 down_revision = "0008"

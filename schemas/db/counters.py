@@ -1,23 +1,18 @@
-"""Per-job counters kept by the database itself: items per status, tokens of results.
+"""Per-job counters kept by the database itself, so that `nightshift status` on a job of a
+million items reads a few rows: table `job_counts` holds, per job and status, how many
+items have it and the tokens of the results that have it.
 
-`nightshift status` on a job of a million items must not count a million rows. The
-table `job_counts` holds, per job and status, how many items have that status and the
-tokens of the results with that status. Triggers on updates and deletes of `items` and
-`results` keep it exact whoever changes a row (leases, result writes, cancel, retry, SQL
-by hand). PostgreSQL fires one trigger per statement over its transition tables, so a
-bulk write costs one grouped upsert; SQLite has only row triggers.
-
-Rows are inserted in bulk by two writers alone, and each counts what it inserts itself
-(`add`, in the inserting transaction): submit its million items, where a row trigger
-would cost SQLite five times the insert; the worker its chunk's results, where it cost
-a fifth of the write. Code that inserts items or results with tokens elsewhere must call
-`add` too (copies of a result, schemas.dedup, carry no tokens: nothing to count).
-
-One update counts itself too: the result write that finishes running items. It adds
-one to their `writes` in the same statement, and the triggers leave alone what moves
-`writes`: on SQLite such a row (its trigger fires and does nothing: an eighth of the
-write's time saved), on PostgreSQL such a statement. Anything else, a status set by hand
-included, leaves `writes` as it is and is counted.
+- Updates and deletes of `items` and `results` are counted by triggers, whoever makes
+  them (leases, result writes, cancel, retry, SQL by hand): on PostgreSQL once per
+  statement over its transition tables, on SQLite, which has only row triggers, per row.
+- Rows inserted in bulk are counted by their writer, in the inserting transaction
+  (`add`): submit its items, the result write its results (on SQLite a row trigger cost
+  five times submit's insert, and a fifth of a result write). Code inserting items, or
+  results with tokens, elsewhere must call `add` too (schemas.dedup's copies of a result
+  carry no tokens).
+- The result write also counts the running items it finishes: its UPDATE adds one to
+  their `writes`, and the triggers stand down for what moves `writes` (a row on SQLite,
+  an eighth of the write saved; a statement on PostgreSQL). Any other change is counted.
 
 A migration that rebuilds `items` or `results` on SQLite (Alembic batch mode) drops
 their triggers: `ensure` puts them back, and `schemas.db.upgrade` calls it.
