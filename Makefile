@@ -63,9 +63,12 @@ bench-dataplane: install
 bench-engine: model
 	$(PY) -m bench.engine_options $(if $(N),-n $(N),)
 
+# ruff, mypy, the import contracts of pyproject.toml (producer -> worker -> quality ->
+# schemas, one way), and the docker files. CI runs it before the tests.
 lint: install lint-docker
 	$(VENV)/bin/ruff check producer worker schemas quality tests bench
 	$(VENV)/bin/mypy producer worker schemas quality
+	$(VENV)/bin/lint-imports
 
 # hadolint on each image, and Docker Compose v2's `config` on the compose file with every
 # profile (docker/env.example gives the passwords it requires). Both come from PyPI wheels.
