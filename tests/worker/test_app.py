@@ -1,4 +1,4 @@
-"""The broker contract: JSON only, acks late, one at a time, TLS that verifies."""
+"""The Celery app: JSON only, acks late, one at a time, TLS that verifies."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 from schemas.errors import ModelError
 from worker.app import app_for, celery_app
-from worker.broker import queue_for
 from worker.models import check_name
 
 
@@ -26,11 +25,6 @@ def test_a_rediss_url_verifies_the_server_certificate_unless_told_otherwise() ->
         "ssl_cert_reqs": ssl.CERT_REQUIRED}
     assert not app_for("rediss://:pw@cache:6380/0?ssl_cert_reqs=none").conf.broker_use_ssl
     assert not app_for("redis://cache:6379/0").conf.broker_use_ssl
-
-
-def test_queues_are_per_model_and_safe_names() -> None:
-    assert queue_for("smollm2-135m-instruct") == "nightshift.smollm2-135m-instruct"
-    assert queue_for("/models/llama 3") == "nightshift.models_llama_3"
 
 
 def test_model_names_that_can_be_nothing_are_refused_before_submit(tmp_path: Path) -> None:

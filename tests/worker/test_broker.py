@@ -1,4 +1,4 @@
-"""The broker contract: how deep a model's queue is, and what an unreachable broker
+"""The broker contract: a queue per model, how deep it is, and what an unreachable broker
 says."""
 
 from __future__ import annotations
@@ -11,6 +11,11 @@ from schemas.spec import JobSpec
 from worker import broker
 
 MODEL = JobSpec().model
+
+
+def test_queues_are_per_model_and_safe_names() -> None:
+    assert broker.queue_for("smollm2-135m-instruct") == "nightshift.smollm2-135m-instruct"
+    assert broker.queue_for("/models/llama 3") == "nightshift.models_llama_3"
 
 
 def test_queue_depth_counts_every_priority_and_a_queue_never_declared_is_empty(
