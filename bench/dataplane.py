@@ -161,7 +161,7 @@ def result_write_rate(db_url: str, job_id: str, rows: int) -> float:
         conn.execute(update(Chunk).where(Chunk.job_id == job_id)
                      .values(status=ChunkStatus.LEASED, lease_owner="bench", deliveries=1))
 
-    gc.freeze()  # as `nightshift worker` does with what it imported (worker.serve)
+    gc.freeze()  # as `nightshift worker` does with what it imported (worker.main)
     os.sync()  # the submits' pages written out first, not during the timed writes
     sampling = {"temperature": 0.0, "max_tokens": 128, "seed": 1}
     elapsed = 0.0

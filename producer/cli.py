@@ -520,7 +520,7 @@ def worker(model: str | None, slots: int, lease_seconds: float | None,
 
     logs.configure(log_format, loglevel.upper())  # before vLLM is imported: it reads this
     from worker.engine import EngineOptions
-    from worker.serve import serve
+    from worker.main import run_worker
 
     settings = settings_from(broker_url=broker_url, database_url=database_url, model=model,
                              lease_seconds=lease_seconds, stall_seconds=stall_seconds)
@@ -531,8 +531,8 @@ def worker(model: str | None, slots: int, lease_seconds: float | None,
         options = EngineOptions(**engine)
     except ValidationError as exc:
         raise ConfigError(f"engine option {reason(exc)}") from None
-    sys.exit(serve(settings, options, slots, loglevel.upper(), name, metrics_port,
-                   quiet=log_format == "json"))
+    sys.exit(run_worker(settings, options, slots=slots, loglevel=loglevel.upper(), name=name,
+                        metrics_port=metrics_port, quiet=log_format == "json"))
 
 
 @cli.command()

@@ -77,7 +77,7 @@ def test_a_monitored_worker_serves_metrics_of_the_job_it_ran_and_logs_json(
     assert [line for line in lines if text_records.match(line)] == []
     assert any(" ready." in r["message"] for r in records)
     assert any(r["logger"].startswith("vllm") for r in records)
-    assert any(r["logger"] == "worker.serve" for r in records)
+    assert any(r["logger"] == "worker.main" for r in records)
     assert len(records) > len(lines) / 2
 
 

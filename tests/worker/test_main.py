@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from conftest import PG_ADMIN
 
-from worker.serve import bound_idle_transactions
+from worker.main import bound_idle_transactions
 
 
 def test_a_workers_postgresql_sessions_end_when_idle_in_a_transaction_for_two_leases(

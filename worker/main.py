@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 EXIT_ENGINE_DEAD = 70
 
 
-def serve(settings: Settings, options: EngineOptions, slots: int, loglevel: str = "INFO",
-          name: str | None = None, metrics_port: int = 0, quiet: bool = False) -> int:
+def run_worker(settings: Settings, options: EngineOptions, *, slots: int,
+               loglevel: str = "INFO", name: str | None = None, metrics_port: int = 0,
+               quiet: bool = False) -> int:
     """Runs until SIGTERM/SIGINT; returns the process exit code. Logging is set up by the
     caller (worker.logs, before vLLM is imported), else here as plain text; `quiet` drops
     Celery's start-up banner (not a log record) from stdout."""
