@@ -38,7 +38,7 @@ def check(spec: JobSpec) -> None:
 
 
 def constrained_regex(spec: JobSpec) -> str | None:
-    """The pattern a constrain step would send (quality.ladder), if any."""
+    """The pattern a constrain step would send (quality.retries), if any."""
     regex = spec.check("regex")
     if spec.kind != "generate" or regex is None or spec.json_schema is not None:
         return None

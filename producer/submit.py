@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 BATCH = 5_000
 # Items of a failed submit removed per transaction (SQLite).
 DISCARD_BATCH = 50_000
-ITEM_COLUMNS = ("job_id", "seq", "key", "chunk", "payload", "status", "tries", "content_key")
+ITEM_COLUMNS = ("job_id", "seq", "key", "chunk", "payload", "status", "deaths", "content_key")
 CHUNK_COLUMNS = ("job_id", "seq", "size", "status", "deliveries")
 _encode = msgspec.json.Encoder().encode
 SHOWN_ERRORS = 20

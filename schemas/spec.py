@@ -104,7 +104,7 @@ def parse_check(text: str) -> dict[str, Any]:
     return {"name": name.strip(), "params": params}
 
 
-# What a failed attempt is retried with, in order (see quality.ladder).
+# What a failed attempt is retried with, in order (see quality.retries).
 Step = Literal["resample", "feedback", "constrain"]
 
 

@@ -132,8 +132,8 @@ class Item(Base):
     # What the worker sends: {"messages": [...]} or {"prompt": "..."}, plus overrides.
     payload: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(16), default=ItemStatus.PENDING)
-    # Times a worker started this item alone after a crash (see worker.chunks: poison items).
-    tries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Worker deaths this item was in flight for, run alone (worker.chunks: poison items).
+    deaths: Mapped[int] = mapped_column(Integer, server_default="0")
     # Result writes that finished this item while it ran. The write that moves it counts
     # the item's status change itself, and the counting triggers stand down (schemas.db.counters).
     writes: Mapped[int] = mapped_column(Integer, server_default="0")

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quality.checks import Verdict
-from quality.ladder import reasons
 from quality.metrics import reference_metrics
+from quality.retries import Step, reasons
 from schemas.spec import JobSpec, Sampling
 from schemas.tables import ItemStatus, Quality
 from worker.prompts import Prompt
@@ -23,7 +23,7 @@ class Try:
     """One answer the engine gave for the item (a row of `attempts`)."""
 
     attempt: int
-    step: str
+    step: Step
     prompt: str
     sampling: dict[str, Any]
     prompt_tokens: int

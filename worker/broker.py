@@ -95,14 +95,14 @@ def first_window(chunks: int, window: int) -> range:
     return range(min(chunks, window))
 
 
-def next_chunk(s: Session, job_id: str) -> tuple[str, int, int] | None:
+def next_chunk(session: Session, job_id: str) -> tuple[str, int, int] | None:
     """Count the job's next chunk as sent; (model, seq, priority) to send it with after the
     transaction commits, or None when every chunk has been sent or the job has ended."""
-    moved = s.execute(update(Job).where(Job.id == job_id, Job.enqueued < Job.chunks,
+    moved = session.execute(update(Job).where(Job.id == job_id, Job.enqueued < Job.chunks,
                                         Job.state.in_((JobState.QUEUED, JobState.RUNNING)))
                       .values(enqueued=Job.enqueued + 1))
     if not moved.rowcount:  # type: ignore[attr-defined]
         return None
-    model, enqueued, priority = s.execute(select(Job.model, Job.enqueued, Job.priority)
+    model, enqueued, priority = session.execute(select(Job.model, Job.enqueued, Job.priority)
                                           .where(Job.id == job_id)).one()
     return model, enqueued - 1, priority

@@ -1,11 +1,12 @@
 """Run one chunk: lease it, generate its items, write every outcome in bulk.
 
 A chunk runs all its items as one batch. If workers died holding it twice, one of
-its items may be the cause: from its third delivery on it runs in isolation, one item
-at a time, counting each item's tries in SQL before it starts. An item that was in
-flight when workers died `MAX_ITEM_TRIES` times is a poison item: it fails with that
-reason, and its neighbours still run. (One death is usually not the item's fault: a
-deploy, an OOM kill, a lost machine; its chunk simply runs again as a batch.)
+its items may be the cause: from its third delivery on (`leases.ISOLATE_FROM_DELIVERY`)
+it runs in isolation, one item at a time, counting each item's deaths in SQL before it
+starts. An item that was in flight when workers died `leases.MAX_ITEM_DEATHS` times is a
+poison item: it fails with that reason, and its neighbours still run. (One death is
+usually not the item's fault: a deploy, an OOM kill, a lost machine; its chunk simply runs
+again as a batch.)
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from sqlalchemy.orm import Session
 
 from quality import checks
 from quality.semantic import Embedder
-from schemas import dedup
-from schemas.db import checkpoint_soon, counters, reader, session
+from schemas import db, dedup
+from schemas.db import counters
 from schemas.db.bulk import replace_rows, update_among, upsert_rows
 from schemas.spec import JobSpec
 from schemas.tables import (
@@ -45,12 +46,6 @@ from worker.generate import run_items
 from worker.prompts import encode_many
 
 log = logging.getLogger(__name__)
-
-# Worker deaths an item may be in flight for, alone, before it is failed as poison.
-MAX_ITEM_TRIES = 2
-# The delivery from which a chunk runs one item at a time.
-ISOLATE_FROM_DELIVERY = 3
-
 
 @dataclass
 class Runtime:
@@ -76,16 +71,16 @@ def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
         return "skipped"  # leased by a live worker, or done: a duplicate message
     rt.heartbeat.hold(lease)
     try:
-        with reader(rt.db_url) as db:
-            spec, items = _load(db, job_id, seq)
+        with db.reader(rt.db_url) as session:
+            spec, items = _load(session, job_id, seq)
         if spec is None:
             _finish_cancelled(rt.db_url, lease)
             return "cancelled"
-        if lease.deliveries >= ISOLATE_FROM_DELIVERY:
+        if lease.deliveries >= leases.ISOLATE_FROM_DELIVERY:
             return _isolated(rt, lease, spec, items)
         timings = {"claim+load": time.perf_counter() - started}
         outcomes = run_items(rt.host, spec, [(s, k, p) for s, k, p, _ in items], lease.tag,
-                             rt.embedder, timings)
+                             embedder=rt.embedder, timings=timings)
         wrote = time.perf_counter()
         write(rt.db_url, lease, outcomes, broker_url=rt.broker_url)
         timings["write"] = time.perf_counter() - wrote
@@ -103,16 +98,16 @@ def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
 
 def _isolated(rt: Runtime, lease: leases.Lease, spec: JobSpec, items: list[Any]) -> str:
     """One item at a time, each with the engine to itself: if the worker dies now, the
-    item in the engine is the only one that could have killed it, and that try counts."""
-    for item_seq, key, payload, tries in items:
-        if tries >= MAX_ITEM_TRIES:
+    item in the engine is the only one that could have killed it, and that death counts."""
+    for item_seq, key, payload, deaths in items:
+        if deaths >= leases.MAX_ITEM_DEATHS:
             outcome = Outcome(item_seq, ItemStatus.FAILED, error=(
-                f"poison item: a worker died while running it {tries} times"))
+                f"poison item: a worker died while running it {deaths} times"))
         else:
             with rt.host.solo(lease.tag):
-                _count_try(rt.db_url, lease, item_seq)
+                _count_death(rt.db_url, lease, item_seq)
                 outcome = run_items(rt.host, spec, [(item_seq, key, payload)], lease.tag,
-                                    rt.embedder)[0]
+                                    embedder=rt.embedder)[0]
         write(rt.db_url, lease, [outcome], last=False)
     write(rt.db_url, lease, [], broker_url=rt.broker_url)
     return "isolated"
@@ -124,8 +119,8 @@ def _hand_back(rt: Runtime, lease: leases.Lease) -> None:
     try:
         if not leases.release(rt.db_url, lease) or not rt.broker_url:
             return
-        with reader(rt.db_url) as db:
-            model, priority = db.execute(select(Job.model, Job.priority)
+        with db.reader(rt.db_url) as session:
+            model, priority = session.execute(select(Job.model, Job.priority)
                                          .where(Job.id == lease.job_id)).one()
         broker.enqueue(rt.broker_url, model, lease.job_id, [lease.seq],
                        priority=message_priority(priority))
@@ -143,19 +138,19 @@ def rehearse(rt: Runtime) -> None:
     take 5 to 7. A database the worker cannot write to shows at start-up too."""
     job_id, payload = uuid.uuid4().hex, {"messages": [{"role": "user", "content": "Hi"}]}
     spec = JobSpec()
-    with session(rt.db_url) as db, db.begin() as rehearsal:
-        db.add(Job(id=job_id, kind=spec.kind, model=spec.model, total=1, chunks=1,
+    with db.session(rt.db_url) as session, session.begin() as rehearsal:
+        session.add(Job(id=job_id, kind=spec.kind, model=spec.model, total=1, chunks=1,
                    spec=spec.model_dump(mode="json")))
-        db.flush()  # the job first: its chunk's foreign key
-        db.add(Chunk(job_id=job_id, seq=0, size=1))
-        db.add(Item(job_id=job_id, seq=0, key="0", chunk=0, payload=payload))
-        db.flush()
-        counters.add(db.connection(), job_id, ItemStatus.PENDING, 1)
-        lease = leases.take(db, job_id, 0, rt.owner, rt.heartbeat.ttl)
+        session.flush()  # the job first: its chunk's foreign key
+        session.add(Chunk(job_id=job_id, seq=0, size=1))
+        session.add(Item(job_id=job_id, seq=0, key="0", chunk=0, payload=payload))
+        session.flush()
+        counters.add(session.connection(), job_id, ItemStatus.PENDING, 1)
+        lease = leases.take(session, job_id, 0, rt.owner, rt.heartbeat.ttl)
         assert lease is not None
-        _load(db, job_id, 0)
+        _load(session, job_id, 0)
         encode_many(rt.host.tokenizer, spec, [payload])
-        _store(db, lease, [Outcome(0, ItemStatus.SUCCEEDED, output="")], last=True, moves=True)
+        _store(session, lease, [Outcome(0, ItemStatus.SUCCEEDED, output="")], last=True, moves=True)
         rehearsal.rollback()
 
 
@@ -169,12 +164,12 @@ def _log_overhead(tag: str, items: int, timings: dict[str, float], cpu: float) -
              sum(timings.values()) * 1000, parts, cpu * 1000)
 
 
-def _load(db: Session, job_id: str, seq: int) -> tuple[JobSpec | None, list[Any]]:
-    job = db.get(Job, job_id)
+def _load(session: Session, job_id: str, seq: int) -> tuple[JobSpec | None, list[Any]]:
+    job = session.get(Job, job_id)
     if job is None or job.state == JobState.CANCELLED:
         return None, []
-    items = db.execute(
-        select(Item.seq, Item.key, Item.payload, Item.tries)
+    items = session.execute(
+        select(Item.seq, Item.key, Item.payload, Item.deaths)
         .where(Item.job_id == job_id, Item.chunk == seq, Item.same_as.is_(None),
                Item.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING)))
         .order_by(Item.seq)
@@ -182,11 +177,12 @@ def _load(db: Session, job_id: str, seq: int) -> tuple[JobSpec | None, list[Any]
     return checks.validate_spec(JobSpec.model_validate(job.spec)), list(items)
 
 
-def _count_try(db_url: str, lease: leases.Lease, item_seq: int) -> None:
-    with session(db_url) as db, db.begin():
-        leases.fence(db, lease, done=False)
-        db.execute(update(Item).where(Item.job_id == lease.job_id, Item.seq == item_seq)
-                   .values(tries=Item.tries + 1))
+def _count_death(db_url: str, lease: leases.Lease, item_seq: int) -> None:
+    """Counted before the item runs: if the worker dies running it, the count stays."""
+    with db.session(db_url) as session, session.begin():
+        leases.fence(session, lease, done=False)
+        session.execute(update(Item).where(Item.job_id == lease.job_id, Item.seq == item_seq)
+                   .values(deaths=Item.deaths + 1))
 
 
 def write(db_url: str, lease: leases.Lease, outcomes: list[Outcome], *, last: bool = True,
@@ -195,9 +191,9 @@ def write(db_url: str, lease: leases.Lease, outcomes: list[Outcome], *, last: bo
     transaction; with `last`, the chunk is done, the job completes if nothing is open, and
     (given a broker) the job's next chunk is sent: its window moves on. Raises LeaseLost,
     having changed nothing, when `lease` no longer holds the chunk."""
-    with session(db_url) as db, db.begin():
-        following = _store(db, lease, outcomes, last=last, moves=broker_url is not None)
-    checkpoint_soon(db_url)
+    with db.session(db_url) as session, session.begin():
+        following = _store(session, lease, outcomes, last=last, moves=broker_url is not None)
+    db.checkpoint_soon(db_url)
     if following is not None and broker_url:
         model, next_seq, priority = following
         broker.enqueue(broker_url, model, lease.job_id, [next_seq],
@@ -205,10 +201,10 @@ def write(db_url: str, lease: leases.Lease, outcomes: list[Outcome], *, last: bo
     metrics.observe(outcomes)  # once written: every path (batch, isolated, poison) ends here
 
 
-def _store(db: Session, lease: leases.Lease, outcomes: list[Outcome], *, last: bool,
+def _store(session: Session, lease: leases.Lease, outcomes: list[Outcome], *, last: bool,
            moves: bool) -> tuple[str, int, int] | None:
     """`write` within the caller's transaction; the job's next chunk to send, if it `moves`."""
-    conn = db.connection()  # Core statements: the ORM's bookkeeping cost 0.3 ms a chunk
+    conn = session.connection()  # Core statements: the ORM's bookkeeping cost 0.3 ms a chunk
     job_id = lease.job_id
     # Chunks of one job finish one at a time, so the last one sees every other's items
     # final and marks the job completed (PostgreSQL; SQLite already serializes writers).
@@ -221,10 +217,10 @@ def _store(db: Session, lease: leases.Lease, outcomes: list[Outcome], *, last: b
     if not last:
         return None
     _maybe_complete(conn, job_id)
-    return broker.next_chunk(db, job_id) if moves else None
+    return broker.next_chunk(session, job_id) if moves else None
 
 
-def _record(conn: Connection, job_id: str, owner: str, outcomes: list[Outcome],
+def _record(conn: Connection, job_id: str, owner: str, outcomes: list[Outcome], *,
             documents: bool = False) -> None:
     # Replaced whole: write() holds the job's row lock, so no one races on these keys
     # (schemas.db.bulk.replace_rows: COPY on PostgreSQL, executemany on SQLite).
@@ -267,9 +263,9 @@ def _finish(conn: Connection, job_id: str, outcomes: list[Outcome]
 
 
 def _finish_cancelled(db_url: str, lease: leases.Lease) -> None:
-    with session(db_url) as db, db.begin():
-        leases.fence(db, lease, done=True)
-        db.execute(update(Item).where(Item.job_id == lease.job_id, Item.chunk == lease.seq,
+    with db.session(db_url) as session, session.begin():
+        leases.fence(session, lease, done=True)
+        session.execute(update(Item).where(Item.job_id == lease.job_id, Item.chunk == lease.seq,
                                       Item.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING)))
                    .values(status=ItemStatus.CANCELLED))
 

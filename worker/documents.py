@@ -19,6 +19,7 @@ from typing import Any
 from quality import checks
 from quality.checks import Answer
 from quality.metrics import reference_metrics
+from quality.retries import Step
 from schemas.render import render
 from schemas.spec import JobSpec, Sampling
 from schemas.tables import ItemStatus
@@ -239,7 +240,7 @@ class DocumentRun:
         label = max(probs, key=lambda k: probs[k])
         verdicts = checks.run(self.spec.check_list(), Answer(
             label, label=label, probabilities=probs, labels=self.spec.labels))
-        aggregate = Try(1, "aggregate", "", {}, 0, output=label, label=label,
+        aggregate = Try(1, Step.AGGREGATE, "", {}, 0, output=label, label=label,
                         probabilities=probs, verdicts=verdicts)
         quality, status, error = judgement(self.spec, aggregate)
         note = self._failed_note()

@@ -2,7 +2,7 @@
 
 Every item's first request goes in at once (the engine batches them with other chunks'
 items). As each answer comes back it is checked; one that falls short is asked again at
-once, one step further along the ladder, so a retry joins the running batch and never
+once, as the retry policy plans it (quality.retries), so a retry joins the running batch and never
 holds up the chunk's other items. A bad item fails alone. An engine that dies raises out
 of here: the chunk is handed back and runs again elsewhere, and those lost answers are
 not attempts (infrastructure retries never spend the quality budget).
@@ -17,8 +17,9 @@ from typing import Any
 
 from vllm.exceptions import VLLMClientError
 
-from quality import checks, ladder, semantic
+from quality import checks, retries, semantic
 from quality.checks import Answer, Verdict
+from quality.retries import Step
 from schemas.spec import JobSpec
 from schemas.tables import ItemStatus
 from worker.attempts import ItemRun, Outcome
@@ -26,116 +27,138 @@ from worker.documents import DocumentRun, needs_split
 from worker.engine import EngineHost, RequestRefused
 from worker.labels import label_probabilities
 from worker.prompts import Prompt, PromptTooLong, build, encode_many, question, sampling_for
-from worker.requests import Chunk, ask, ask_judge
+from worker.requests import ANSWER, ChunkRun, Purpose, ask, ask_judge
 
 # What an item's own request can be refused for: the item fails, its chunk goes on.
 REFUSED = (PromptTooLong, KeyError, ValueError, TypeError, VLLMClientError, RequestRefused)
 
+Requests = list[tuple[Future[Any], Purpose]]
+
 
 def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[str, Any]]],
-              tag: str, embedder: semantic.Embedder | None = None,
+              tag: str, *, embedder: semantic.Embedder | None = None,
               timings: dict[str, float] | None = None) -> list[Outcome]:
     """With `timings`, adds the seconds spent outside the engine: preparing requests
     ("prepare"), and checking answers and asking again ("checks")."""
     started = time.perf_counter()
-    waited = 0.0
     # Sampled decoding may spell a label in smaller pieces than its usual tokens, down to
     # one byte each: room for the longest spelling, the stop token ends it sooner.
     label_tokens = max((len(label.encode()) for label in spec.labels), default=0)
-    chunk = Chunk(host, spec, tag, embedder or semantic.Embedder(), label_tokens)
-    outcomes: list[Outcome] = []
-    waiting: dict[Future[Any], tuple[ItemRun, str]] = {}
-
-    def first(run: ItemRun) -> Future[Any]:
-        return ask(chunk, run, None)
-
-    def settle(run: ItemRun, outcome: Outcome) -> None:
-        """An item is decided; a document's piece may lead to the next step instead."""
-        run.settled = True
-        if run.parent is None:
-            outcomes.append(outcome)
-            return
-        more, whole = run.parent.done(run, outcome, first)
-        waiting.update({future: (part, "answer") for future, part in more})
-        if whole is not None:
-            outcomes.append(whole)
-
-    encoded = encode_many(host.tokenizer, spec, [payload for _, _, payload in items])
-    for (seq, key, payload), item_encoded in zip(items, encoded, strict=True):
-        try:
-            chosen = sampling_for(spec, payload)
-            try:
-                prompt: Prompt | None = build(host.tokenizer, spec, payload,
-                                              host.max_model_len, chosen.max_tokens,
-                                              item_encoded)
-            except PromptTooLong:
-                if "document" not in payload:
-                    raise
-                prompt = None
-            if needs_split(payload, prompt, chosen.max_tokens, host.max_model_len):
-                document = DocumentRun(seq, key, payload, chosen, spec, host)
-                waiting.update({f: (part, "answer") for f, part in document.start(first)})
-            elif prompt is not None:
-                run = ItemRun(seq, key, payload, chosen, prompt)
-                waiting[first(run)] = (run, "answer")
-        except REFUSED as exc:
-            outcomes.append(Outcome(seq, ItemStatus.FAILED, error=_reason(exc)))
+    batch = Batch(ChunkRun(host, spec, tag, embedder or semantic.Embedder(), label_tokens))
+    batch.prepare(items)
     prepared = time.perf_counter()
-    while waiting:
-        before = time.perf_counter()
-        done, _ = wait(waiting, return_when=FIRST_COMPLETED)
-        waited += time.perf_counter() - before
-        for future in done:
-            run, purpose = waiting.pop(future)
-            if run.settled:
-                continue  # a sibling request (another judge criterion) already decided it
-            refused = future.exception()
-            if isinstance(refused, RequestRefused) and purpose == "answer":
-                # An attempt like any other that fell short: the ladder goes on, or the
-                # item fails with the engine's reason.
-                run.last.verdicts.append(Verdict("engine", False,
-                                                 reason=f"the engine refused it: {refused}"))
-                follow = _retry_or_stop(chunk, run)
-                if follow is None:
-                    settle(run, run.outcome(spec))
-                else:
-                    waiting.update({f: (run, p) for f, p in follow})
-                continue
-            if refused is not None:
-                if not isinstance(refused, REFUSED):
-                    raise refused
-                settle(run, Outcome(run.seq, ItemStatus.FAILED,
-                                    error=f"engine refused: {refused}", tries=run.tries))
-                continue
-            try:
-                follow = _advance(chunk, run, purpose, future.result())
-            except REFUSED as exc:  # a retry's request was refused
-                settle(run, Outcome(run.seq, ItemStatus.FAILED, error=_reason(exc),
-                                    tries=run.tries))
-                continue
-            if follow is None:
-                settle(run, run.outcome(spec))
-            else:
-                waiting.update({f: (run, p) for f, p in follow})
+    waited = batch.drain()
     if timings is not None:
         timings["prepare"] = prepared - started
         timings["checks"] = time.perf_counter() - prepared - waited
-    return sorted(outcomes, key=lambda o: o.item_seq)
+    return sorted(batch.outcomes, key=lambda o: o.item_seq)
 
 
-def _advance(chunk: Chunk, run: ItemRun, purpose: str, result: Any
-             ) -> list[tuple[Future[Any], str]] | None:
+class Batch:
+    """A run's items in flight: the requests awaiting answers, and the outcomes decided."""
+
+    def __init__(self, chunk: ChunkRun) -> None:
+        self.chunk = chunk
+        self.outcomes: list[Outcome] = []
+        self.waiting: dict[Future[Any], tuple[ItemRun, Purpose]] = {}
+
+    def prepare(self, items: list[tuple[int, str, dict[str, Any]]]) -> None:
+        """Every item's first request, at once; an item that cannot be asked fails alone."""
+        host, spec = self.chunk.host, self.chunk.spec
+        encoded = encode_many(host.tokenizer, spec, [payload for _, _, payload in items])
+        for (seq, key, payload), item_encoded in zip(items, encoded, strict=True):
+            try:
+                self._start(seq, key, payload, item_encoded)
+            except REFUSED as exc:
+                self.outcomes.append(Outcome(seq, ItemStatus.FAILED, error=_reason(exc)))
+
+    def _start(self, seq: int, key: str, payload: dict[str, Any], encoded: Any) -> None:
+        host, spec = self.chunk.host, self.chunk.spec
+        chosen = sampling_for(spec, payload)
+        try:
+            prompt: Prompt | None = build(host.tokenizer, spec, payload, host.max_model_len,
+                                          chosen.max_tokens, encoded)
+        except PromptTooLong:
+            if "document" not in payload:
+                raise
+            prompt = None
+        if needs_split(payload, prompt, chosen.max_tokens, host.max_model_len):
+            document = DocumentRun(seq, key, payload, chosen, spec, host)
+            self.waiting.update({f: (part, ANSWER) for f, part in document.start(self.first)})
+        elif prompt is not None:
+            run = ItemRun(seq, key, payload, chosen, prompt)
+            self.waiting[self.first(run)] = (run, ANSWER)
+
+    def first(self, run: ItemRun) -> Future[Any]:
+        return ask(self.chunk, run, None)
+
+    def drain(self) -> float:
+        """Take answers as they come until every item is decided; returns the seconds spent
+        waiting for the engine."""
+        waited = 0.0
+        while self.waiting:
+            before = time.perf_counter()
+            done, _ = wait(self.waiting, return_when=FIRST_COMPLETED)
+            waited += time.perf_counter() - before
+            for future in done:
+                run, purpose = self.waiting.pop(future)
+                if not run.settled:  # else a sibling request (another criterion) decided it
+                    self._answered(run, purpose, future)
+        return waited
+
+    def _answered(self, run: ItemRun, purpose: Purpose, future: Future[Any]) -> None:
+        """One request came back: the item's next requests, or its outcome."""
+        refused = future.exception()
+        if isinstance(refused, RequestRefused) and not purpose.judging:
+            # An attempt like any other that fell short: the policy may ask again, or the
+            # item fails with the engine's reason.
+            run.last.verdicts.append(Verdict("engine", False,
+                                             reason=f"the engine refused it: {refused}"))
+            self._follow(run, _retry_or_stop(self.chunk, run))
+        elif refused is not None:
+            if not isinstance(refused, REFUSED):
+                raise refused
+            self.settle(run, Outcome(run.seq, ItemStatus.FAILED,
+                                     error=f"engine refused: {refused}", tries=run.tries))
+        else:
+            try:
+                follow = _advance(self.chunk, run, purpose, future.result())
+            except REFUSED as exc:  # a retry's request was refused
+                self.settle(run, Outcome(run.seq, ItemStatus.FAILED, error=_reason(exc),
+                                         tries=run.tries))
+                return
+            self._follow(run, follow)
+
+    def _follow(self, run: ItemRun, follow: Requests | None) -> None:
+        if follow is None:
+            self.settle(run, run.outcome(self.chunk.spec))
+        else:
+            self.waiting.update({f: (run, p) for f, p in follow})
+
+    def settle(self, run: ItemRun, outcome: Outcome) -> None:
+        """An item is decided; a document's piece may lead to the next step instead."""
+        run.settled = True
+        if run.parent is None:
+            self.outcomes.append(outcome)
+            return
+        more, whole = run.parent.done(run, outcome, self.first)
+        self.waiting.update({future: (part, ANSWER) for future, part in more})
+        if whole is not None:
+            self.outcomes.append(whole)
+
+
+def _advance(chunk: ChunkRun, run: ItemRun, purpose: Purpose, result: Any) -> Requests | None:
     """The item's next requests after `result` (none while it waits for others), or None
     when it is decided."""
     spec = chunk.spec
-    if purpose.startswith("judge:"):
+    if purpose.criterion is not None:
         output = result.outputs[0]
         run.judge_tokens += len(output.token_ids)
         step = output.logprobs[0] if output.logprobs else {}
         p_yes = label_probabilities(step, semantic.JUDGE_CHOICES,
                                     lambda t: chunk.host.tokenizer.decode([t]),
                                     chosen=output.text.strip())["Yes"]
-        run.judge_scores[purpose.removeprefix("judge:")] = semantic.judge_score(p_yes)
+        run.judge_scores[purpose.criterion] = semantic.judge_score(p_yes)
         if len(run.judge_scores) < run.judge_asked:
             return []
         run.last.verdicts.append(semantic.judge_verdict(run.judge_scores,
@@ -166,23 +189,23 @@ def _advance(chunk: Chunk, run: ItemRun, purpose: str, result: Any
     return _retry_or_stop(chunk, run)
 
 
-def _retry_or_stop(chunk: Chunk, run: ItemRun) -> list[tuple[Future[Any], str]] | None:
-    last = run.last
-    if not last.failed or len(run.tries) >= chunk.budget:
-        return None
+def _retry_or_stop(chunk: ChunkRun, run: ItemRun) -> Requests | None:
+    """The item's next answer as the retry policy plans it, or None: it is decided."""
     room = chunk.host.max_model_len - len(run.prompt.token_ids)
-    plan = ladder.next_attempt(chunk.spec, last.attempt, last.failed, last.sampling, room)
-    last.next_reason = plan.reason
-    return [(ask(chunk, run, plan), "answer")]
+    plan = retries.decide(chunk.spec, run.last, answered=len(run.tries), room=room)
+    if plan is None:
+        return None
+    run.last.next_reason = plan.reason
+    return [(ask(chunk, run, plan), ANSWER)]
 
 
-def _fill(chunk: Chunk, run: ItemRun, result: Any) -> None:
+def _fill(chunk: ChunkRun, run: ItemRun, result: Any) -> None:
     spec, host, attempt = chunk.spec, chunk.host, run.last
     outputs = result.outputs
     attempt.completion_tokens = sum(len(o.token_ids) for o in outputs)
     attempt.finish_reason = outputs[0].finish_reason
     texts = [o.text for o in outputs]
-    if attempt.step == "replace_duplicates":
+    if attempt.step == Step.REPLACE_DUPLICATES:
         # The earlier samples that were distinct stay; the new ones take the others' place.
         earlier = run.tries[-2].samples or []
         limit = (spec.check("distinct") or {}).get("max_similarity", 0.9)
@@ -193,7 +216,7 @@ def _fill(chunk: Chunk, run: ItemRun, result: Any) -> None:
         attempt.samples = texts
     if spec.kind != "classify":
         return
-    if attempt.step == "self_consistency":
+    if attempt.step == Step.SELF_CONSISTENCY:
         votes = Counter(t.strip() for t in texts if t.strip() in spec.labels)
         top = max(votes.values(), default=0)
         tied = [label for label in spec.labels if votes[label] == top and top]

@@ -20,10 +20,17 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from schemas.db import clock, session
+from schemas import db
 from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus, Job, JobState
 
 log = logging.getLogger(__name__)
+
+# The infrastructure lane's limits. A chunk redelivered this often (workers died holding
+# it twice) runs one item at a time (worker.chunks), so a deadly item shows itself...
+ISOLATE_FROM_DELIVERY = 3
+# ...and an item in flight, alone, for this many worker deaths fails as a poison item.
+# One death is usually not the item's fault (a deploy, an OOM kill, a lost machine).
+MAX_ITEM_DEATHS = 2
 
 
 @dataclass(frozen=True)
@@ -54,22 +61,22 @@ class LeaseLost(Exception):
 
 def claim(db_url: str, job_id: str, seq: int, owner: str, ttl: float) -> Lease | None:
     """Take the chunk if it is free (pending, or leased by someone whose lease expired)."""
-    with session(db_url) as db, db.begin():
-        return take(db, job_id, seq, owner, ttl)
+    with db.session(db_url) as session, session.begin():
+        return take(session, job_id, seq, owner, ttl)
 
 
-def take(db: Session, job_id: str, seq: int, owner: str, ttl: float) -> Lease | None:
+def take(session: Session, job_id: str, seq: int, owner: str, ttl: float) -> Lease | None:
     """`claim` within the caller's transaction (worker.chunks.rehearse rolls it back).
 
     The job's row is locked first, as cancel, deadlines and result writes lock it, so no
     two of them wait on each other's rows in opposite orders (PostgreSQL)."""
-    now = clock(db)
-    if db.scalar(select(Job.state).where(Job.id == job_id).with_for_update()) is None:
+    now = db.clock(session)
+    if session.scalar(select(Job.state).where(Job.id == job_id).with_for_update()) is None:
         log.warning("chunk %s/%s is not in this worker's database: does another "
                     "deployment, with another database, share this Redis database?",
                     job_id, seq)
         return None
-    taken = cast(CursorResult[Any], db.execute(
+    taken = cast(CursorResult[Any], session.execute(
         update(Chunk)
         .where(Chunk.job_id == job_id, Chunk.seq == seq)
         .where(or_(Chunk.status == ChunkStatus.PENDING,
@@ -80,24 +87,24 @@ def take(db: Session, job_id: str, seq: int, owner: str, ttl: float) -> Lease | 
     )).rowcount
     if not taken:
         return None
-    db.execute(update(Item).where(Item.job_id == job_id, Item.chunk == seq,
+    session.execute(update(Item).where(Item.job_id == job_id, Item.chunk == seq,
                                   Item.status == ItemStatus.PENDING)
                .values(status=ItemStatus.RUNNING))
-    db.execute(update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
+    session.execute(update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
                .values(state=JobState.RUNNING, started_at=now))
-    deliveries = db.scalar(select(Chunk.deliveries).where(Chunk.job_id == job_id,
+    deliveries = session.scalar(select(Chunk.deliveries).where(Chunk.job_id == job_id,
                                                           Chunk.seq == seq))
     return Lease(job_id, seq, owner, int(deliveries or 0))
 
 
-def fence(db: Session | Any, lease: Lease, *, done: bool) -> None:
+def fence(session: Session | Any, lease: Lease, *, done: bool) -> None:
     """In the caller's write transaction, before anything else it writes: raise LeaseLost
     unless `lease` still holds the chunk. The row it updates stays locked until commit,
     so no one can take the chunk in between. With `done`, the chunk is finished too."""
     values: dict[str, Any] = {"lease_owner": lease.owner}
     if done:
         values = {"status": ChunkStatus.DONE, "lease_owner": None, "lease_expires_at": None}
-    held = cast(CursorResult[Any], db.execute(
+    held = cast(CursorResult[Any], session.execute(
         update(Chunk).where(lease.where_held()).values(**values))).rowcount
     if not held:
         raise LeaseLost(f"chunk {lease.tag} is no longer leased by {lease.owner} "
@@ -107,13 +114,13 @@ def fence(db: Session | Any, lease: Lease, *, done: bool) -> None:
 def release(db_url: str, lease: Lease) -> bool:
     """Hand a chunk back (shutdown, engine death): it is pending again at once. False when
     the lease was no longer held (nothing to hand back)."""
-    with session(db_url) as db, db.begin():
-        released = cast(CursorResult[Any], db.execute(
+    with db.session(db_url) as session, session.begin():
+        released = cast(CursorResult[Any], session.execute(
             update(Chunk).where(lease.where_held())
             .values(status=ChunkStatus.PENDING, lease_owner=None, lease_expires_at=None)
         )).rowcount
         if released:
-            db.execute(update(Item).where(Item.job_id == lease.job_id, Item.chunk == lease.seq,
+            session.execute(update(Item).where(Item.job_id == lease.job_id, Item.chunk == lease.seq,
                                           Item.status == ItemStatus.RUNNING)
                        .values(status=ItemStatus.PENDING))
     return bool(released)
@@ -164,10 +171,10 @@ class Heartbeat:
                       len(held))
             return []
         lost = []
-        with session(self.db_url) as db, db.begin():
-            expires = clock(db) + timedelta(seconds=self.ttl)
+        with db.session(self.db_url) as session, session.begin():
+            expires = db.clock(session) + timedelta(seconds=self.ttl)
             for lease in held:  # in key order, as end_abandoned locks them
-                renewed = cast(CursorResult[Any], db.execute(
+                renewed = cast(CursorResult[Any], session.execute(
                     update(Chunk).where(lease.where_held())
                     .values(lease_expires_at=expires))).rowcount
                 if not renewed:

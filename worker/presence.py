@@ -149,17 +149,17 @@ def _first_line(exc: BaseException) -> str:
 def listed(db_url: str, *, everyone: bool = False) -> list[dict[str, Any]]:
     """Live workers (or, `everyone`, all the database remembers), by model and name, each
     with its heartbeat's age in seconds by the database's clock."""
-    with db.reader(db_url) as s:
-        now = db.clock(s)
+    with db.reader(db_url) as session:
+        now = db.clock(session)
         query = select(Worker).order_by(Worker.model, Worker.name, Worker.started_at)
         if not everyone:
             query = _live(query, now)
-        return [_shape(worker, now) for worker in s.scalars(query)]
+        return [_shape(worker, now) for worker in session.scalars(query)]
 
 
-def live_models(s: Session) -> set[str]:
+def live_models(session: Session) -> set[str]:
     """The models at least one live worker hosts, as the workers were started with them."""
-    return set(s.scalars(_live(select(Worker.model).distinct(), db.clock(s))))
+    return set(session.scalars(_live(select(Worker.model).distinct(), db.clock(session))))
 
 
 def _live(query: Any, now: datetime) -> Any:

@@ -51,11 +51,11 @@ def reconcile(db_url: str, broker_url: str, now: datetime | None = None,
     """Every pass's time is the database's (worker.leases reckons leases by it), unless
     given."""
     if now is None:
-        with db.reader(db_url) as s:
-            now = db.clock(s)
+        with db.reader(db_url) as session:
+            now = db.clock(session)
     done = Reconciled(expired=expire(db_url, now))
-    with db.session(db_url) as s, s.begin():
-        done.abandoned = end_abandoned(s)
+    with db.session(db_url) as session, session.begin():
+        done.abandoned = end_abandoned(session)
     done.started = start_due(db_url, broker_url, now, window)
     done.resent = resend(db_url, broker_url, now)
     return done
@@ -63,12 +63,12 @@ def reconcile(db_url: str, broker_url: str, now: datetime | None = None,
 
 def expire(db_url: str, now: datetime) -> list[str]:
     """Cancel every open job whose deadline has passed; returns their ids."""
-    with db.session(db_url) as s, s.begin():
-        jobs = s.scalars(select(Job).where(Job.deadline <= now,
+    with db.session(db_url) as session, session.begin():
+        jobs = session.scalars(select(Job).where(Job.deadline <= now,
                                            Job.state.not_in(JobState.FINAL))
                          .with_for_update()).all()
         for job in jobs:
-            stop(s, job, now)
+            stop(session, job, now)
         return [job.id for job in jobs]
 
 
@@ -77,15 +77,15 @@ def start_due(db_url: str, broker_url: str, now: datetime, window: int) -> list[
 
     The state changes in SQL before the messages go out: if the broker is lost in
     between, the job is queued with pending chunks, which `resend` finds."""
-    with db.reader(db_url) as s:
-        due = s.execute(select(Job.id, Job.model, Job.chunks, Job.priority)
+    with db.reader(db_url) as session:
+        due = session.execute(select(Job.id, Job.model, Job.chunks, Job.priority)
                         .where(Job.state == JobState.SCHEDULED, Job.start_at <= now)
                         .order_by(Job.priority.desc(), Job.start_at)).all()
     started = []
     for job_id, model, chunks, priority in due:
         first = broker.first_window(chunks, window)
-        with db.session(db_url) as s, s.begin():
-            won = cast(CursorResult[Any], s.execute(
+        with db.session(db_url) as session, session.begin():
+            won = cast(CursorResult[Any], session.execute(
                 update(Job).where(Job.id == job_id, Job.state == JobState.SCHEDULED)
                 .values(state=JobState.QUEUED, enqueued=len(first)))).rowcount
         if won:  # another reconciler may have started it a moment ago
@@ -97,8 +97,8 @@ def start_due(db_url: str, broker_url: str, now: datetime, window: int) -> list[
 
 def resend(db_url: str, broker_url: str, now: datetime) -> dict[str, int]:
     """Returns how many chunks were enqueued again, per model."""
-    with db.reader(db_url) as s:
-        rows = s.execute(
+    with db.reader(db_url) as session:
+        rows = session.execute(
             select(Job.id, Job.model, Job.priority, Chunk.seq, Chunk.status)
             .join(Chunk, Chunk.job_id == Job.id)
             .where(Job.state.in_((JobState.QUEUED, JobState.RUNNING)), Chunk.seq < Job.enqueued)

@@ -1,5 +1,5 @@
 """What an attempt asks of the engine: its prompt (reworded for a retry), its sampling
-(seeded, shaped by the ladder's plan), structured output where a format is required; and
+(seeded, shaped by the retry policy's plan), structured output where a format is required; and
 the judge's questions about an answer. Each request joins the engine's running batch and
 comes back as a future; worker.generate decides what each answer leads to.
 """
@@ -11,9 +11,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from quality import checks, ladder, semantic
+from quality import checks, retries, semantic
 from quality.checks import Verdict
-from quality.ladder import Plan
+from quality.retries import Plan, Step
 from schemas.spec import JobSpec
 from worker.attempts import ItemRun, Try
 from worker.engine import EngineHost
@@ -26,8 +26,8 @@ GENERATE_FIELDS = ("temperature", "top_p", "max_tokens", "seed", "n", "stop",
 
 
 @dataclass
-class Chunk:
-    """What every item of one run shares."""
+class ChunkRun:
+    """What every item of one run of a chunk shares."""
 
     host: EngineHost
     spec: JobSpec
@@ -35,13 +35,23 @@ class Chunk:
     embedder: semantic.Embedder
     label_tokens: int
 
+
+@dataclass(frozen=True)
+class Purpose:
+    """What a request in flight asks: the item's answer, or the judge's score on one
+    criterion of it."""
+
+    criterion: str | None = None
+
     @property
-    def budget(self) -> int:
-        """Answers per item: the first, and retries only when the job states a bar."""
-        return self.spec.max_attempts if self.spec.checks else 1
+    def judging(self) -> bool:
+        return self.criterion is not None
 
 
-def ask(chunk: Chunk, run: ItemRun, plan: Plan | None) -> Future[Any]:
+ANSWER = Purpose()
+
+
+def ask(chunk: ChunkRun, run: ItemRun, plan: Plan | None) -> Future[Any]:
     """Submit the item's next attempt: the first when `plan` is None."""
     number = len(run.tries) + 1
     prompt = run.prompt
@@ -49,16 +59,16 @@ def ask(chunk: Chunk, run: ItemRun, plan: Plan | None) -> Future[Any]:
         prompt = _reworded(chunk, run, plan) or prompt
     sampling = _sampling(chunk, run, plan, number, prompt)
     # An OpenAI row's response_format is its own JSON Schema (schemas.rows), else the job's.
-    params, recorded = _params(chunk, sampling, plan, run.payload.get("json_schema"))
+    params, recorded = _params(chunk, sampling, plan, item_schema=run.payload.get("json_schema"))
     if chunk.spec.lora:
         recorded["lora"] = chunk.spec.lora  # results.sampling names the adapter that answered
-    run.tries.append(Try(number, plan.step if plan else "first", prompt.text, recorded,
+    run.tries.append(Try(number, plan.step if plan else Step.FIRST, prompt.text, recorded,
                          len(prompt.token_ids), piece=run.piece))
     request_id = f"{chunk.tag}:{run.seq}:{number}:{uuid.uuid4().hex[:8]}"
     return chunk.host.submit(request_id, prompt.token_ids, params, lora=chunk.spec.lora)
 
 
-def _sampling(chunk: Chunk, run: ItemRun, plan: Plan | None, number: int, prompt: Prompt
+def _sampling(chunk: ChunkRun, run: ItemRun, plan: Plan | None, number: int, prompt: Prompt
               ) -> dict[str, Any]:
     """The attempt's sampling: the item's own for the first, then the last one's as the
     plan changes it, always with the attempt's own seed (reproducible run to run)."""
@@ -68,7 +78,7 @@ def _sampling(chunk: Chunk, run: ItemRun, plan: Plan | None, number: int, prompt
         sampling = {k: v for k, v in run.last.sampling.items() if k in GENERATE_FIELDS}
         sampling["n"] = run.chosen.n
         sampling.update(plan.sampling)
-        if plan.step == "replace_duplicates":
+        if plan.step == Step.REPLACE_DUPLICATES:
             limit = (chunk.spec.check("distinct") or {}).get("max_similarity", 0.9)
             sampling["n"] = max(len(checks.duplicates(run.last.samples or [], limit)), 1)
     sampling["seed"] = item_seed(run.chosen.seed, run.key, number - 1)
@@ -78,7 +88,7 @@ def _sampling(chunk: Chunk, run: ItemRun, plan: Plan | None, number: int, prompt
     return sampling
 
 
-def _params(chunk: Chunk, sampling: dict[str, Any], plan: Plan | None,
+def _params(chunk: ChunkRun, sampling: dict[str, Any], plan: Plan | None, *,
             item_schema: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """vLLM parameters for one attempt, and what of them the ledger records."""
     from vllm import SamplingParams
@@ -108,7 +118,7 @@ def _params(chunk: Chunk, sampling: dict[str, Any], plan: Plan | None,
     return SamplingParams(**kwargs), recorded
 
 
-def _reworded(chunk: Chunk, run: ItemRun, plan: Plan) -> Prompt | None:
+def _reworded(chunk: ChunkRun, run: ItemRun, plan: Plan) -> Prompt | None:
     """The item's conversation with a length instruction and/or the failed answer and the
     reasons it fell short; None when that no longer fits the context."""
     spec, host = chunk.spec, chunk.host
@@ -121,7 +131,7 @@ def _reworded(chunk: Chunk, run: ItemRun, plan: Plan) -> Prompt | None:
         # The request is said again last: a small model loses it behind its own answer and
         # answers the feedback instead (measured: 19 of 42 such retries went off-topic).
         request = question(run.payload)
-        messages += [{"role": "assistant", "content": ladder.quote(run.last.output)},
+        messages += [{"role": "assistant", "content": retries.quote(run.last.output)},
                      {"role": "user", "content": plan.feedback
                       + (" " + plan.instruction if plan.instruction else "")
                       + (f"\n\nThe request: {request}" if request else "")}]
@@ -131,7 +141,7 @@ def _reworded(chunk: Chunk, run: ItemRun, plan: Plan) -> Prompt | None:
         return None
 
 
-def ask_judge(chunk: Chunk, run: ItemRun) -> list[tuple[Future[Any], str]]:
+def ask_judge(chunk: ChunkRun, run: ItemRun) -> list[tuple[Future[Any], Purpose]]:
     """One yes/no request per criterion (quality.semantic); none when they do not fit."""
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
@@ -155,4 +165,4 @@ def ask_judge(chunk: Chunk, run: ItemRun) -> list[tuple[Future[Any], str]]:
                                 choice=semantic.JUDGE_CHOICES))
     tag = f"{chunk.tag}:{run.seq}:{attempt.attempt}:judge"
     return [(host.submit(f"{tag}:{criterion}:{uuid.uuid4().hex[:8]}", prompt.token_ids, params),
-             f"judge:{criterion}") for criterion, prompt in asked]
+             Purpose(criterion)) for criterion, prompt in asked]

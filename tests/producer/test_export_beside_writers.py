@@ -41,7 +41,7 @@ def big_finished_job(db_url: str, rows: int) -> str:
                                  "state": JobState.COMPLETED, "total": rows}])
         conn = s.connection()
         bulk.insert_rows(conn, Item.__table__, ("job_id", "seq", "key", "chunk", "payload",
-                                              "status", "tries"),
+                                              "status", "deaths"),
                        [(job_id, i, f"r{i}", i // 1000, '{"prompt": "Say hi."}',
                          ItemStatus.SUCCEEDED, 0) for i in range(rows)])
         bulk.insert_rows(conn, Result.__table__, ("job_id", "item_seq", "status", "output",

@@ -28,7 +28,7 @@ def _items(job_id: str, seqs: range, key: str = "k") -> list[tuple[object, ...]]
             for n in seqs]
 
 
-COLUMNS = ("job_id", "seq", "key", "chunk", "payload", "status", "tries")
+COLUMNS = ("job_id", "seq", "key", "chunk", "payload", "status", "deaths")
 
 
 def test_insert_rows_stores_what_the_orm_reads_back(stack: Stack) -> None:
@@ -82,10 +82,10 @@ def test_update_among_sets_the_listed_rows_and_counts_them(stack: Stack) -> None
     with db.session(stack.db_url) as s, s.begin():
         bulk.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(5)))
         changed = [bulk.update_among(s.connection(), Item.__table__, {"status": status},
-                                   {"job_id": job_id}, "seq", among, increment=["tries"])
+                                   {"job_id": job_id}, "seq", among, increment=["deaths"])
                    for status, among in (("succeeded", [1, 2]), ("failed", [4, 0]))]
     with db.session(stack.db_url) as s:
-        items = s.execute(select(Item.status, Item.tries).where(Item.job_id == job_id)
+        items = s.execute(select(Item.status, Item.deaths).where(Item.job_id == job_id)
                           .order_by(Item.seq)).all()
     assert changed == [2, 2]
     assert items == [("failed", 1), ("succeeded", 1), ("succeeded", 1), ("pending", 0),

@@ -75,7 +75,7 @@ def test_item_updates_and_deletes_move_the_counts(stack: Stack) -> None:
         s.execute(update(Item).where(Item.job_id == job_id, Item.seq == 9)
                   .values(status="cancelled"))
         s.execute(update(Item).where(Item.job_id == job_id, Item.seq == 8)
-                  .values(tries=Item.tries + 1))  # a status left alone changes no count
+                  .values(deaths=Item.deaths + 1))  # a status left alone changes no count
         s.execute(delete(Item).where(Item.job_id == job_id, Item.seq == 7))
     assert _counters(stack, job_id) == {"pending": (4, 0, 0), "running": (4, 0, 0),
                                         "cancelled": (1, 0, 0)}

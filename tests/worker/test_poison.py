@@ -20,7 +20,8 @@ from producer.submit import submit
 from schemas.settings import load
 from schemas.spec import JobSpec
 from worker import leases
-from worker.chunks import ISOLATE_FROM_DELIVERY, MAX_ITEM_TRIES, Runtime, run_chunk
+from worker.chunks import Runtime, run_chunk
+from worker.leases import ISOLATE_FROM_DELIVERY, MAX_ITEM_DEATHS
 
 
 class WorkerDied(BaseException):
@@ -65,7 +66,7 @@ def test_a_poison_item_fails_after_bounded_tries_and_its_neighbours_succeed(
     rt = Runtime(host, stack.db_url, "w", beat)  # type: ignore[arg-type]
     try:
         outcomes = []
-        for _ in range(ISOLATE_FROM_DELIVERY + MAX_ITEM_TRIES):  # batch runs, then isolated
+        for _ in range(ISOLATE_FROM_DELIVERY + MAX_ITEM_DEATHS):  # batch runs, then isolated
             try:
                 outcomes.append(run_chunk(rt, job, 0))
                 break
@@ -75,12 +76,12 @@ def test_a_poison_item_fails_after_bounded_tries_and_its_neighbours_succeed(
         beat.stop()
 
     # Deaths in the batch runs (no item to blame yet), then one per isolated try.
-    deaths = ISOLATE_FROM_DELIVERY - 1 + MAX_ITEM_TRIES
+    deaths = ISOLATE_FROM_DELIVERY - 1 + MAX_ITEM_DEATHS
     assert outcomes == ["died"] * deaths + ["isolated"]
     results = {r["id"]: r for r in map(json.loads, _results(stack, job))}
     assert results["i1"]["status"] == "failed"
     assert results["i1"]["error"] == (
-        f"poison item: a worker died while running it {MAX_ITEM_TRIES} times")
+        f"poison item: a worker died while running it {MAX_ITEM_DEATHS} times")
     assert all(results[k]["status"] == "succeeded" for k in ("i0", "i2", "i3"))
     assert sum("POISON" in p for p in host.started) == deaths
     status = json.loads(_cli(stack, "status", job, "--json"))
