@@ -37,7 +37,7 @@ def bleu(output: str, reference: str) -> float:
     return float(BLEU(effective_order=True).sentence_score(output, [reference]).score) / 100
 
 
-def expected_calibration_error(confidences: list[float], correct: list[bool],
+def expected_calibration_error(confidences: list[float], correct: list[bool], *,
                                bins: int = 10) -> float:
     """|accuracy - confidence| per confidence bin, weighted by the bin's share of items."""
     total = len(confidences)

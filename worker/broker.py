@@ -72,7 +72,7 @@ def queue_depth(broker_url: str, model: str) -> int:
             return 0
 
 
-def enqueue(broker_url: str, model: str, job_id: str, seqs: Iterable[int],
+def enqueue(broker_url: str, model: str, job_id: str, seqs: Iterable[int], *,
             priority: int = 0) -> int:
     """Publish one message per chunk over a single connection; returns how many."""
     app = app_for(broker_url)

@@ -72,7 +72,7 @@ class DocumentRun:
     final: ItemRun | None = None
 
     def fields(self, text: str) -> dict[str, Any]:
-        return {"path": self.key, **document_fields(self.payload, text)}
+        return {"path": self.key, **document_fields(self.payload, text=text)}
 
     def _run(self, piece: int, prompt_text: str) -> ItemRun:
         payload = {"prompt": prompt_text}
@@ -94,7 +94,7 @@ class DocumentRun:
                 f"the template and max_tokens {self.chosen.max_tokens} leave {budget} tokens "
                 f"of the {self.host.max_model_len}-token context for the document's text")
         overlap = min(self.spec.overlap, budget // 2 - 1)
-        pieces = split(str(self.payload["text"]), self.host.tokenizer, budget, overlap)
+        pieces = split(str(self.payload["text"]), self.host.tokenizer, budget, overlap=overlap)
         if not pieces:
             raise ValueError("the document's text is only whitespace")
         self.map_count = len(pieces)

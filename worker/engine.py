@@ -143,7 +143,7 @@ class EngineHost:
         llm = LLM(model=model, seed=seed, **options.for_platform(current_platform.is_cpu()))
         return cls(llm, stall_seconds=stall_seconds)
 
-    def submit(self, request_id: str, prompt_token_ids: list[int], params: Any,
+    def submit(self, request_id: str, prompt_token_ids: list[int], params: Any, *,
                lora: str | None = None) -> Future[Any]:
         """Queue one request, with the job's LoRA adapter if it has one; its future
         resolves to the finished vLLM RequestOutput."""

@@ -77,7 +77,7 @@ class Batch:
         chosen = sampling_for(spec, payload)
         try:
             prompt: Prompt | None = build(host.tokenizer, spec, payload, host.max_model_len,
-                                          chosen.max_tokens, encoded)
+                                          chosen.max_tokens, encoded=encoded)
         except PromptTooLong:
             if "document" not in payload:
                 raise

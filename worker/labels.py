@@ -15,7 +15,7 @@ from typing import Any
 
 
 def label_probabilities(
-    first_step: Mapping[int, Any], labels: list[str], decode: Callable[[int], str],
+    first_step: Mapping[int, Any], labels: list[str], decode: Callable[[int], str], *,
     chosen: str | None = None,
 ) -> dict[str, float]:
     mass = dict.fromkeys(labels, 0.0)

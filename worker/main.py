@@ -45,17 +45,8 @@ def run_worker(settings: Settings, options: EngineOptions, *, slots: int,
     host = EngineHost.start(model_path, options, stall_seconds=settings.stall_seconds)
     if metrics_port:
         metrics.start(metrics_port, settings.broker_url, settings.model, host)
-    heartbeat = leases.Heartbeat(settings.database_url, owner, settings.lease_seconds,
-                                 healthy=host.progressing,
-                                 on_lost=lambda lease: host.abort(
-                                     lease.tag, f"lost the lease on chunk {lease.tag}"))
-    tasks.runtime = Runtime(host, settings.database_url, owner, heartbeat,
-                            broker_url=settings.broker_url)
-    try:
-        rehearse(tasks.runtime)
-    except Exception as exc:  # a head start, no more: the chunks themselves will tell
-        log.warning("could not rehearse a chunk before taking messages, the first ones "
-                    "start cold: %s", str(exc).splitlines()[0])
+    tasks.runtime = _runtime(settings, host, owner)
+    heartbeat = tasks.runtime.heartbeat
     celery_app.conf.update(broker_settings(settings.broker_url))
     stop = threading.Event()
     threading.Thread(target=_reconcile_every, args=(settings, stop), daemon=True,
@@ -83,6 +74,22 @@ def run_worker(settings: Settings, options: EngineOptions, *, slots: int,
         alive = host.alive
         host.stop()
     return 0 if alive else EXIT_ENGINE_DEAD
+
+
+def _runtime(settings: Settings, host: EngineHost, owner: str) -> Runtime:
+    """What every chunk this worker runs shares, its database way rehearsed once."""
+    heartbeat = leases.Heartbeat(settings.database_url, owner, settings.lease_seconds,
+                                 healthy=host.progressing,
+                                 on_lost=lambda lease: host.abort(
+                                     lease.tag, f"lost the lease on chunk {lease.tag}"))
+    runtime = Runtime(host, settings.database_url, owner, heartbeat,
+                      broker_url=settings.broker_url)
+    try:
+        rehearse(runtime)
+    except Exception as exc:  # a head start, no more: the chunks themselves will tell
+        log.warning("could not rehearse a chunk before taking messages, the first ones "
+                    "start cold: %s", str(exc).splitlines()[0])
+    return runtime
 
 
 def bound_idle_transactions(lease_seconds: float) -> None:

@@ -109,7 +109,7 @@ LIVE = Live()
 REGISTRY.register(LIVE)
 
 
-def start(port: int, broker_url: str, model: str, host: Any, addr: str = "0.0.0.0") -> Any:
+def start(port: int, broker_url: str, model: str, host: Any, *, addr: str = "0.0.0.0") -> Any:
     """Serve /metrics on `port` from a daemon thread; returns the HTTP server."""
     LIVE.bind(broker_url, model, host)
     server, _thread = start_http_server(port, addr=addr, registry=REGISTRY)

@@ -97,7 +97,7 @@ class Presence:
             found = conn.execute(update(Worker).where(Worker.id == self.row["id"]).values(
                 state=WorkerState.RUNNING, last_heartbeat_at=now, tokens_per_s=rate)).rowcount
             if not found:
-                self._insert(conn, now, rate)
+                self._insert(conn, now, rate=rate)
 
     def rate(self) -> float:
         """Generated tokens per second over the last RATE_WINDOW_S."""
@@ -108,7 +108,7 @@ class Presence:
         then, before = self._seen[0]
         return round((total - before) / (now - then), 1) if now > then else 0.0
 
-    def _insert(self, conn: Connection, now: datetime, rate: float = 0.0) -> None:
+    def _insert(self, conn: Connection, now: datetime, *, rate: float = 0.0) -> None:
         conn.execute(insert(Worker).values(**self.row, state=WorkerState.RUNNING,
                                            started_at=now, last_heartbeat_at=now,
                                            tokens_per_s=rate))
@@ -179,6 +179,6 @@ def _shape(worker: Worker, now: datetime) -> dict[str, Any]:
             "heartbeat_age_s": round(max(age, 0.0), 1), "tokens_per_s": worker.tokens_per_s}
 
 
-def minutes(window: timedelta = LIVE) -> str:
+def minutes(*, window: timedelta = LIVE) -> str:
     """The live window as people read it: "5 min"."""
     return f"{window.total_seconds() / 60:g} min"

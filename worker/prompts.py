@@ -32,7 +32,7 @@ def classify_instruction(labels: list[str]) -> str:
     return "Answer with exactly one of these labels: " + ", ".join(labels) + "."
 
 
-def document_fields(payload: dict[str, Any], text: str | None = None) -> dict[str, Any]:
+def document_fields(payload: dict[str, Any], *, text: str | None = None) -> dict[str, Any]:
     """What a document's template sees: its payload's fields, `name` (the file's stem), and
     its text or, for a piece of a long one, that piece."""
     fields = {k: v for k, v in payload.items() if k != "prompt"}
@@ -83,7 +83,7 @@ def render(tokenizer: Any, spec: JobSpec, payload: dict[str, Any]) -> tuple[str,
 
 
 def build(tokenizer: Any, spec: JobSpec, payload: dict[str, Any], max_model_len: int,
-          max_tokens: int, encoded: Encoded | None = None) -> Prompt:
+          max_tokens: int, *, encoded: Encoded | None = None) -> Prompt:
     """The item's prompt, checked against the context; `encoded` is its text and tokens
     from encode_many, where the chunk has them."""
     if encoded is None:
@@ -147,7 +147,7 @@ def question(payload: dict[str, Any]) -> str:
     return users[-1] if users else ""
 
 
-def item_seed(job_seed: int, key: str, attempt: int = 0) -> int:
+def item_seed(job_seed: int, key: str, *, attempt: int = 0) -> int:
     """A seed stable across runs and machines: the same job seed and id sample the same."""
     digest = hashlib.blake2b(f"{job_seed}:{key}:{attempt}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big") & 0x7FFFFFFF

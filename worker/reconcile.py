@@ -46,7 +46,7 @@ class Reconciled:
                     or any(self.resent.values()))
 
 
-def reconcile(db_url: str, broker_url: str, now: datetime | None = None,
+def reconcile(db_url: str, broker_url: str, *, now: datetime | None = None,
               window: int = Settings.model_fields["window"].default) -> Reconciled:
     """Every pass's time is the database's (worker.leases reckons leases by it), unless
     given."""

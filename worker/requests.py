@@ -81,7 +81,7 @@ def _sampling(chunk: ChunkRun, run: ItemRun, plan: Plan | None, number: int, pro
         if plan.step == Step.REPLACE_DUPLICATES:
             limit = (chunk.spec.check("distinct") or {}).get("max_similarity", 0.9)
             sampling["n"] = max(len(checks.duplicates(run.last.samples or [], limit)), 1)
-    sampling["seed"] = item_seed(run.chosen.seed, run.key, number - 1)
+    sampling["seed"] = item_seed(run.chosen.seed, run.key, attempt=number - 1)
     room = chunk.host.max_model_len - len(prompt.token_ids)
     wanted = int(sampling.get("max_tokens", run.chosen.max_tokens))
     sampling["max_tokens"] = max(1, min(wanted, room))

@@ -45,7 +45,7 @@ class Piece:
     tokens: int  # tokens of `text` by the given tokenizer, counted from the document's offsets
 
 
-def split(text: str, tokenizer: Any, budget: int, overlap: int = 0) -> list[Piece]:
+def split(text: str, tokenizer: Any, budget: int, *, overlap: int = 0) -> list[Piece]:
     """Pieces of at most `budget` tokens each, in document order.
 
     Cuts fall on the latest paragraph end that fills at least half the budget, else on

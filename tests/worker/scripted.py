@@ -26,7 +26,7 @@ class ScriptedHost:
         self.params: list[Any] = []
         self._lock = threading.Lock()
 
-    def submit(self, request_id: str, token_ids: list[int], params: Any,
+    def submit(self, request_id: str, token_ids: list[int], params: Any, *,
                lora: str | None = None) -> Future[Any]:
         attempt = int(request_id.split(":")[3]) if ":judge:" not in request_id else 0
         text, finish, delay = self.script(self.tokenizer.decode(token_ids), attempt)

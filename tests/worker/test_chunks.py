@@ -203,7 +203,7 @@ def test_a_chunk_handed_back_after_an_engine_death_is_sent_again_at_once(
     from worker.engine import EngineDead
 
     class Dead(ScriptedHost):
-        def submit(self, request_id: str, token_ids: list[int], params: Any,
+        def submit(self, request_id: str, token_ids: list[int], params: Any, *,
                    lora: str | None = None) -> Future[Any]:
             future: Future[Any] = Future()
             future.set_exception(EngineDead("engine core process gone"))

@@ -39,7 +39,7 @@ class Voter(ScriptedHost):
                      neg: SimpleNamespace(logprob=math.log(1 - belief))}
         self.votes = votes
 
-    def submit(self, request_id: str, token_ids: list[int], params: Any,
+    def submit(self, request_id: str, token_ids: list[int], params: Any, *,
                lora: str | None = None) -> Future[Any]:
         self.params.append(params)
         n = params.n or 1
@@ -166,7 +166,7 @@ def test_without_declared_checks_an_answer_is_taken_as_it_comes(tokenizer: Any) 
 
 def test_a_lost_engine_raises_and_no_attempt_is_spent(tokenizer: Any) -> None:
     class Dead(ScriptedHost):
-        def submit(self, request_id: str, token_ids: list[int], params: Any,
+        def submit(self, request_id: str, token_ids: list[int], params: Any, *,
                    lora: str | None = None) -> Future[Any]:
             future: Future[Any] = Future()
             future.set_exception(RuntimeError("engine core died"))
@@ -237,7 +237,7 @@ def test_a_retry_the_engine_refuses_fails_its_item_and_the_chunk_goes_on(
     """As the real host does (worker.engine), the refusal comes back on the request's
     future; the item keeps its real answer, and fails naming the engine's reason."""
     class Picky(ScriptedHost):
-        def submit(self, request_id: str, token_ids: list[int], params: Any,
+        def submit(self, request_id: str, token_ids: list[int], params: Any, *,
                    lora: str | None = None) -> Future[Any]:
             if int(request_id.split(":")[3]) > 1 and "picky" in self.tokenizer.decode(token_ids):
                 refused: Future[Any] = Future()

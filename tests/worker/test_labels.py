@@ -24,7 +24,7 @@ def step(pieces: dict[str, float]) -> tuple[dict[int, Logprob], dict[int, str]]:
 def probs(pieces: dict[str, float], labels: list[str], chosen: str | None = None
           ) -> dict[str, float]:
     first, vocab = step(pieces)
-    return label_probabilities(first, labels, vocab.__getitem__, chosen)
+    return label_probabilities(first, labels, vocab.__getitem__, chosen=chosen)
 
 
 def test_probabilities_are_normalized_over_the_labels() -> None:

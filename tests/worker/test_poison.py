@@ -41,7 +41,7 @@ class CrashingHost:
         """Requests here run one at a time anyway."""
         return contextlib.nullcontext()
 
-    def submit(self, request_id: str, token_ids: list[int], params: Any,
+    def submit(self, request_id: str, token_ids: list[int], params: Any, *,
                lora: str | None = None) -> Future[Any]:
         text = self.tokenizer.decode(token_ids)
         self.started.append(text)

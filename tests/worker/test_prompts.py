@@ -100,12 +100,12 @@ def test_max_tokens_is_clamped_to_the_context_left(tokenizer: Any) -> None:
 
 
 def test_item_seed_is_stable_across_runs() -> None:
-    assert item_seed(0, "a") == item_seed(0, "a", 0)
-    assert item_seed(42, "row-1", 0) == 711546723
+    assert item_seed(0, "a") == item_seed(0, "a", attempt=0)
+    assert item_seed(42, "row-1", attempt=0) == 711546723
 
 
 def test_item_seed_differs_per_key_attempt_and_job_seed() -> None:
-    seeds = {item_seed(0, "a"), item_seed(0, "b"), item_seed(0, "a", 1), item_seed(1, "a")}
+    seeds = {item_seed(0, "a"), item_seed(0, "b"), item_seed(0, "a", attempt=1), item_seed(1, "a")}
     assert len(seeds) == 4
     assert all(0 <= s < 2**31 for s in seeds)
 
@@ -126,11 +126,11 @@ def test_prompts_encoded_together_have_the_tokens_each_would_alone(tokenizer: An
 
     assert encoded[3] is None  # the item without a prompt is left to fail on its own
     for payload, item_encoded in zip(payloads[:3], encoded, strict=False):
-        together = build(tokenizer, spec, payload, 2048, 64, item_encoded)
+        together = build(tokenizer, spec, payload, 2048, 64, encoded=item_encoded)
         alone = build(tokenizer, spec, payload, 2048, 64)
         assert together.token_ids == alone.token_ids and together.text == alone.text
     with pytest.raises(KeyError):
-        build(tokenizer, spec, payloads[3], 2048, 64, encoded[3])
+        build(tokenizer, spec, payloads[3], 2048, 64, encoded=encoded[3])
 
 
 DOCUMENT = {"text": "The keeper logged the weather.", "document": "/data/docs/log.md",

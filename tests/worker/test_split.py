@@ -60,7 +60,7 @@ def test_long_document_pieces_fit_the_budget_cover_the_text_and_keep_order(
         tokenizer: Any, long_document: str) -> None:
     assert tokens_of(tokenizer, long_document) > 5 * CONTEXT
     for overlap in (0, 100):
-        pieces = split(long_document, tokenizer, 1000, overlap)
+        pieces = split(long_document, tokenizer, 1000, overlap=overlap)
         assert len(pieces) >= 10
         check_invariants(long_document, pieces, tokenizer, 1000, overlap)
         assert all((b.start < a.end) == bool(overlap)
@@ -74,7 +74,7 @@ def test_the_document_is_tokenized_once(tokenizer: Any, long_document: str) -> N
         calls.append(kwargs)
         return tokenizer(*args, **kwargs)
 
-    assert len(split(long_document, counting, 500, 50)) > 20
+    assert len(split(long_document, counting, 500, overlap=50)) > 20
     assert len(calls) == 1 and calls[0]["return_offsets_mapping"]
 
 
@@ -84,7 +84,7 @@ def test_short_paragraphs_are_never_cut_inside(tokenizer: Any) -> None:
     text = "\n\n".join(paragraphs)
     assert max(tokens_of(tokenizer, p) for p in paragraphs) < 400 / 2
     for overlap in (0, 40):
-        pieces = split(text, tokenizer, 400, overlap)
+        pieces = split(text, tokenizer, 400, overlap=overlap)
         assert len(pieces) > 5
         for p in pieces:
             # Every piece ends where a paragraph ends, and starts at a sentence start.
@@ -120,7 +120,7 @@ def test_a_sentence_longer_than_the_budget_is_cut_on_token_boundaries(tokenizer:
     giant = " ".join(rnd.choice(WORDS) for _ in range(3000)) + "."
     text = f"A short opening. {giant} A short ending."
     for overlap in (0, 30):
-        pieces = split(text, tokenizer, 256, overlap)
+        pieces = split(text, tokenizer, 256, overlap=overlap)
         check_invariants(text, pieces, tokenizer, 256, overlap)
         assert pieces[0].text == "A short opening."
         inside = pieces[1:-1]
@@ -132,7 +132,7 @@ def test_a_sentence_longer_than_the_budget_is_cut_on_token_boundaries(tokenizer:
 
 
 def test_neighbours_share_the_overlap(tokenizer: Any, long_document: str) -> None:
-    pieces = split(long_document, tokenizer, 800, 120)
+    pieces = split(long_document, tokenizer, 800, overlap=120)
     shared = []
     for a, b in zip(pieces, pieces[1:], strict=False):
         common = long_document[b.start:a.end]
@@ -157,7 +157,7 @@ def test_unicode_text_keeps_character_offsets(tokenizer: Any) -> None:
             parts.append("\n\n")
     text = "".join(p if p.endswith(("。", "\n")) else p + " " for p in parts)
     for overlap in (0, 50):
-        pieces = split(text, tokenizer, 300, overlap)
+        pieces = split(text, tokenizer, 300, overlap=overlap)
         check_invariants(text, pieces, tokenizer, 300, overlap)
         assert len(pieces) > 5
         assert all(p.end == len(text.rstrip()) or SENTENCE_END.search(p.text) for p in pieces)
@@ -167,7 +167,7 @@ def test_whitespace_gives_no_pieces_and_a_short_text_one(tokenizer: Any) -> None
     assert split("", tokenizer, 100) == []
     assert split(" \n\n\t  \n", tokenizer, 100) == []
     text = "\n  One paragraph.\n\nAnd another, both well within budget.  \n"
-    (piece,) = split(text, tokenizer, 100, 10)
+    (piece,) = split(text, tokenizer, 100, overlap=10)
     assert piece.text == text.strip() and text[piece.start:piece.end] == piece.text
     assert piece.index == 0 and piece.tokens == tokens_of(tokenizer, piece.text)
 
@@ -180,7 +180,7 @@ def test_whitespace_gives_no_pieces_and_a_short_text_one(tokenizer: Any) -> None
 def test_impossible_budgets_are_refused(tokenizer: Any, budget: int, overlap: int,
                                         message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        split("Some text.", tokenizer, budget, overlap)
+        split("Some text.", tokenizer, budget, overlap=overlap)
 
 
 def test_ragged_random_text_keeps_every_invariant(tokenizer: Any) -> None:
@@ -193,7 +193,7 @@ def test_ragged_random_text_keeps_every_invariant(tokenizer: Any) -> None:
         text = "".join(rnd.choices(atoms, weights, k=rnd.randint(0, 3000)))
         budget = rnd.choice([16, 17, 30, 64, 200])
         overlap = rnd.randint(0, (budget - 1) // 2)
-        check_invariants(text, split(text, tokenizer, budget, overlap), tokenizer, budget,
+        check_invariants(text, split(text, tokenizer, budget, overlap=overlap), tokenizer, budget,
                          overlap)
 
 
@@ -207,8 +207,8 @@ def test_offsets_out_of_order_still_give_pieces_within_budget(tokenizer: Any,
                                    for i, (s, e) in enumerate(offsets)]}
 
     text = long_document[:20000]
-    pieces = split(text, crossing, 300, 30)
-    assert len(pieces) > 5 and pieces == split(text, crossing, 300, 30)
+    pieces = split(text, crossing, 300, overlap=30)
+    assert len(pieces) > 5 and pieces == split(text, crossing, 300, overlap=30)
     assert all(p.tokens <= 300 and p.text == text[p.start:p.end] for p in pieces)
     assert all(tokens_of(tokenizer, p.text) <= 300 + 2 for p in pieces)
     assert pieces[0].start == 0 and pieces[-1].end == len(text.rstrip())
