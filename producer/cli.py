@@ -168,16 +168,16 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
                       overlap=overlap, reduce_template=reduce_template,
                       sampling={"temperature": temperature, "top_p": top_p,
                                 "max_tokens": max_tokens, "seed": seed, "n": samples})
-    schedule = schedules.parse(start_at, deadline, priority)
+    schedule = schedules.parse(start_at, deadline, priority=priority)
     grammar.check(spec)
     if dry_run:
         from producer.preflight import preflight
 
-        report = preflight(settings, spec, input_path, fmt,
+        report = preflight(settings, spec, input_path, fmt=fmt,
                            max_document_bytes=max_document_bytes)
         click.echo(json.dumps(report.as_dict()) if as_json else report.text())
         return
-    done = do_submit(settings, spec, input_path, fmt, skip_invalid,
+    done = do_submit(settings, spec, input_path, fmt=fmt, skip_invalid=skip_invalid,
                      on_invalid=lambda e: click.echo(f"skipped {e}", err=True)
                      if skip_invalid else None, schedule=schedule,
                      on_skipped=lambda d: click.echo(f"skipped {d}", err=True),
@@ -207,8 +207,8 @@ def _warn_unserved(db_url: str, model: str) -> None:
     otherwise be a job that waits forever, unnoticed)."""
     from worker import presence
 
-    with db.reader(db_url) as s:
-        live = presence.live_models(s)
+    with db.reader(db_url) as session:
+        live = presence.live_models(session)
     if model in live:
         return
     hosted = f"live workers host {', '.join(sorted(live))}" if live else "no worker is live"
@@ -366,7 +366,8 @@ def results(job_id: str, fmt: str, output: Path | None, errors_path: Path | None
     if as_json and output is None:
         raise ConfigError("--json describes the files written: pass -o FILE")
     job_id = jobs.resolve(settings.database_url, job_id)
-    done = export.to_files(settings.database_url, job_id, fmt, output, errors_path, per_piece)
+    done = export.to_files(settings.database_url, job_id, fmt, output, errors=errors_path,
+                           per_piece=per_piece)
     if as_json:
         click.echo(json.dumps(done))
     elif output is not None:

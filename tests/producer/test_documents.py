@@ -328,8 +328,8 @@ def run(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Invoke:
 
 
 def payloads(stack: Stack, job_id: str) -> dict[str, dict[str, Any]]:
-    with db.session(stack.db_url) as s:
-        return {key: payload for key, payload in s.execute(
+    with db.session(stack.db_url) as session:
+        return {key: payload for key, payload in session.execute(
             select(Item.key, Item.payload).where(Item.job_id == job_id).order_by(Item.seq))}
 
 

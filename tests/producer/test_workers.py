@@ -110,9 +110,9 @@ def test_status_gives_no_waiting_reason_while_a_worker_of_the_model_is_live(
     p = Presence(stack.db_url, f"late:{uuid.uuid4().hex[:8]}", model, 1).start()
     try:
         assert json.loads(run("status", job, "--json").stdout)["reason"] is None
-        with db.session(stack.db_url) as s, s.begin():  # silent past the live window
-            s.execute(update(Worker).where(Worker.id == p.row["id"])
-                      .values(last_heartbeat_at=db.clock(s) - presence.LIVE * 2))
+        with db.session(stack.db_url) as session, session.begin():  # silent past the live window
+            session.execute(update(Worker).where(Worker.id == p.row["id"])
+                            .values(last_heartbeat_at=db.clock(session) - presence.LIVE * 2))
         assert json.loads(run("status", job, "--json").stdout)["reason"].startswith("waiting")
     finally:
         p.stop()

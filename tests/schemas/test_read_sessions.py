@@ -20,14 +20,14 @@ pytestmark = pytest.mark.parametrize("stack", ["sqlite"], indirect=True)
 
 
 def add_job(db_url: str) -> None:
-    with db.session(db_url) as s, s.begin():
-        s.execute(insert(Job), [{"id": uuid.uuid4().hex, "kind": "generate",
-                                 "model": "smollm2-135m-instruct", "spec": {}}])
+    with db.session(db_url) as session, session.begin():
+        session.execute(insert(Job), [{"id": uuid.uuid4().hex, "kind": "generate",
+                                       "model": "smollm2-135m-instruct", "spec": {}}])
 
 
 def jobs(db_url: str) -> int:
-    with db.reader(db_url) as s:
-        return s.scalar(select(func.count()).select_from(Job)) or 0
+    with db.reader(db_url) as session:
+        return session.scalar(select(func.count()).select_from(Job)) or 0
 
 
 def in_thread(work: Callable[[], None]) -> tuple[threading.Thread, threading.Event]:
