@@ -77,40 +77,56 @@ def submit(settings: Settings, spec: JobSpec, path: Path, *, fmt: str = "auto",
     result = Submitted(job_id, 0, 0)
     with _Loading(settings.database_url, job_id) as loading:
         items = _Items(loading, job_id, spec, result, on_invalid)
-        for row in readers.read(path, input_format, spec.template,
-                                max_document_bytes=max_document_bytes):
-            if isinstance(row, readers.Skipped):  # unreadable documents leave the job standing
-                result.skipped.append(row)
-                if on_skipped:
-                    on_skipped(row)
-                continue
-            items.add(row)
-        items.flush()
+        _load(items, readers.read(path, input_format, spec.template,
+                                  max_document_bytes=max_document_bytes), on_skipped)
         _refuse_if_invalid(path, result, skip_invalid)
         result.chunks = -(-result.items // spec.chunk_size)
         first = broker.first_window(result.chunks, settings.window)
+        job = Job(id=job_id, state=JobState.SCHEDULED if held else JobState.QUEUED,
+                  start_at=schedule.start_at, deadline=schedule.deadline,
+                  priority=schedule.priority, kind=spec.kind, model=spec.model,
+                  spec=spec.model_dump(mode="json"), source=str(path),
+                  input_format=input_format, total=result.items, chunks=result.chunks,
+                  enqueued=0 if held else len(first))
         with loading.last() as session:
-            session.add(Job(id=job_id, state=JobState.SCHEDULED if held else JobState.QUEUED,
-                            start_at=schedule.start_at, deadline=schedule.deadline,
-                            priority=schedule.priority, kind=spec.kind, model=spec.model,
-                            spec=spec.model_dump(mode="json"), source=str(path),
-                            input_format=input_format, total=result.items, chunks=result.chunks,
-                            enqueued=0 if held else len(first)))
-            session.flush()  # the job first: its chunks' foreign key
-            conn = session.connection()
-            counters.add(conn, job_id, ItemStatus.PENDING, result.items)
-            if items.keyed:  # documents: each one answered once
-                dedup.mark_duplicates(conn, job_id)
-                if reuse_results:
-                    result.reused = dedup.reuse_earlier(conn, job_id)
-            bulk.insert_rows(conn, Chunk.__table__, CHUNK_COLUMNS, [
-                (job_id, c, min(spec.chunk_size, result.items - c * spec.chunk_size),
-                 ChunkStatus.PENDING, 0) for c in range(result.chunks)])
+            _write_job(session, job, spec, result, keyed=items.keyed,
+                       reuse_results=reuse_results)
     result.scheduled = held
     if not held:
         broker.enqueue(settings.broker_url, spec.model, job_id, first,
                        priority=message_priority(schedule.priority))
     return result
+
+
+def _load(items: _Items, rows: Iterator[readers.Row | readers.RowError | readers.Skipped],
+          on_skipped: Callable[[readers.Skipped], None] | None) -> None:
+    """Every row into the job's items; unreadable documents are skipped and leave the job
+    standing."""
+    for row in rows:
+        if isinstance(row, readers.Skipped):
+            items.result.skipped.append(row)
+            if on_skipped:
+                on_skipped(row)
+            continue
+        items.add(row)
+    items.flush()
+
+
+def _write_job(session: Session, job: Job, spec: JobSpec, result: Submitted, *, keyed: bool,
+               reuse_results: bool) -> None:
+    """The job after its items, then its counts and its chunks; keyed items (documents)
+    are each answered once, and earlier jobs' answers taken if asked for."""
+    session.add(job)
+    session.flush()  # the job first: its chunks' foreign key
+    conn = session.connection()
+    counters.add(conn, job.id, ItemStatus.PENDING, result.items)
+    if keyed:
+        dedup.mark_duplicates(conn, job.id)
+        if reuse_results:
+            result.reused = dedup.reuse_earlier(conn, job.id)
+    bulk.insert_rows(conn, Chunk.__table__, CHUNK_COLUMNS, [
+        (job.id, c, min(spec.chunk_size, result.items - c * spec.chunk_size),
+         ChunkStatus.PENDING, 0) for c in range(result.chunks)])
 
 
 class _Loading:
