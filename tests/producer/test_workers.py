@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import Stack
+from conftest import Invoke, Stack
 from sqlalchemy import update
 
 from producer.cli import cli
@@ -18,21 +18,6 @@ from schemas import db
 from schemas.tables import Worker
 from worker import presence
 from worker.presence import Presence
-
-Invoke = Callable[..., Result]
-
-
-@pytest.fixture
-def run(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Invoke:
-    monkeypatch.setenv("NIGHTSHIFT_DATABASE_URL", stack.db_url)
-    monkeypatch.setenv("NIGHTSHIFT_BROKER_URL", stack.broker_url)
-
-    def invoke(*args: str, code: int = 0) -> Result:
-        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-        assert result.exit_code == code, result.output
-        return result
-
-    return invoke
 
 
 @pytest.fixture
