@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from bench.run import RESULTS, engine_kwargs, run_nightshift
-from quality import report as reports
+from quality import report
 from schemas import db
 from schemas.tables import Result
 
@@ -55,8 +55,8 @@ def make_reviews(path: Path, n: int) -> Path:
 
 
 def labels_outside(db_url: str, job_id: str) -> int:
-    with db.session(db_url) as s:
-        labels = s.scalars(select(Result.label).where(Result.job_id == job_id))
+    with db.session(db_url) as session:
+        labels = session.scalars(select(Result.label).where(Result.job_id == job_id))
         return sum(label not in LABELS for label in labels)
 
 
@@ -81,12 +81,12 @@ def main() -> None:
         (work / name).mkdir()
         night = run_nightshift(path, engine_kwargs(args), work / name, args.broker_url,
                                (*job_flags, "--max-attempts", attempts))
-        report = reports.build(night["db_url"], night["job_id"])
-        report["labels_outside_the_set"] = labels_outside(night["db_url"], night["job_id"])
-        shown[name] = report
+        built = report.build(night["db_url"], night["job_id"])
+        built["labels_outside_the_set"] = labels_outside(night["db_url"], night["job_id"])
+        shown[name] = built
         print(f"--max-attempts {attempts}:")
-        print(reports.text(report))
-        print(f"labels outside the label set: {report['labels_outside_the_set']}\n")
+        print(report.text(built))
+        print(f"labels outside the label set: {built['labels_outside_the_set']}\n")
     (RESULTS / "classify.json").write_text(json.dumps(shown, indent=2) + "\n")
     print(json.dumps({name: {k: r.get(k) for k in ("accuracy", "ece", "needs_review",
                                                    "labels_outside_the_set")}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.prompts import make_batch_file
 from bench.run import RESULTS, engine_kwargs, run_nightshift
-from quality import report as reports
+from quality import report
 
 CHECKS = ("not_truncated", "no_repetition", "relevance", "judge:min=3")
 
@@ -47,17 +47,17 @@ def main() -> None:
     flags = ["--max-attempts", str(args.max_attempts), *bar]
     engine = engine_kwargs(args)
     night = run_nightshift(path, engine, work, args.broker_url, tuple(flags))
-    shown = reports.build(night["db_url"], night["job_id"])
+    shown = report.build(night["db_url"], night["job_id"])
     shown.update(wall_s=round(night["wall_s"], 1), generated_tokens_per_s=round(
         night["tokens"] / night["gen_s"], 1), database=night["db_url"], submit_flags=flags)
     if args.baseline:
         (work / "baseline").mkdir()
         base = run_nightshift(path, engine, work / "baseline", args.broker_url,
                               ("--max-attempts", "1", *bar))
-        shown["baseline_max_attempts_1"] = reports.build(base["db_url"], base["job_id"])[
+        shown["baseline_max_attempts_1"] = report.build(base["db_url"], base["job_id"])[
             "final_pass_rate"]
     (RESULTS / "quality.json").write_text(json.dumps(shown, indent=2) + "\n")
-    print(reports.text(shown))
+    print(report.text(shown))
     if args.baseline:
         print(f"with --max-attempts 1: pass rate {shown['baseline_max_attempts_1']:.1%} "
               f"(first try above: {shown['first_try_pass_rate']:.1%})")

@@ -27,7 +27,7 @@ import redis
 from sqlalchemy import func, select
 
 from bench.prompts import make_batch_file
-from producer.status import status as job_status
+from producer import status
 from schemas import db
 from schemas.settings import load
 from schemas.tables import Job, Result
@@ -100,10 +100,10 @@ def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path, broker_url
         while True:
             # In-process and once a second: a `nightshift status` subprocess per poll would
             # take CPU from the engine on a small machine and bias the figure.
-            status = job_status(db_url, job["job_id"])
+            shown = status.status(db_url, job["job_id"])
             if ready_at is None and " ready." in log.read_text(errors="replace"):
                 ready_at = time.perf_counter()
-            if status["state"] in ("completed", "failed", "cancelled"):
+            if shown["state"] in ("completed", "failed", "cancelled"):
                 break
             if worker.poll() is not None:
                 raise RuntimeError(f"worker exited: {log.read_text()[-2000:]}")
@@ -113,10 +113,10 @@ def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path, broker_url
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=120)
     ready_at = ready_at or start
-    with db.session(db_url) as s:
-        last = s.scalar(select(func.max(Result.created_at))
-                        .where(Result.job_id == job["job_id"]))
-        finished = s.get_one(Job, job["job_id"]).finished_at
+    with db.session(db_url) as session:
+        last = session.scalar(select(func.max(Result.created_at))
+                              .where(Result.job_id == job["job_id"]))
+        finished = session.get_one(Job, job["job_id"]).finished_at
     if finished is not None:  # submit to the last result committed, not to the poll after it
         wall = (finished - started).total_seconds()
     overhead_ms, overhead_cpu_ms, chunk_items, overhead_parts = _overhead(log)
@@ -124,8 +124,8 @@ def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path, broker_url
     gen_s = ((last - ready_clock).total_seconds() if ready_clock and last
              else wall - (ready_at - start))
     return {"wall_s": wall, "submit_s": submit_s, "startup_s": ready_at - start - submit_s,
-            "gen_s": gen_s, "tokens": status["completion_tokens"], "items": job["items"],
-            "succeeded": status["succeeded"], "job_id": job["job_id"], "db_url": db_url,
+            "gen_s": gen_s, "tokens": shown["completion_tokens"], "items": job["items"],
+            "succeeded": shown["succeeded"], "job_id": job["job_id"], "db_url": db_url,
             "overhead_ms": overhead_ms, "overhead_cpu_ms": overhead_cpu_ms,
             "overhead_items": chunk_items,
             "overhead_parts_ms": overhead_parts}

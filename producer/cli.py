@@ -7,22 +7,24 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
-from producer import export, readers
-from producer import status as jobs
+from producer import export, readers, status
 from schemas import db
 from schemas.errors import ConfigError, NightshiftError
 from schemas.rows import reason
 from schemas.settings import Settings, load, redact
 from schemas.spec import JobSpec
 from schemas.tables import JobState
+
+if TYPE_CHECKING:
+    from producer.schedule import Schedule
 
 
 class Group(click.Group):
@@ -120,18 +122,7 @@ def cli() -> None:
               "invalid, skipped (documents, with reasons), reused and state "
               "(queued or scheduled); --dry-run: the pre-flight report.")
 @connection_options
-def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[str, ...],
-           system: str | None, template: str | None, template_file: Path | None,
-           json_schema_file: Path | None, spec_file: Path | None, fmt: str,
-           temperature: float | None, top_p: float | None,
-           max_tokens: int | None, seed: int | None, samples: int | None,
-           chunk_size: int | None, lora: str | None, checks: tuple[str, ...],
-           max_attempts: int | None,
-           ladder: str | None, split_mode: str | None, overlap: int | None,
-           reduce_template: str | None, reuse_results: bool, skip_invalid: bool,
-           max_document_bytes: int, start_at: str | None, deadline: str | None, priority: int,
-           dry_run: bool, as_json: bool,
-           broker_url: str | None, database_url: str | None) -> None:
+def submit(**given: Any) -> None:
     """Create a job from INPUT and enqueue it; prints the job id.
 
     \b
@@ -151,55 +142,112 @@ def submit(input_path: Path, model: str | None, kind: str | None, labels: tuple[
           --check confidence:min=0.6
       nightshift submit prompts.jsonl --lora ./adapters/support-tone   # LoRA per job
     """
-    from producer import grammar
-    from producer import schedule as schedules
-    from producer.submit import submit as do_submit
+    from producer import grammar, schedule
 
-    settings = settings_from(broker_url=broker_url, database_url=database_url, model=model)
-    if template_file:
-        template = template_file.read_text(encoding="utf-8")
-    json_schema = _read_json(json_schema_file) if json_schema_file else None
-    spec = build_spec(spec_file, model=settings.model, kind=kind, labels=list(labels) or None,
-                      system=system, template=template, chunk_size=chunk_size, lora=lora,
-                      json_schema=json_schema, checks=list(checks) or None,
-                      max_attempts=max_attempts,
-                      ladder=ladder.split(",") if ladder else None,
-                      split=split_mode.replace("-", "_") if split_mode else None,
-                      overlap=overlap, reduce_template=reduce_template,
-                      sampling={"temperature": temperature, "top_p": top_p,
-                                "max_tokens": max_tokens, "seed": seed, "n": samples})
-    schedule = schedules.parse(start_at, deadline, priority)
+    options = SubmitOptions(**given)
+    settings = settings_from(broker_url=options.broker_url, database_url=options.database_url,
+                             model=options.model)
+    spec = options.spec(settings.model)
+    when = schedule.parse(options.start_at, options.deadline, priority=options.priority)
     grammar.check(spec)
-    if dry_run:
-        from producer.preflight import preflight
-
-        report = preflight(settings, spec, input_path, fmt,
-                           max_document_bytes=max_document_bytes)
-        click.echo(json.dumps(report.as_dict()) if as_json else report.text())
+    if options.dry_run:
+        _dry_run(settings, spec, options)
         return
-    done = do_submit(settings, spec, input_path, fmt, skip_invalid,
-                     on_invalid=lambda e: click.echo(f"skipped {e}", err=True)
-                     if skip_invalid else None, schedule=schedule,
-                     on_skipped=lambda d: click.echo(f"skipped {d}", err=True),
-                     reuse_results=reuse_results, max_document_bytes=max_document_bytes)
-    if as_json:
+    _submit(settings, spec, when, options)
+    _warn_unserved(settings.database_url, spec.model)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SubmitOptions:
+    """`nightshift submit`'s options as Click parsed them, by their parameter names."""
+
+    input_path: Path
+    model: str | None
+    kind: str | None
+    labels: tuple[str, ...]
+    system: str | None
+    template: str | None
+    template_file: Path | None
+    json_schema_file: Path | None
+    spec_file: Path | None
+    fmt: str
+    temperature: float | None
+    top_p: float | None
+    max_tokens: int | None
+    seed: int | None
+    samples: int | None
+    chunk_size: int | None
+    lora: str | None
+    checks: tuple[str, ...]
+    max_attempts: int | None
+    ladder: str | None
+    split_mode: str | None
+    overlap: int | None
+    reduce_template: str | None
+    reuse_results: bool
+    skip_invalid: bool
+    max_document_bytes: int
+    start_at: str | None
+    deadline: str | None
+    priority: int
+    dry_run: bool
+    as_json: bool
+    broker_url: str | None
+    database_url: str | None
+
+    def spec(self, model: str) -> JobSpec:
+        """The job spec: the --spec file's, with every option given on top of it."""
+        template = (self.template_file.read_text(encoding="utf-8") if self.template_file
+                    else self.template)
+        json_schema = _read_json(self.json_schema_file) if self.json_schema_file else None
+        return build_spec(
+            self.spec_file, model=model, kind=self.kind, labels=list(self.labels) or None,
+            system=self.system, template=template, chunk_size=self.chunk_size, lora=self.lora,
+            json_schema=json_schema, checks=list(self.checks) or None,
+            max_attempts=self.max_attempts,
+            ladder=self.ladder.split(",") if self.ladder else None,
+            split=self.split_mode.replace("-", "_") if self.split_mode else None,
+            overlap=self.overlap, reduce_template=self.reduce_template,
+            sampling={"temperature": self.temperature, "top_p": self.top_p,
+                      "max_tokens": self.max_tokens, "seed": self.seed, "n": self.samples})
+
+
+def _dry_run(settings: Settings, spec: JobSpec, options: SubmitOptions) -> None:
+    from producer.preflight import preflight
+
+    report = preflight(settings, spec, options.input_path, fmt=options.fmt,
+                       max_document_bytes=options.max_document_bytes)
+    click.echo(json.dumps(report.as_dict()) if options.as_json else report.text())
+
+
+def _submit(settings: Settings, spec: JobSpec, when: Schedule, options: SubmitOptions) -> None:
+    """Submit the job and say what became of it: its id on stdout, a summary on stderr."""
+    from producer.submit import submit
+
+    done = submit(settings, spec, options.input_path, fmt=options.fmt,
+                  skip_invalid=options.skip_invalid,
+                  on_invalid=lambda e: click.echo(f"skipped {e}", err=True)
+                  if options.skip_invalid else None, schedule=when,
+                  on_skipped=lambda d: click.echo(f"skipped {d}", err=True),
+                  reuse_results=options.reuse_results,
+                  max_document_bytes=options.max_document_bytes)
+    if options.as_json:
         click.echo(json.dumps({"job_id": done.job_id, "items": done.items,
                                "invalid": done.invalid_count,
                                "skipped": [asdict(d) for d in done.skipped],
                                "reused": done.reused,
                                "state": "scheduled" if done.scheduled else "queued"}))
-    else:
-        click.echo(done.job_id)
-        verb = f"scheduled ({schedule.start_at.astimezone():%Y-%m-%d %H:%M %Z})" \
-            if done.scheduled and schedule.start_at else "queued"
-        click.echo(f"{done.items} items in {done.chunks} chunks {verb} for {spec.model}"
-                   + (f"; {done.invalid_count} invalid rows left out" if done.invalid_count
-                      else "")
-                   + (f"; {len(done.skipped)} unreadable documents skipped" if done.skipped
-                      else "")
-                   + (f"; {done.reused} answered from earlier jobs" if done.reused else ""),
-                   err=True)
-    _warn_unserved(settings.database_url, spec.model)
+        return
+    click.echo(done.job_id)
+    verb = f"scheduled ({when.start_at.astimezone():%Y-%m-%d %H:%M %Z})" \
+        if done.scheduled and when.start_at else "queued"
+    click.echo(f"{done.items} items in {done.chunks} chunks {verb} for {spec.model}"
+               + (f"; {done.invalid_count} invalid rows left out" if done.invalid_count
+                  else "")
+               + (f"; {len(done.skipped)} unreadable documents skipped" if done.skipped
+                  else "")
+               + (f"; {done.reused} answered from earlier jobs" if done.reused else ""),
+               err=True)
 
 
 def _warn_unserved(db_url: str, model: str) -> None:
@@ -207,8 +255,8 @@ def _warn_unserved(db_url: str, model: str) -> None:
     otherwise be a job that waits forever, unnoticed)."""
     from worker import presence
 
-    with db.reader(db_url) as s:
-        live = presence.live_models(s)
+    with db.reader(db_url) as session:
+        live = presence.live_models(session)
     if model in live:
         return
     hosted = f"live workers host {', '.join(sorted(live))}" if live else "no worker is live"
@@ -249,11 +297,11 @@ def _read_json(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from None
 
 
-@cli.command()
+@cli.command(name="status")
 @click.argument("job_id", required=False)
 @click.option("--json", "as_json", is_flag=True)
 @connection_options
-def status(job_id: str | None, as_json: bool, broker_url: str | None,
+def status_command(job_id: str | None, as_json: bool, broker_url: str | None,
            database_url: str | None) -> None:
     """Counts and state of one job, or of the most recent jobs.
 
@@ -265,11 +313,12 @@ def status(job_id: str | None, as_json: bool, broker_url: str | None,
     settings = settings_from(database_url=database_url)
     db.check_reachable(settings.database_url)
     if job_id:
-        shown: Any = jobs.status(settings.database_url, jobs.resolve(settings.database_url, job_id))
+        job = status.resolve(settings.database_url, job_id)
+        shown: Any = status.status(settings.database_url, job)
         rows = [shown]
     else:
         db.upgrade(settings.database_url)
-        shown = rows = jobs.all_jobs(settings.database_url)
+        shown = rows = status.all_jobs(settings.database_url)
     if as_json:
         click.echo(json.dumps(shown))
         return
@@ -299,8 +348,8 @@ def watch(job_id: str, interval: float, as_json: bool, broker_url: str | None,
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     settings = settings_from(database_url=database_url)
-    job_id = jobs.resolve(settings.database_url, job_id)
-    first = jobs.status(settings.database_url, job_id)
+    job_id = status.resolve(settings.database_url, job_id)
+    first = status.status(settings.database_url, job_id)
     if as_json:
         sys.exit(_watch_json(settings.database_url, job_id, interval))
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -309,7 +358,7 @@ def watch(job_id: str, interval: float, as_json: bool, broker_url: str | None,
     with Progress(*columns, console=None, transient=False) as bar:
         task = bar.add_task(job_id[:8], total=first["total"], completed=_done(first), rate="")
         while True:
-            now = jobs.status(settings.database_url, job_id)
+            now = status.status(settings.database_url, job_id)
             elapsed = max(time.monotonic() - start, 1e-6)
             rate = (f"{(_done(now) - start_done) / elapsed:.1f} items/s  "
                     f"{(now['completion_tokens'] - start_tokens) / elapsed:.0f} tok/s  "
@@ -323,7 +372,7 @@ def watch(job_id: str, interval: float, as_json: bool, broker_url: str | None,
 
 def _watch_json(db_url: str, job_id: str, interval: float) -> int:
     while True:
-        now = jobs.status(db_url, job_id)
+        now = status.status(db_url, job_id)
         click.echo(json.dumps(now, default=str))
         if now["state"] in JobState.FINAL:
             return 0 if now["state"] == JobState.COMPLETED else 1
@@ -365,8 +414,9 @@ def results(job_id: str, fmt: str, output: Path | None, errors_path: Path | None
     db.check_reachable(settings.database_url)
     if as_json and output is None:
         raise ConfigError("--json describes the files written: pass -o FILE")
-    job_id = jobs.resolve(settings.database_url, job_id)
-    done = export.to_files(settings.database_url, job_id, fmt, output, errors_path, per_piece)
+    job_id = status.resolve(settings.database_url, job_id)
+    done = export.to_files(settings.database_url, job_id, fmt, output, errors=errors_path,
+                           per_piece=per_piece)
     if as_json:
         click.echo(json.dumps(done))
     elif output is not None:
@@ -390,19 +440,20 @@ def cancel(job_id: str, as_json: bool, broker_url: str | None, database_url: str
       nightshift cancel JOB --json      # the job's status afterwards
     """
     settings = settings_from(database_url=database_url)
-    stopped, shown = jobs.cancel(settings.database_url, jobs.resolve(settings.database_url, job_id))
+    job_id = status.resolve(settings.database_url, job_id)
+    stopped, shown = status.cancel(settings.database_url, job_id)
     if not stopped:
         click.echo(f"job {shown['job_id']} had already ended ({shown['state']}): nothing to "
                    "cancel", err=True)
     click.echo(json.dumps(shown) if as_json else f"{shown['job_id']}: {shown['state']}")
 
 
-@cli.command()
+@cli.command(name="reconcile")
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"started": [...], "expired": [...], "abandoned": N, '
               '"resent": {...}}.')
 @connection_options
-def reconcile(as_json: bool, broker_url: str | None, database_url: str | None) -> None:
+def reconcile_command(as_json: bool, broker_url: str | None, database_url: str | None) -> None:
     """Start scheduled jobs whose time has come, cancel jobs past their deadline, and
     enqueue again every unfinished chunk no message will start (lost by the broker, or
     held by a dead worker). Safe to run at any time; workers run it themselves.
@@ -412,11 +463,11 @@ def reconcile(as_json: bool, broker_url: str | None, database_url: str | None) -
       nightshift reconcile
       nightshift reconcile --json
     """
-    from worker.reconcile import reconcile as do_reconcile
+    from worker.reconcile import reconcile
 
     settings = settings_from(broker_url=broker_url, database_url=database_url)
     db.check_reachable(settings.database_url)
-    done = do_reconcile(settings.database_url, settings.broker_url, window=settings.window)
+    done = reconcile(settings.database_url, settings.broker_url, window=settings.window)
     if as_json:
         click.echo(json.dumps({"started": done.started, "expired": done.expired,
                                "abandoned": done.abandoned, "resent": done.resent}))
@@ -535,13 +586,13 @@ def worker(model: str | None, slots: int, lease_seconds: float | None,
                         metrics_port=metrics_port, quiet=log_format == "json"))
 
 
-@cli.command()
+@cli.command(name="report")
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path),
               help="Also write a self-contained HTML page with plots.")
 @connection_options
-def report(job_id: str, as_json: bool, html_path: Path | None, broker_url: str | None,
+def report_command(job_id: str, as_json: bool, html_path: Path | None, broker_url: str | None,
            database_url: str | None) -> None:
     """How JOB measured against its quality bar: pass rates first try and after retries,
     attempts, failures by check and reason, judge scores, confidence, reference metrics.
@@ -552,16 +603,15 @@ def report(job_id: str, as_json: bool, html_path: Path | None, broker_url: str |
       nightshift report JOB --json | jq .final_pass_rate
       nightshift report JOB --html report.html
     """
-    from quality import html
-    from quality import report as reports
+    from quality import html, report
 
     settings = settings_from(database_url=database_url)
     db.check_reachable(settings.database_url)
-    shown = reports.build(settings.database_url, jobs.resolve(settings.database_url, job_id))
+    shown = report.build(settings.database_url, status.resolve(settings.database_url, job_id))
     if html_path is not None:
         html_path.write_text(html.render(shown), encoding="utf-8")
         click.echo(f"report written to {html_path}", err=True)
-    click.echo(json.dumps(shown) if as_json else reports.text(shown))
+    click.echo(json.dumps(shown) if as_json else report.text(shown))
 
 
 @cli.command(name="workers")

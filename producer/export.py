@@ -41,15 +41,15 @@ class Written:
 
 
 def rows(db_url: str, job_id: str) -> Iterator[tuple[Job, Item, Result | None]]:
-    with db.reader(db_url) as s:
-        job = s.get(Job, job_id)
+    with db.reader(db_url) as session:
+        job = session.get(Job, job_id)
         if job is None:
             raise JobNotFound(f"no job {job_id!r} in this database")
         query = (select(Item, Result)
                  .outerjoin(Result, (Result.job_id == Item.job_id) & (Result.item_seq == Item.seq))
                  .where(Item.job_id == job_id).order_by(Item.seq)
                  .execution_options(yield_per=1000))
-        for item, result in s.execute(query):
+        for item, result in session.execute(query):
             yield job, item, result
 
 
@@ -157,7 +157,7 @@ def _not_run(job: Job, item: Item) -> dict[str, str]:
             "message": f"This request is {item.status}: the job has not finished yet."}
 
 
-def write(db_url: str, job_id: str, fmt: str, out: IO[str] | str,
+def write(db_url: str, job_id: str, fmt: str, out: IO[str] | str, *,
           errors: IO[str] | None = None, per_piece: bool = False) -> Written:
     """Write every item of the job. For `openai`, requests without an answer go to
     `errors` (left out, but counted, when it is None)."""
@@ -197,12 +197,13 @@ def write(db_url: str, job_id: str, fmt: str, out: IO[str] | str,
 def piece_records(db_url: str, job_id: str) -> Iterator[dict[str, Any]]:
     """One line per piece of every document (`--per-piece`): a document that fitted the
     context is its own piece 1; a split one has a line per map piece, in order."""
-    with db.reader(db_url) as s:
+    with db.reader(db_url) as session:
         pieces: dict[int, list[Piece]] = {}
-        for piece in s.scalars(select(Piece).where(Piece.job_id == job_id, Piece.kind == "map")
-                               .order_by(Piece.item_seq, Piece.piece)):
+        maps = (select(Piece).where(Piece.job_id == job_id, Piece.kind == "map")
+                .order_by(Piece.item_seq, Piece.piece))
+        for piece in session.scalars(maps):
             pieces.setdefault(piece.item_seq, []).append(piece)
-        s.expunge_all()
+        session.expunge_all()
     for job, item, result in rows(db_url, job_id):
         whole = record(job, item, result)
         split = pieces.get(item.seq)
@@ -226,7 +227,7 @@ def errors_path_for(output: Path) -> Path:
     return output.with_name(output.name.removesuffix(".jsonl") + ".errors.jsonl")
 
 
-def to_files(db_url: str, job_id: str, fmt: str, output: Path | None,
+def to_files(db_url: str, job_id: str, fmt: str, output: Path | None, *,
              errors: Path | None = None, per_piece: bool = False) -> dict[str, Any]:
     """What `nightshift results` does: the output (stdout when None) and, for `openai`, the
     error file (written, empty or not, whenever there is a path for it); returns a summary."""
@@ -238,8 +239,8 @@ def to_files(db_url: str, job_id: str, fmt: str, output: Path | None,
         raise ConfigError("--errors goes with --format openai (other formats keep every row)")
     if fmt == "openai" and errors is None and output is not None:
         errors = errors_path_for(output)
-    with db.reader(db_url) as s:
-        if s.get(Job, job_id) is None:
+    with db.reader(db_url) as session:
+        if session.get(Job, job_id) is None:
             raise JobNotFound(f"no job {job_id!r} in this database")
     with ExitStack() as files:
         out: IO[str] | str = sys.stdout
@@ -247,7 +248,7 @@ def to_files(db_url: str, job_id: str, fmt: str, output: Path | None,
             out = str(output) if fmt == "parquet" else files.enter_context(
                 output.open("w", encoding="utf-8", newline=""))
         err = files.enter_context(errors.open("w", encoding="utf-8")) if errors else None
-        written = write(db_url, job_id, fmt, out, err, per_piece)
+        written = write(db_url, job_id, fmt, out, errors=err, per_piece=per_piece)
     return {"job_id": job_id, "format": fmt, "rows": written.rows,
             "output": str(output) if output else None, "errors": written.errors,
             "errors_output": str(errors) if errors else None}

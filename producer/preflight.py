@@ -89,8 +89,8 @@ class Report:
         return "\n".join(lines)
 
 
-def preflight(settings: Any, spec: JobSpec, path: Path, fmt: str = "auto",
-              tokenizer: Any = None, context: int | None = None, *,
+def preflight(settings: Any, spec: JobSpec, path: Path, *, fmt: str = "auto",
+              tokenizer: Any = None, context: int | None = None,
               max_document_bytes: int = documents.MAX_BYTES) -> Report:
     models.check_name(spec.model)
     model_path = models.resolve(spec.model, settings.model_dir)
@@ -159,11 +159,12 @@ def calibrate(db_url: str, model: str) -> tuple[Calibration | None, str]:
     if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
         return None, "no calibration yet (no database)"
     try:
-        with db.reader(db_url) as s:
-            rows = s.execute(select(Result.worker, Result.created_at, Result.completion_tokens)
-                             .join(Job, Job.id == Result.job_id).where(Job.model == model)
-                             .order_by(Result.created_at.desc())
-                             .limit(CALIBRATION_RESULTS)).all()
+        with db.reader(db_url) as session:
+            rows = session.execute(select(Result.worker, Result.created_at,
+                                          Result.completion_tokens)
+                                   .join(Job, Job.id == Result.job_id).where(Job.model == model)
+                                   .order_by(Result.created_at.desc())
+                                   .limit(CALIBRATION_RESULTS)).all()
     except SQLAlchemyError as exc:
         first = str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0]
         return None, f"no calibration (database: {first})"

@@ -29,7 +29,7 @@ class Schedule:
         return self.start_at is not None and self.start_at > now
 
 
-def parse(start_at: str | None, deadline: str | None, priority: int = 0,
+def parse(start_at: str | None, deadline: str | None, *, priority: int = 0,
           now: datetime | None = None) -> Schedule:
     """The schedule the CLI's options describe; a ConfigError names the bad option."""
     now = now or datetime.now(UTC)

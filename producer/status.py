@@ -34,9 +34,9 @@ def resolve(db_url: str, given: str) -> str:
     if len(given) < MIN_PREFIX:
         raise AmbiguousJob(f"job {given!r} is too short: give at least {MIN_PREFIX} "
                            "characters of its id (see `nightshift status`)")
-    with db.reader(db_url) as s:
-        found = s.scalars(select(Job.id).where(Job.id.startswith(given, autoescape=True))
-                          .order_by(Job.id).limit(LISTED_MATCHES + 1)).all()
+    with db.reader(db_url) as session:
+        found = session.scalars(select(Job.id).where(Job.id.startswith(given, autoescape=True))
+                                .order_by(Job.id).limit(LISTED_MATCHES + 1)).all()
     if not found:
         raise JobNotFound(f"no job {given!r} in this database (see `nightshift status`)")
     if len(found) > 1 and found[0] != given:
@@ -48,29 +48,29 @@ def resolve(db_url: str, given: str) -> str:
 
 
 def status(db_url: str, job_id: str) -> dict[str, Any]:
-    with db.reader(db_url) as s:
-        job = _job(s, job_id)
+    with db.reader(db_url) as session:
+        job = _job(session, job_id)
         counts: dict[str, int] = {}
         tokens = [0, 0]
-        for row in s.execute(select(JobCount).where(JobCount.job_id == job_id)).scalars():
+        for row in session.execute(select(JobCount).where(JobCount.job_id == job_id)).scalars():
             counts[row.status] = row.items
             tokens[0] += row.prompt_tokens
             tokens[1] += row.completion_tokens
         shown = _shape(job, counts, tokens)
-        _note_unserved(s, [shown])
+        _note_unserved(session, [shown])
         return shown
 
 
-def all_jobs(db_url: str, limit: int = 50) -> list[dict[str, Any]]:
-    with db.reader(db_url) as s:
-        jobs = s.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)).all()
+def all_jobs(db_url: str, *, limit: int = 50) -> list[dict[str, Any]]:
+    with db.reader(db_url) as session:
+        jobs = session.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)).all()
         counts: dict[str, dict[str, int]] = {job.id: {} for job in jobs}
-        rows = s.execute(select(JobCount.job_id, JobCount.status, JobCount.items)
-                         .where(JobCount.job_id.in_(list(counts)))).all()
+        rows = session.execute(select(JobCount.job_id, JobCount.status, JobCount.items)
+                               .where(JobCount.job_id.in_(list(counts)))).all()
         for job_id, item_status, n in rows:
             counts[job_id][item_status] = n
         shown = [_shape(job, counts[job.id], None) for job in jobs]
-        _note_unserved(s, shown)
+        _note_unserved(session, shown)
         return shown
 
 
@@ -116,8 +116,8 @@ def _note_unserved(s: Any, shown: list[dict[str, Any]]) -> None:
 def cancel(db_url: str, job_id: str) -> tuple[bool, dict[str, Any]]:
     """Stop a job: its pending items are cancelled; chunks already running finish. Returns
     whether it was stopped (False: it had ended already, and stays as it was)."""
-    with db.session(db_url) as s, s.begin():
+    with db.session(db_url) as session, session.begin():
         # Locked: a chunk completing the job at this moment goes first, or after.
-        stopped = stop(s, _job(s, job_id, lock=True), db.clock(s))
+        stopped = stop(session, _job(session, job_id, lock=True), db.clock(session))
     return stopped, status(db_url, job_id)
 

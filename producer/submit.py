@@ -58,11 +58,11 @@ class Submitted:
     reused: int = 0
 
 
-def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
+def submit(settings: Settings, spec: JobSpec, path: Path, *, fmt: str = "auto",
            skip_invalid: bool = False,
            on_invalid: Callable[[readers.RowError], None] | None = None,
            on_skipped: Callable[[readers.Skipped], None] | None = None,
-           schedule: Schedule | None = None, reuse_results: bool = False, *,
+           schedule: Schedule | None = None, reuse_results: bool = False,
            max_document_bytes: int = documents.MAX_BYTES) -> Submitted:
     """With a `schedule` whose start is still ahead, the job is stored `scheduled` and
     nothing is enqueued: reconcile enqueues it once its start time has passed. A document
@@ -77,40 +77,56 @@ def submit(settings: Settings, spec: JobSpec, path: Path, fmt: str = "auto",
     result = Submitted(job_id, 0, 0)
     with _Loading(settings.database_url, job_id) as loading:
         items = _Items(loading, job_id, spec, result, on_invalid)
-        for row in readers.read(path, input_format, spec.template,
-                                max_document_bytes=max_document_bytes):
-            if isinstance(row, readers.Skipped):  # unreadable documents leave the job standing
-                result.skipped.append(row)
-                if on_skipped:
-                    on_skipped(row)
-                continue
-            items.add(row)
-        items.flush()
+        _load(items, readers.read(path, input_format, spec.template,
+                                  max_document_bytes=max_document_bytes), on_skipped)
         _refuse_if_invalid(path, result, skip_invalid)
         result.chunks = -(-result.items // spec.chunk_size)
         first = broker.first_window(result.chunks, settings.window)
-        with loading.last() as s:
-            s.add(Job(id=job_id, state=JobState.SCHEDULED if held else JobState.QUEUED,
-                      start_at=schedule.start_at, deadline=schedule.deadline,
-                      priority=schedule.priority, kind=spec.kind, model=spec.model,
-                      spec=spec.model_dump(mode="json"), source=str(path),
-                      input_format=input_format, total=result.items, chunks=result.chunks,
-                      enqueued=0 if held else len(first)))
-            s.flush()  # the job first: its chunks' foreign key
-            conn = s.connection()
-            counters.add(conn, job_id, ItemStatus.PENDING, result.items)
-            if items.keyed:  # documents: each one answered once
-                dedup.mark_duplicates(conn, job_id)
-                if reuse_results:
-                    result.reused = dedup.reuse_earlier(conn, job_id)
-            bulk.insert_rows(conn, Chunk.__table__, CHUNK_COLUMNS, [
-                (job_id, c, min(spec.chunk_size, result.items - c * spec.chunk_size),
-                 ChunkStatus.PENDING, 0) for c in range(result.chunks)])
+        job = Job(id=job_id, state=JobState.SCHEDULED if held else JobState.QUEUED,
+                  start_at=schedule.start_at, deadline=schedule.deadline,
+                  priority=schedule.priority, kind=spec.kind, model=spec.model,
+                  spec=spec.model_dump(mode="json"), source=str(path),
+                  input_format=input_format, total=result.items, chunks=result.chunks,
+                  enqueued=0 if held else len(first))
+        with loading.last() as session:
+            _write_job(session, job, spec, result, keyed=items.keyed,
+                       reuse_results=reuse_results)
     result.scheduled = held
     if not held:
         broker.enqueue(settings.broker_url, spec.model, job_id, first,
                        priority=message_priority(schedule.priority))
     return result
+
+
+def _load(items: _Items, rows: Iterator[readers.Row | readers.RowError | readers.Skipped],
+          on_skipped: Callable[[readers.Skipped], None] | None) -> None:
+    """Every row into the job's items; unreadable documents are skipped and leave the job
+    standing."""
+    for row in rows:
+        if isinstance(row, readers.Skipped):
+            items.result.skipped.append(row)
+            if on_skipped:
+                on_skipped(row)
+            continue
+        items.add(row)
+    items.flush()
+
+
+def _write_job(session: Session, job: Job, spec: JobSpec, result: Submitted, *, keyed: bool,
+               reuse_results: bool) -> None:
+    """The job after its items, then its counts and its chunks; keyed items (documents)
+    are each answered once, and earlier jobs' answers taken if asked for."""
+    session.add(job)
+    session.flush()  # the job first: its chunks' foreign key
+    conn = session.connection()
+    counters.add(conn, job.id, ItemStatus.PENDING, result.items)
+    if keyed:
+        dedup.mark_duplicates(conn, job.id)
+        if reuse_results:
+            result.reused = dedup.reuse_earlier(conn, job.id)
+    bulk.insert_rows(conn, Chunk.__table__, CHUNK_COLUMNS, [
+        (job.id, c, min(spec.chunk_size, result.items - c * spec.chunk_size),
+         ChunkStatus.PENDING, 0) for c in range(result.chunks)])
 
 
 class _Loading:
@@ -145,8 +161,8 @@ class _Loading:
             with self.whole.begin_nested():
                 yield self.whole
             return
-        with db.session(self.url) as s, s.begin():
-            yield s
+        with db.session(self.url) as session, session.begin():
+            yield session
 
     @contextmanager
     def last(self) -> Iterator[Session]:
@@ -155,8 +171,8 @@ class _Loading:
             yield self.whole
             self.whole.commit()
             return
-        with db.session(self.url) as s, s.begin():
-            yield s
+        with db.session(self.url) as session, session.begin():
+            yield session
 
     def _discard(self) -> None:
         """The items of a job that was never written, removed a range at a time. Failing
@@ -167,14 +183,14 @@ class _Loading:
             log.warning("could not remove the items of refused job %s: %s", self.job_id, exc)
 
     def _delete_items(self) -> None:
-        with db.reader(self.url) as s:
-            top = s.scalar(select(func.max(Item.seq)).where(Item.job_id == self.job_id))
+        with db.reader(self.url) as session:
+            top = session.scalar(select(func.max(Item.seq)).where(Item.job_id == self.job_id))
         for first in range(0, -1 if top is None else top + 1, DISCARD_BATCH):
-            with db.session(self.url) as s, s.begin():
-                s.execute(delete(Item).where(Item.job_id == self.job_id, Item.seq >= first,
-                                             Item.seq < first + DISCARD_BATCH))
-        with db.session(self.url) as s, s.begin():  # what the delete triggers counted
-            s.execute(delete(JobCount).where(JobCount.job_id == self.job_id))
+            with db.session(self.url) as session, session.begin():
+                session.execute(delete(Item).where(Item.job_id == self.job_id, Item.seq >= first,
+                                                   Item.seq < first + DISCARD_BATCH))
+        with db.session(self.url) as session, session.begin():  # what the delete triggers counted
+            session.execute(delete(JobCount).where(JobCount.job_id == self.job_id))
 
 
 class _Items:
@@ -200,33 +216,33 @@ class _Items:
         if not entries:
             return
         try:
-            with self.loading.batch() as s:
-                self._insert(s, entries)
+            with self.loading.batch() as session:
+                self._insert(session, entries)
         except IntegrityError:
-            with self.loading.batch() as s:
-                entries = self._duplicates_marked(s, entries)
-                self._insert(s, entries)
+            with self.loading.batch() as session:
+                entries = self._duplicates_marked(session, entries)
+                self._insert(session, entries)
         for entry in entries:
             if isinstance(entry, readers.RowError):
                 self._invalid(entry)
             else:
                 self.result.items += 1
 
-    def _insert(self, s: Session, entries: list[readers.Row | readers.RowError]) -> None:
+    def _insert(self, session: Session, entries: list[readers.Row | readers.RowError]) -> None:
         first, size, job_id = self.result.items, self.chunk_size, self.job_id
         rows = [row for row in entries if isinstance(row, readers.Row)]
         keys = [dedup.content_key(self.fingerprint, row.payload) for row in rows]
         self.keyed = self.keyed or any(keys)
-        bulk.insert_rows(s.connection(), Item.__table__, ITEM_COLUMNS, [
+        bulk.insert_rows(session.connection(), Item.__table__, ITEM_COLUMNS, [
             (job_id, seq, row.key, seq // size, _encode(row.payload).decode(),
              ItemStatus.PENDING, 0, key)
             for (seq, row), key in zip(enumerate(rows, start=first), keys, strict=True)])
 
-    def _duplicates_marked(self, s: Session, entries: list[readers.Row | readers.RowError]
+    def _duplicates_marked(self, session: Session, entries: list[readers.Row | readers.RowError]
                            ) -> list[readers.Row | readers.RowError]:
         keys = {row.key for row in entries if isinstance(row, readers.Row)}
-        taken = set(s.scalars(select(Item.key).where(Item.job_id == self.job_id,
-                                                     Item.key.in_(keys))))
+        taken = set(session.scalars(select(Item.key).where(Item.job_id == self.job_id,
+                                                           Item.key.in_(keys))))
         marked: list[readers.Row | readers.RowError] = []
         for entry in entries:
             if isinstance(entry, readers.Row) and entry.key in taken:

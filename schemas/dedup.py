@@ -70,7 +70,7 @@ def share_results(conn: Connection, job_id: str, seqs: list[int]) -> None:
                  .values(status=status))
 
 
-def reuse_earlier(conn: Connection, job_id: str, batch: int = 500) -> int:
+def reuse_earlier(conn: Connection, job_id: str, *, batch: int = 500) -> int:
     """Give the job's document items the latest succeeded result of an equal content key
     from another job; they are done before any worker sees them. Returns how many."""
     mine = dict(conn.execute(select(Item.content_key, Item.seq).where(

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from click.testing import CliRunner, Result
 
 from schemas import db
 
@@ -95,6 +96,26 @@ def lease(db_url: str, job_id: str, seq: int, owner: str = "w") -> Any:
     taken = leases.claim(db_url, job_id, seq, owner, ttl=60)
     assert taken is not None, f"chunk {job_id}:{seq} could not be leased"
     return taken
+
+
+Invoke = Callable[..., Result]
+
+
+@pytest.fixture
+def run(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Invoke:
+    """`nightshift ARGS` in-process on the test's stack, found through the environment as a
+    user's shell gives it; the exit code must be `code`."""
+    from producer.cli import cli
+
+    monkeypatch.setenv("NIGHTSHIFT_DATABASE_URL", stack.db_url)
+    monkeypatch.setenv("NIGHTSHIFT_BROKER_URL", stack.broker_url)
+
+    def invoke(*args: str, code: int = 0) -> Result:
+        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result
+
+    return invoke
 
 
 def free_port() -> int:

@@ -86,10 +86,11 @@ class Monitor:
                 db.engine_for(self.db_url).dispose()
 
     def _look(self) -> None:
-        with db.session(self.db_url) as s:
-            rows = s.execute(select(Chunk.seq, Chunk.status, Chunk.lease_owner,
-                                    Chunk.deliveries).where(Chunk.job_id == self.job_id)).all()
-            state = s.scalar(select(Job.state).where(Job.id == self.job_id))
+        with db.session(self.db_url) as session:
+            rows = session.execute(select(Chunk.seq, Chunk.status, Chunk.lease_owner,
+                                          Chunk.deliveries)
+                                   .where(Chunk.job_id == self.job_id)).all()
+            state = session.scalar(select(Job.state).where(Job.id == self.job_id))
         now = time.monotonic()
         for seq, status, owner, deliveries in rows:
             if status == ChunkStatus.DONE:
@@ -184,26 +185,26 @@ class Harness:
     # What the job is doing, read from SQL directly (a CLI process a second costs a core).
 
     def final_items(self, job_id: str) -> int:
-        with db.session(self.db_url) as s:
-            return int(s.scalar(select(func.count()).select_from(Result)
-                                .where(Result.job_id == job_id)) or 0)
+        with db.session(self.db_url) as session:
+            return int(session.scalar(select(func.count()).select_from(Result)
+                                      .where(Result.job_id == job_id)) or 0)
 
     def leased_by(self, job_id: str, owner: str) -> dict[int, int]:
         """The chunks of the job `owner` holds now: seq -> delivery number."""
-        with db.session(self.db_url) as s:
-            rows = s.execute(select(Chunk.seq, Chunk.deliveries).where(
+        with db.session(self.db_url) as session:
+            rows = session.execute(select(Chunk.seq, Chunk.deliveries).where(
                 Chunk.job_id == job_id, Chunk.status == ChunkStatus.LEASED,
                 Chunk.lease_owner == owner)).all()
         return dict(rows)  # type: ignore[arg-type]
 
     def open_chunks(self, job_id: str) -> set[int]:
-        with db.session(self.db_url) as s:
-            return set(s.scalars(select(Chunk.seq).where(Chunk.job_id == job_id,
-                                                         Chunk.status != ChunkStatus.DONE)))
+        with db.session(self.db_url) as session:
+            return set(session.scalars(select(Chunk.seq).where(Chunk.job_id == job_id,
+                                                               Chunk.status != ChunkStatus.DONE)))
 
     def state(self, job_id: str) -> str:
-        with db.session(self.db_url) as s:
-            return str(s.scalar(select(Job.state).where(Job.id == job_id)))
+        with db.session(self.db_url) as session:
+            return str(session.scalar(select(Job.state).where(Job.id == job_id)))
 
     def wait_for(self, what: str, ready: Any, timeout: float, every: float = 0.2) -> Any:
         """Polls `ready()` until it is truthy, supervising the fleet meanwhile (a worker
@@ -233,19 +234,19 @@ class Harness:
     def verdict(self, job_id: str, stale_owners: dict[int, set[str]] | None = None) -> Verdict:
         """The job's end in SQL. `stale_owners`: per chunk, owners that lost it; none of
         their answers may be in the results or the ledger."""
-        with db.session(self.db_url) as s:
-            job = s.get_one(Job, job_id)
-            statuses = Counter(dict(s.execute(select(Item.status, func.count()).where(
+        with db.session(self.db_url) as session:
+            job = session.get_one(Job, job_id)
+            statuses = Counter(dict(session.execute(select(Item.status, func.count()).where(
                 Item.job_id == job_id).group_by(Item.status)).all()))
-            counted = Counter({st: n for st, n in s.execute(select(
+            counted = Counter({st: n for st, n in session.execute(select(
                 JobCount.status, JobCount.items).where(JobCount.job_id == job_id)) if n})
-            results = s.execute(select(Result.item_seq, Result.worker)
-                                .where(Result.job_id == job_id)).all()
-            ledger = s.execute(select(Attempt.item_seq, Attempt.worker)
-                               .where(Attempt.job_id == job_id)).all()
-            chunk_of = dict(s.execute(select(Item.seq, Item.chunk)
-                                      .where(Item.job_id == job_id)).all())
-            unfinished = set(s.scalars(select(Item.seq).where(
+            results = session.execute(select(Result.item_seq, Result.worker)
+                                      .where(Result.job_id == job_id)).all()
+            ledger = session.execute(select(Attempt.item_seq, Attempt.worker)
+                                     .where(Attempt.job_id == job_id)).all()
+            chunk_of = dict(session.execute(select(Item.seq, Item.chunk)
+                                            .where(Item.job_id == job_id)).all())
+            unfinished = set(session.scalars(select(Item.seq).where(
                 Item.job_id == job_id,
                 Item.status.not_in((ItemStatus.SUCCEEDED, ItemStatus.FAILED)))))
         answered = {seq for seq, _ in results}

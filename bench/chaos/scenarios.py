@@ -191,9 +191,9 @@ def _server_restart(h: Harness, name: str, size: Size, restart: Callable[[], Non
 
 
 def _pending_chunks(h: Harness, job: str) -> set[int]:
-    with db.session(h.db_url) as s:
-        return set(s.scalars(select(Chunk.seq).where(Chunk.job_id == job,
-                                                     Chunk.status == ChunkStatus.PENDING)))
+    with db.session(h.db_url) as session:
+        return set(session.scalars(select(Chunk.seq).where(Chunk.job_id == job,
+                                                           Chunk.status == ChunkStatus.PENDING)))
 
 
 # 4. SIGSTOP of a worker past its lease, until another worker finished its chunks; then
@@ -241,14 +241,14 @@ def stale_owner(h: Harness, size: Size, rng: random.Random) -> Report:
 
 
 def _deliveries(h: Harness, job: str, seqs: dict[int, int]) -> dict[int, int]:
-    with db.session(h.db_url) as s:
-        return dict(s.execute(select(Chunk.seq, Chunk.deliveries).where(  # type: ignore[arg-type]
+    with db.session(h.db_url) as session:
+        return dict(session.execute(select(Chunk.seq, Chunk.deliveries).where(  # type: ignore[arg-type]
             Chunk.job_id == job, Chunk.seq.in_(seqs))).all())
 
 
 def _finished(h: Harness, job: str, seqs: dict[int, int]) -> bool:
-    with db.session(h.db_url) as s:
-        return s.execute(select(Chunk.seq).where(
+    with db.session(h.db_url) as session:
+        return session.execute(select(Chunk.seq).where(
             Chunk.job_id == job, Chunk.seq.in_(seqs), Chunk.status != ChunkStatus.DONE)
         ).first() is None
 
@@ -342,11 +342,11 @@ def _write_pattern_into_spec(h: Harness, path: object, options: tuple[str, ...])
     done = h.cli("submit", str(path), "--json", *options, "--check", r"regex:pattern=^.*\d.*$",
                  "--start-at", later)
     job = str(json.loads(done.stdout)["job_id"])
-    with db.session(h.db_url) as s, s.begin():
-        spec = s.get_one(Job, job).spec
+    with db.session(h.db_url) as session, session.begin():
+        spec = session.get_one(Job, job).spec
         for check in spec["checks"]:
             check["params"]["pattern"] = REFUSED_PATTERN
-        s.execute(update(Job).where(Job.id == job).values(
+        session.execute(update(Job).where(Job.id == job).values(
             spec=spec, start_at=utcnow() - timedelta(seconds=1)))
     return job
 
@@ -354,14 +354,14 @@ def _write_pattern_into_spec(h: Harness, path: object, options: tuple[str, ...])
 def _refusals_alone(h: Harness, report: Report) -> list[str]:
     """The refused items failed with a reason; the others of their chunks succeeded."""
     problems = []
-    with db.session(h.db_url) as s:
+    with db.session(h.db_url) as session:
         job = report.job
-        failed = s.execute(select(Result.item_seq, Result.error).where(
+        failed = session.execute(select(Result.item_seq, Result.error).where(
             Result.job_id == job, Result.status == ItemStatus.FAILED)).all()
-        succeeded = s.scalar(select(Item.seq).where(Item.job_id == job,
-                                                    Item.status == ItemStatus.SUCCEEDED))
-        constrained = s.scalar(select(Attempt.item_seq).where(Attempt.job_id == job,
-                                                              Attempt.step == "constrain"))
+        succeeded = session.scalar(select(Item.seq).where(Item.job_id == job,
+                                                          Item.status == ItemStatus.SUCCEEDED))
+        constrained = session.scalar(select(Attempt.item_seq).where(Attempt.job_id == job,
+                                                                    Attempt.step == "constrain"))
     if not failed:
         problems.append("no item failed: the refused retry never ran")
     if succeeded is None:

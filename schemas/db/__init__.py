@@ -152,17 +152,17 @@ def check_reachable(url: str) -> None:
         raise DatabaseUnreachable(f"cannot reach the database at {redact(url)}: {reason}") from None
 
 
-def clock(db: Session | Connection) -> datetime:
+def clock(session: Session | Connection) -> datetime:
     """The database's own time, in UTC: leases are reckoned by it, not by each worker's
     clock. SQLite runs inside this process, so there the database's clock is this host's."""
-    dialect = db.dialect if isinstance(db, Connection) else db.get_bind().dialect
+    dialect = session.dialect if isinstance(session, Connection) else session.get_bind().dialect
     if dialect.name != "postgresql":
         return datetime.now(UTC)
-    now: datetime = db.execute(text("SELECT statement_timestamp()")).scalar_one()
+    now: datetime = session.execute(text("SELECT statement_timestamp()")).scalar_one()
     return now.astimezone(UTC)
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, *, revision: str = "head") -> None:
     """Create or migrate the schema with Alembic (imported here: a second of start-up
     that commands which only read, like `status`, should not pay)."""
     from alembic import command

@@ -69,7 +69,7 @@ def upsert_rows(conn: Connection, table: Any, keys: Sequence[str],
                                  tail=[value for _, value in filled]))
 
 
-def replace_rows(conn: Connection, table: Any, keys: Sequence[str], rows: Sequence[Any],
+def replace_rows(conn: Connection, table: Any, keys: Sequence[str], rows: Sequence[Any], *,
                  shared: dict[str, Any] | None = None) -> None:
     """Each row replaced whole (one row per key), for a writer that no one else races on
     the same keys (worker.chunks.write holds its job's row lock): the batch's keys are
@@ -86,7 +86,7 @@ def replace_rows(conn: Connection, table: Any, keys: Sequence[str], rows: Sequen
         runs = {tuple(shared[k] for k in lead): _column(rows, last)}
     else:
         runs = {}
-        for values, key in zip(_tuples(conn, table, lead, rows, shared),
+        for values, key in zip(_tuples(conn, table, lead, rows, shared=shared),
                                _column(rows, last), strict=True):
             runs.setdefault(values, []).append(key)
     where = "".join(f"{conn.dialect.identifier_preparer.quote(k)} = {_mark(conn)} AND "
@@ -113,7 +113,7 @@ def replace_rows(conn: Connection, table: Any, keys: Sequence[str], rows: Sequen
 
 
 def update_among(conn: Connection, table: Any, values: dict[str, Any], where: dict[str, Any],
-                 name: str, among: list[Any], increment: Sequence[str] = ()) -> int:
+                 name: str, among: list[Any], *, increment: Sequence[str] = ()) -> int:
     """One UPDATE: `values` set, and one added to each column of `increment`, on the rows
     that match `where` and whose `name` is among `among`. Values as the driver takes
     them. How many rows it changed. A batch's rows that take the same values take them
@@ -191,7 +191,7 @@ def _all_none(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> set[str]:
 
 
 def _tuples(conn: Connection, table: Any, names: Sequence[str], rows: Sequence[Any],
-            shared: dict[str, Any] | None = None, tail: Sequence[Any] = ()
+            *, shared: dict[str, Any] | None = None, tail: Sequence[Any] = ()
             ) -> list[tuple[Any, ...]]:
     """Value tuples as the driver takes them, column by column, picked and zipped in C:
     a batch is a thousand rows. A name in `shared` takes its value there, the same in

@@ -45,20 +45,20 @@ def _sqlite_ddl(stand_down: bool) -> list[str]:
         return _UPSERT.format(rows=f"SELECT {ref}.job_id, {ref}.status, {items}, {p}, {c} "
                                    "WHERE true") + ";"
 
-    def trigger(name: str, event: str, table: str, body: str, when: str = "") -> str:
+    def trigger(name: str, event: str, table: str, body: str, *, when: str = "") -> str:
         return (f"CREATE TRIGGER IF NOT EXISTS {name} AFTER {event} ON {table} "
                 f"{when}BEGIN {body} END")
 
     return [
         trigger("items_counted_update", "UPDATE OF status", "items",
                 row("OLD", "-", False) + row("NEW", "", False),
-                "FOR EACH ROW WHEN OLD.status IS NOT NEW.status "
-                + ("AND OLD.writes IS NEW.writes " if stand_down else "")),
+                when="FOR EACH ROW WHEN OLD.status IS NOT NEW.status "
+                     + ("AND OLD.writes IS NEW.writes " if stand_down else "")),
         trigger("items_counted_delete", "DELETE", "items", row("OLD", "-", False)),
         trigger("results_counted_update", "UPDATE", "results",
                 row("OLD", "-", True) + row("NEW", "", True),
-                "FOR EACH ROW WHEN OLD.status IS NOT NEW.status OR OLD.prompt_tokens "
-                "IS NOT NEW.prompt_tokens OR OLD.completion_tokens IS NOT NEW.completion_tokens "),
+                when="FOR EACH ROW WHEN OLD.status IS NOT NEW.status OR OLD.prompt_tokens IS NOT "
+                     "NEW.prompt_tokens OR OLD.completion_tokens IS NOT NEW.completion_tokens "),
         trigger("results_counted_delete", "DELETE", "results", row("OLD", "-", True)),
     ]
 
@@ -106,7 +106,7 @@ END $$"""
     return ddl
 
 
-def add(conn: Connection, job_id: str, status: str, items: int = 0, prompt_tokens: int = 0,
+def add(conn: Connection, job_id: str, status: str, items: int = 0, *, prompt_tokens: int = 0,
         completion_tokens: int = 0) -> None:
     """Count rows inserted in bulk (submit's items), in the inserting transaction."""
     add_many(conn, job_id, {status: (items, prompt_tokens, completion_tokens)})

@@ -48,9 +48,9 @@ def test_a_spec_edited_in_sql_to_name_unregistered_code_fails_its_items_and_impo
         "--max-tokens", "8", "--max-attempts", "2", "--start-at", "2099-01-01T00:00")["job_id"]
     named = [{"name": "custom", "params": {"fn": f"{PLANTED}:touch"}},
              {"name": PLANTED, "params": {}}]
-    with db.session(engine_stack.db_url) as s, s.begin():
-        spec = dict(s.get(Job, job).spec)  # type: ignore[union-attr]
-        s.execute(update(Job).where(Job.id == job).values(
+    with db.session(engine_stack.db_url) as session, session.begin():
+        spec = dict(session.get(Job, job).spec)  # type: ignore[union-attr]
+        session.execute(update(Job).where(Job.id == job).values(
             spec={**spec, "checks": named},
             start_at=datetime.now(UTC) - timedelta(minutes=1)))
     engine_stack.cli("reconcile")  # the job's start time has come: it is enqueued

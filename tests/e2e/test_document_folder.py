@@ -58,18 +58,19 @@ def test_a_folder_of_documents_gets_one_answer_each_and_the_long_one_is_split_an
         assert {"id", "document", "status", "output", "error"} <= set(line)
     assert lines["minutes-copy.docx"]["output"] == lines["minutes.docx"]["output"]
 
-    with db.session(engine_stack.db_url) as s:
-        seq = s.scalar(select(Item.seq).where(Item.job_id == job, Item.key.like("%history.md")))
-        pieces = s.scalars(select(Piece).where(Piece.job_id == job, Piece.item_seq == seq)
-                           .order_by(Piece.piece)).all()
+    with db.session(engine_stack.db_url) as session:
+        seq = session.scalar(select(Item.seq).where(Item.job_id == job,
+                                                    Item.key.like("%history.md")))
+        pieces = session.scalars(select(Piece).where(Piece.job_id == job, Piece.item_seq == seq)
+                                 .order_by(Piece.piece)).all()
         maps = [p for p in pieces if p.kind == "map"]
         [final] = [p for p in pieces if p.piece == 0]
         assert len(maps) >= 3, "the long document was not split"
         assert final.kind == "reduce" and final.status == "succeeded"
         assert maps[0].start_char == 0 and all(p.status == "succeeded" for p in maps)
         # Lineage: every piece's attempts are in the ledger under its piece number.
-        attempted = set(s.scalars(select(Attempt.piece).where(Attempt.job_id == job,
-                                                              Attempt.item_seq == seq)))
+        attempted = set(session.scalars(select(Attempt.piece).where(Attempt.job_id == job,
+                                                                    Attempt.item_seq == seq)))
         assert attempted == {0, *(p.piece for p in maps)}
     assert lines["history.md"]["output"] == final.output
 

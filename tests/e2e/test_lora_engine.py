@@ -35,9 +35,9 @@ class LoraWorker(Worker):
 
 
 def _results(stack: Stack, job_id: str) -> list[Result]:
-    with db.session(stack.db_url) as s:
-        return list(s.scalars(select(Result).where(Result.job_id == job_id)
-                              .order_by(Result.item_seq)))
+    with db.session(stack.db_url) as session:
+        return list(session.scalars(select(Result).where(Result.job_id == job_id)
+                                    .order_by(Result.item_seq)))
 
 
 def test_a_job_with_a_lora_adapter_answers_differently_and_records_the_adapter(

@@ -25,8 +25,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def _result_rows(stack: Stack, job_id: str) -> int:
-    with db.session(stack.db_url) as s:
-        return s.scalar(select(func.count()).select_from(Result).where(Result.job_id == job_id))
+    with db.session(stack.db_url) as session:
+        return session.scalar(select(func.count()).select_from(Result)
+                              .where(Result.job_id == job_id))
 
 
 def test_openai_batch_file_gives_one_result_per_custom_id(engine_stack: Stack,
@@ -128,21 +129,22 @@ def test_redelivered_and_rerun_chunks_leave_one_result_per_item(engine_stack: St
     engine_stack.wait_final(job)
 
     broker.enqueue(engine_stack.broker_url, "smollm2-135m-instruct", job, [0, 0, 1])
-    with db.session(engine_stack.db_url) as s, s.begin():  # force a real second run of chunk 1
-        s.get_one(Chunk, (job, 1)).status = ChunkStatus.PENDING
+    # force a real second run of chunk 1
+    with db.session(engine_stack.db_url) as session, session.begin():
+        session.get_one(Chunk, (job, 1)).status = ChunkStatus.PENDING
     broker.enqueue(engine_stack.broker_url, "smollm2-135m-instruct", job, [1])
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        with db.session(engine_stack.db_url) as s:
-            if s.get_one(Chunk, (job, 1)).status == ChunkStatus.DONE:
+        with db.session(engine_stack.db_url) as session:
+            if session.get_one(Chunk, (job, 1)).status == ChunkStatus.DONE:
                 break
         time.sleep(0.5)
     time.sleep(2)
 
-    with db.session(engine_stack.db_url) as s:
-        rerun = s.get_one(Chunk, (job, 1))
+    with db.session(engine_stack.db_url) as session:
+        rerun = session.get_one(Chunk, (job, 1))
         assert (rerun.status, rerun.deliveries) == (ChunkStatus.DONE, 2)
-        assert s.get_one(Chunk, (job, 0)).deliveries == 1  # its duplicates were dropped
+        assert session.get_one(Chunk, (job, 0)).deliveries == 1  # its duplicates were dropped
     assert _result_rows(engine_stack, job) == 6
     assert engine_stack.cli_json("status", job, "--json")["succeeded"] == 6
 

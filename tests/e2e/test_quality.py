@@ -28,12 +28,12 @@ def _prompts(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def _ledger(stack: Stack, job_id: str) -> tuple[list[Result], list[Attempt]]:
-    with db.session(stack.db_url) as s:
-        results = list(s.scalars(select(Result).where(Result.job_id == job_id)
-                                 .order_by(Result.item_seq)))
-        attempts = list(s.scalars(select(Attempt).where(Attempt.job_id == job_id)
-                                  .order_by(Attempt.item_seq, Attempt.attempt)))
-        s.expunge_all()
+    with db.session(stack.db_url) as session:
+        results = list(session.scalars(select(Result).where(Result.job_id == job_id)
+                                       .order_by(Result.item_seq)))
+        attempts = list(session.scalars(select(Attempt).where(Attempt.job_id == job_id)
+                                        .order_by(Attempt.item_seq, Attempt.attempt)))
+        session.expunge_all()
     return results, attempts
 
 

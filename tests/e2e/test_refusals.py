@@ -32,18 +32,18 @@ def test_a_refused_constrained_retry_fails_its_item_alone_and_the_worker_serves_
         "submit", str(path), "--json", "--max-tokens", "16", "--temperature", "0",
         "--check", r"regex:pattern=^\d{40}$", "--ladder", "constrain", "--max-attempts", "2",
         "--start-at", later)["job_id"]
-    with db.session(engine_stack.db_url) as s, s.begin():
-        spec = s.get_one(Job, job).spec
+    with db.session(engine_stack.db_url) as session, session.begin():
+        spec = session.get_one(Job, job).spec
         spec["checks"][0]["params"]["pattern"] = LOOKAHEAD
-        s.execute(update(Job).where(Job.id == job).values(
+        session.execute(update(Job).where(Job.id == job).values(
             spec=spec, start_at=datetime.now(UTC)))
     status = engine_stack.wait_final(job, timeout=300)  # a worker's reconcile starts it
 
     assert (status["state"], status["failed"]) == ("completed", 4)
-    with db.session(engine_stack.db_url) as s:
-        results = s.scalars(select(Result).where(Result.job_id == job)).all()
-        attempts = s.scalars(select(Attempt).where(Attempt.job_id == job,
-                                                   Attempt.attempt == 2)).all()
+    with db.session(engine_stack.db_url) as session:
+        results = session.scalars(select(Result).where(Result.job_id == job)).all()
+        attempts = session.scalars(select(Attempt).where(Attempt.job_id == job,
+                                                         Attempt.attempt == 2)).all()
     assert len(results) == 4
     assert all("engine refused" in (r.error or "") and "look" in (r.error or "").lower()
                for r in results)

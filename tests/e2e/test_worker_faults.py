@@ -34,13 +34,14 @@ def _submit(stack: Stack, tmp_path: Path, n: int, chunk: int, max_tokens: int,
 
 
 def _assert_exactly_once(stack: Stack, job: str, total: int) -> None:
-    with db.session(stack.db_url) as s:
-        results = s.scalar(select(func.count()).select_from(Result).where(Result.job_id == job))
-        distinct = s.scalar(select(func.count(func.distinct(Result.item_seq)))
-                            .where(Result.job_id == job))
-        open_items = s.scalar(select(func.count()).select_from(Item).where(
+    with db.session(stack.db_url) as session:
+        results = session.scalar(select(func.count()).select_from(Result)
+                                 .where(Result.job_id == job))
+        distinct = session.scalar(select(func.count(func.distinct(Result.item_seq)))
+                                  .where(Result.job_id == job))
+        open_items = session.scalar(select(func.count()).select_from(Item).where(
             Item.job_id == job, Item.status.not_in(ItemStatus.FINAL)))
-        open_chunks = s.scalar(select(func.count()).select_from(Chunk).where(
+        open_chunks = session.scalar(select(func.count()).select_from(Chunk).where(
             Chunk.job_id == job, Chunk.status != ChunkStatus.DONE))
     assert (results, distinct, open_items, open_chunks) == (total, total, 0, 0)
 
@@ -56,17 +57,18 @@ def _victim_with_a_lease(stack: Stack, tmp_path: Path, n: int) -> tuple[Worker, 
                   "in many paragraphs, about the number {i}.")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        with db.session(stack.db_url) as s:
-            held = s.scalars(select(Chunk.seq).where(
+        with db.session(stack.db_url) as session:
+            held = session.scalars(select(Chunk.seq).where(
                 Chunk.job_id == job, Chunk.status == ChunkStatus.LEASED,
                 Chunk.lease_owner.like("victim-%"))).first()
         if held is not None:
             return victim, job, held
         time.sleep(0.2)
     victim.stop()
-    with db.session(stack.db_url) as s:
-        owners = s.execute(select(Chunk.seq, Chunk.status, Chunk.lease_owner, Chunk.deliveries)
-                           .where(Chunk.job_id == job)).all()
+    with db.session(stack.db_url) as session:
+        owners = session.execute(select(Chunk.seq, Chunk.status, Chunk.lease_owner,
+                                        Chunk.deliveries)
+                                 .where(Chunk.job_id == job)).all()
     tail = victim.log.read_text(errors="replace")[-3000:]
     raise AssertionError(f"the victim never took a chunk; chunks {owners}; its log:\n{tail}")
 
@@ -82,8 +84,8 @@ def test_a_killed_worker_loses_nothing_and_another_finishes_its_chunk(
         victim.stop()
     assert status["state"] == "completed" and status["succeeded"] == 24
     _assert_exactly_once(stack, job, 24)
-    with db.session(stack.db_url) as s:
-        assert s.get_one(Chunk, (job, held)).deliveries >= 2
+    with db.session(stack.db_url) as session:
+        assert session.get_one(Chunk, (job, held)).deliveries >= 2
 
 
 def test_engine_death_hands_chunks_back_and_the_worker_exits_non_zero(
@@ -112,8 +114,8 @@ def _expect_exit_and_completion(stack: Stack, victim: Worker, job: str,
     """The victim exits with `expected_exit`, holding no lease; the job still completes."""
     try:
         exit_code = victim.proc.wait(timeout=120)
-        with db.session(stack.db_url) as s:
-            owners = s.scalars(select(Chunk.lease_owner).where(Chunk.job_id == job)).all()
+        with db.session(stack.db_url) as session:
+            owners = session.scalars(select(Chunk.lease_owner).where(Chunk.job_id == job)).all()
         status = stack.wait_final(job, timeout=300)
     finally:
         victim.stop()

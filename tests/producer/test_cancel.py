@@ -31,8 +31,8 @@ def _job(stack: Stack, tmp_path: Path, n: int = 6) -> str:
 
 
 def _open_items(stack: Stack, job: str) -> dict[int, str]:
-    with db.session(stack.db_url) as s:
-        return dict(s.execute(select(Item.seq, Item.status).where(
+    with db.session(stack.db_url) as session:
+        return dict(session.execute(select(Item.seq, Item.status).where(
             Item.job_id == job, Item.status.in_(("pending", "running")))).all())
 
 
@@ -54,8 +54,8 @@ def test_a_cancelled_job_ends_the_chunks_of_a_dead_worker_and_a_handed_back_one(
     write(stack.db_url, live, [Outcome(4, "succeeded", output="a"),
                                Outcome(5, "succeeded", output="b")])
     assert _open_items(stack, job) == {}
-    with db.session(stack.db_url) as s:
-        assert set(s.scalars(select(Chunk.status).where(Chunk.job_id == job))) == {
+    with db.session(stack.db_url) as session:
+        assert set(session.scalars(select(Chunk.status).where(Chunk.job_id == job))) == {
             ChunkStatus.DONE}
     shown = CliRunner().invoke(cli, ["status", job, "--json", "--database-url", stack.db_url])
     counts = json.loads(shown.stdout)

@@ -10,12 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
+import conftest
 import pytest
-from click.testing import CliRunner
 from conftest import NIGHTSHIFT, Stack, lease
 
 from producer import submit
-from producer.cli import cli
 from worker.chunks import write
 from worker.generate import Outcome
 
@@ -23,14 +22,13 @@ Invoke = Callable[..., str]
 
 
 @pytest.fixture
-def run(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Invoke:
-    monkeypatch.setenv("NIGHTSHIFT_DATABASE_URL", stack.db_url)
-    monkeypatch.setenv("NIGHTSHIFT_BROKER_URL", stack.broker_url)
+def run(run: conftest.Invoke) -> Invoke:
+    """The shared `run`, answering with what the command printed: its stdout when it
+    succeeds (notes on stderr are not data), everything when it fails."""
 
     def invoke(*args: str, code: int = 0) -> str:
-        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-        assert result.exit_code == code, result.output
-        return result.stdout if code == 0 else result.output  # notes on stderr are not data
+        result = run(*args, code=code)
+        return result.stdout if code == 0 else result.output
 
     return invoke
 

@@ -6,18 +6,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
-from conftest import Stack
+from conftest import Invoke, Stack
 from samples import HTML, PAGES, write_docx, write_encrypted_pdf, write_image_pdf, write_pdf
 from sqlalchemy import select
 
 from producer import documents
-from producer.cli import cli
 from producer.documents import extract
 from producer.readers import Row, RowError, Skipped, detect_format, read
 from schemas import db, dedup
@@ -311,25 +308,9 @@ def test_a_template_a_document_cannot_render_is_that_rows_error(tmp_path: Path) 
 
 # The command line, on real SQL and Redis (no worker).
 
-Invoke = Callable[..., Result]
-
-
-@pytest.fixture
-def run(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Invoke:
-    monkeypatch.setenv("NIGHTSHIFT_DATABASE_URL", stack.db_url)
-    monkeypatch.setenv("NIGHTSHIFT_BROKER_URL", stack.broker_url)
-
-    def invoke(*args: str, code: int = 0) -> Result:
-        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-        assert result.exit_code == code, result.output
-        return result
-
-    return invoke
-
-
 def payloads(stack: Stack, job_id: str) -> dict[str, dict[str, Any]]:
-    with db.session(stack.db_url) as s:
-        return {key: payload for key, payload in s.execute(
+    with db.session(stack.db_url) as session:
+        return {key: payload for key, payload in session.execute(
             select(Item.key, Item.payload).where(Item.job_id == job_id).order_by(Item.seq))}
 
 

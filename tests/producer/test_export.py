@@ -45,11 +45,11 @@ def make_job(db_url: str, items: list[tuple[str, dict[str, Any], dict[str, Any] 
              kind: str = "generate", **job: Any) -> str:
     """A job whose items are (key, payload, results row or None), straight into SQL."""
     job_id = uuid.uuid4().hex
-    with db.session(db_url) as s, s.begin():
-        s.execute(insert(Job), [{"id": job_id, "kind": kind, "model": "smollm2-135m-instruct",
-                                 "spec": {}, "state": "running", "total": len(items),
-                                 "chunks": 1, **job}])
-        s.execute(insert(Item), [
+    with db.session(db_url) as session, session.begin():
+        session.execute(insert(Job), [{"id": job_id, "kind": kind, "model": "smollm2-135m-instruct",
+                                       "spec": {}, "state": "running", "total": len(items),
+                                       "chunks": 1, **job}])
+        session.execute(insert(Item), [
             {"job_id": job_id, "seq": seq, "key": key, "chunk": 0, "payload": payload,
              "status": result.get("status", "succeeded") if result else "pending"}
             for seq, (key, payload, result) in enumerate(items)])
@@ -57,14 +57,14 @@ def make_job(db_url: str, items: list[tuple[str, dict[str, Any], dict[str, Any] 
                  "prompt_tokens": 7, "completion_tokens": 3, **result}
                 for seq, (_, _, result) in enumerate(items) if result is not None]
         if rows:
-            s.execute(insert(Result), rows)
+            session.execute(insert(Result), rows)
     return job_id
 
 
 def set_item_status(db_url: str, job_id: str, key: str, status: str) -> None:
-    with db.session(db_url) as s, s.begin():
-        s.execute(update(Item).where(Item.job_id == job_id, Item.key == key)
-                  .values(status=status))
+    with db.session(db_url) as session, session.begin():
+        session.execute(update(Item).where(Item.job_id == job_id, Item.key == key)
+                        .values(status=status))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -232,10 +232,10 @@ def test_a_batch_input_file_round_trips_to_openai_output_by_custom_id(
     path = tmp_path / "batch_input.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     job = json.loads(run("submit", str(path), "--json"))["job_id"]
-    with db.session(stack.db_url) as s, s.begin():
-        s.execute(insert(Result), [{"job_id": job, "item_seq": i, "status": "succeeded",
-                                    "output": "ok", "finish_reason": "stop"} for i in (0, 1)])
-        s.execute(update(Item).where(Item.job_id == job).values(status="succeeded"))
+    with db.session(stack.db_url) as session, session.begin():
+        session.execute(insert(Result), [{"job_id": job, "item_seq": i, "status": "succeeded",
+                                          "output": "ok", "finish_reason": "stop"} for i in (0, 1)])
+        session.execute(update(Item).where(Item.job_id == job).values(status="succeeded"))
 
     out = tmp_path / "batch_output.jsonl"
     run("results", job, "--format", "openai", "-o", str(out))

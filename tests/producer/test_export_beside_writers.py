@@ -36,10 +36,10 @@ PROMPT_S = 5.0
 def big_finished_job(db_url: str, rows: int) -> str:
     """A completed job of `rows` items with their results, written in bulk."""
     job_id = uuid.uuid4().hex
-    with db.session(db_url) as s, s.begin():
-        s.execute(insert(Job), [{"id": job_id, "kind": "generate", "model": "m", "spec": {},
-                                 "state": JobState.COMPLETED, "total": rows}])
-        conn = s.connection()
+    with db.session(db_url) as session, session.begin():
+        session.execute(insert(Job), [{"id": job_id, "kind": "generate", "model": "m", "spec": {},
+                                       "state": JobState.COMPLETED, "total": rows}])
+        conn = session.connection()
         bulk.insert_rows(conn, Item.__table__, ("job_id", "seq", "key", "chunk", "payload",
                                               "status", "deaths"),
                        [(job_id, i, f"r{i}", i // 1000, '{"prompt": "Say hi."}',

@@ -86,8 +86,8 @@ def test_a_lora_job_rides_its_base_models_queue_and_keeps_its_adapter(
     queues = {key.decode().split("\x06")[0] for key in client.keys("nightshift.*")}
     assert queues == {queue_for(spec.model)}
     assert sum(client.llen(key) for key in client.keys("nightshift.*")) == done.chunks == 2
-    with db.session(stack.db_url) as s:
-        assert s.get_one(Job, done.job_id).spec["lora"] == str(adapter)
+    with db.session(stack.db_url) as session:
+        assert session.get_one(Job, done.job_id).spec["lora"] == str(adapter)
 
 
 def test_a_worker_without_enable_lora_fails_the_request_naming_the_option() -> None:

@@ -73,11 +73,11 @@ def test_a_prompt_longer_than_the_context_is_reported_as_failing(
 
 def _results(db_url: str, model: str, worker: str, start: datetime, tokens: list[int],
              every: float) -> None:
-    with db.session(db_url) as s, s.begin():
+    with db.session(db_url) as session, session.begin():
         job_id = f"calib{worker}{start.timestamp():.0f}"[:32]
-        s.add(Job(id=job_id, state="completed", kind="generate", model=model, spec={}))
-        s.flush()
-        s.execute(insert(Result), [
+        session.add(Job(id=job_id, state="completed", kind="generate", model=model, spec={}))
+        session.flush()
+        session.execute(insert(Result), [
             {"job_id": job_id, "item_seq": i, "status": "succeeded", "worker": worker,
              "completion_tokens": n, "created_at": start + timedelta(seconds=i * every)}
             for i, n in enumerate(tokens)])
@@ -119,8 +119,8 @@ def test_submit_dry_run_prints_the_report_as_json_and_writes_nothing(
         stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NIGHTSHIFT_DATABASE_URL", stack.db_url)
     monkeypatch.setenv("NIGHTSHIFT_BROKER_URL", stack.broker_url)
-    with db.session(stack.db_url) as s:
-        jobs_before = s.scalar(select(func.count()).select_from(Job))
+    with db.session(stack.db_url) as session:
+        jobs_before = session.scalar(select(func.count()).select_from(Job))
 
     out = CliRunner().invoke(cli, ["submit", str(_input(tmp_path)), "--dry-run", "--json"],
                              catch_exceptions=False)
@@ -130,6 +130,6 @@ def test_submit_dry_run_prints_the_report_as_json_and_writes_nothing(
     assert {"rows", "malformed", "duplicates", "over_long", "prompt_tokens", "max_new_tokens",
             "eta_seconds", "calibration"} <= set(shown)
     assert (shown["rows"], shown["malformed"][0]["line"]) == (3, 2)
-    with db.session(stack.db_url) as s:
-        assert s.scalar(select(func.count()).select_from(Job)) == jobs_before
+    with db.session(stack.db_url) as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == jobs_before
     assert redis.Redis.from_url(stack.broker_url).keys("*") == []

@@ -49,8 +49,9 @@ def _messages(stack: Stack, job_id: str) -> int:
 
 
 def _statuses(stack: Stack, job_id: str) -> dict[int, str]:
-    with db.session(stack.db_url) as s:
-        return dict(s.execute(select(Item.seq, Item.status).where(Item.job_id == job_id)).all())
+    with db.session(stack.db_url) as session:
+        statuses = select(Item.seq, Item.status).where(Item.job_id == job_id)
+        return dict(session.execute(statuses).all())
 
 
 def test_a_job_starting_later_is_not_enqueued_until_reconcile_finds_it_due(
@@ -129,8 +130,8 @@ def test_a_higher_priority_job_submitted_later_is_consumed_first(
     big = submit(settings, JobSpec(chunk_size=1), _jsonl(tmp_path, 6, "big.jsonl")).job_id
     urgent = submit(settings, JobSpec(chunk_size=1), _jsonl(tmp_path, 2, "urgent.jsonl"),
                     schedule=Schedule(priority=5)).job_id
-    with db.session(stack.db_url) as s:
-        assert s.get_one(Job, urgent).priority == 5
+    with db.session(stack.db_url) as session:
+        assert session.get_one(Job, urgent).priority == 5
 
     order = []
     with app_for(stack.broker_url).connection_for_read() as conn:  # the workers' settings
@@ -150,7 +151,7 @@ def test_clock_times_are_the_next_such_local_time_and_deadlines_follow_the_start
     earlier = when(f"{(local.hour - 1) % 24:02d}:00", now, "--start-at")
     assert now + timedelta(hours=22) < earlier <= now + timedelta(hours=23)
 
-    night = parse("22:00", "07:00", 3, now=now)
+    night = parse("22:00", "07:00", priority=3, now=now)
     assert night.deadline is not None and night.start_at is not None
     assert night.deadline - night.start_at == timedelta(hours=9)
     assert night.priority == 3 and night.waits(now) and not night.waits(night.start_at)
@@ -166,4 +167,4 @@ def test_bad_times_and_deadlines_before_the_start_are_refused_naming_the_option(
     with pytest.raises(ConfigError, match="--deadline 2026-11-27T10:00:00\\+00:00: must be after"):
         parse(None, "2026-11-27T10:00:00+00:00", now=now)
     with pytest.raises(ConfigError, match="--priority 12"):
-        parse(None, None, 12, now=now)
+        parse(None, None, priority=12, now=now)

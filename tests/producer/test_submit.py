@@ -20,8 +20,8 @@ from worker.broker import queue_for
 
 
 def _count(stack: Stack, table: type) -> int:
-    with db.session(stack.db_url) as s:
-        return s.scalar(select(func.count()).select_from(table))
+    with db.session(stack.db_url) as session:
+        return session.scalar(select(func.count()).select_from(table))
 
 
 def _jsonl(tmp_path: Path, n: int, bad_line: int | None = None) -> Path:
@@ -46,10 +46,10 @@ def test_submit_writes_items_and_chunks_and_one_id_only_message_per_chunk(
     done = submit(settings, JobSpec(chunk_size=4), _jsonl(tmp_path, 10))
 
     assert (done.items, done.chunks) == (10, 3)
-    with db.session(stack.db_url) as s:
-        assert s.get_one(Job, done.job_id).total == 10
-        sizes = s.scalars(select(Chunk.size).where(Chunk.job_id == done.job_id)
-                          .order_by(Chunk.seq)).all()
+    with db.session(stack.db_url) as session:
+        assert session.get_one(Job, done.job_id).total == 10
+        sizes = session.scalars(select(Chunk.size).where(Chunk.job_id == done.job_id)
+                                .order_by(Chunk.seq)).all()
     assert sizes == [4, 4, 2]
     messages = _queued(stack)
     assert len(messages) == 3
@@ -69,8 +69,8 @@ def test_a_bad_row_creates_no_job_unless_skipped(stack: Stack, tmp_path: Path) -
 
     done = submit(settings, JobSpec(), path, skip_invalid=True)
     assert (done.items, done.invalid_count) == (4, 1)
-    with db.session(stack.db_url) as s:
-        keys = s.scalars(select(Item.key).where(Item.job_id == done.job_id)).all()
+    with db.session(stack.db_url) as session:
+        keys = session.scalars(select(Item.key).where(Item.job_id == done.job_id)).all()
     assert "broken" not in keys and len(keys) == 4
 
 
@@ -118,9 +118,9 @@ def test_duplicates_across_write_batches_are_found_and_reported_in_line_order(
     assert [e.split(":")[0] for e in reported] == ["line 3", "line 5", "line 6"]
     assert "duplicate id 'a'" in reported[0] and "duplicate id 'b'" in reported[2]
     assert (done.items, done.invalid_count, done.chunks) == (4, 3, 2)
-    with db.session(stack.db_url) as s:
-        stored = s.execute(select(Item.seq, Item.key, Item.chunk, Item.payload)
-                           .where(Item.job_id == done.job_id).order_by(Item.seq)).all()
+    with db.session(stack.db_url) as session:
+        stored = session.execute(select(Item.seq, Item.key, Item.chunk, Item.payload)
+                                 .where(Item.job_id == done.job_id).order_by(Item.seq)).all()
     assert [tuple(r) for r in stored] == [
         (0, "a", 0, {"prompt": "1"}), (1, "b", 0, {"prompt": "2"}),
         (2, "c", 1, {"prompt": "4"}), (3, "d", 1, {"prompt": "7"})]

@@ -34,8 +34,8 @@ def lines(first: int, n: int) -> str:
 
 
 def count(db_url: str, table: type) -> int:
-    with db.reader(db_url) as s:
-        return s.scalar(select(func.count()).select_from(table)) or 0
+    with db.reader(db_url) as session:
+        return session.scalar(select(func.count()).select_from(table)) or 0
 
 
 def wait_for(check: Any, why: str, timeout: float = 30.0) -> None:

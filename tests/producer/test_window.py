@@ -52,8 +52,8 @@ def test_a_small_job_behind_a_big_one_waits_for_a_window_not_for_all_of_it(
     write(stack.db_url, lease(stack.db_url, big, 0, "w"),
           [Outcome(i, "succeeded", output="x") for i in (0, 1)], broker_url=stack.broker_url)
     assert _next_up(stack)[-3:] == [(small, 0), (small, 1), (big, 3)]
-    with db.session(stack.db_url) as s:
-        assert s.get_one(Job, big).enqueued == 4 and s.get_one(Job, small).enqueued == 2
+    with db.session(stack.db_url) as session:
+        assert session.get_one(Job, big).enqueued == 4 and session.get_one(Job, small).enqueued == 2
 
 
 def test_reconcile_resends_only_chunks_that_were_sent(stack: Stack, tmp_path: Path) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import Stack
+from conftest import Invoke, Stack
 from sqlalchemy import update
 
 from producer.cli import cli
@@ -18,21 +18,6 @@ from schemas import db
 from schemas.tables import Worker
 from worker import presence
 from worker.presence import Presence
-
-Invoke = Callable[..., Result]
-
-
-@pytest.fixture
-def run(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Invoke:
-    monkeypatch.setenv("NIGHTSHIFT_DATABASE_URL", stack.db_url)
-    monkeypatch.setenv("NIGHTSHIFT_BROKER_URL", stack.broker_url)
-
-    def invoke(*args: str, code: int = 0) -> Result:
-        result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-        assert result.exit_code == code, result.output
-        return result
-
-    return invoke
 
 
 @pytest.fixture
@@ -110,9 +95,9 @@ def test_status_gives_no_waiting_reason_while_a_worker_of_the_model_is_live(
     p = Presence(stack.db_url, f"late:{uuid.uuid4().hex[:8]}", model, 1).start()
     try:
         assert json.loads(run("status", job, "--json").stdout)["reason"] is None
-        with db.session(stack.db_url) as s, s.begin():  # silent past the live window
-            s.execute(update(Worker).where(Worker.id == p.row["id"])
-                      .values(last_heartbeat_at=db.clock(s) - presence.LIVE * 2))
+        with db.session(stack.db_url) as session, session.begin():  # silent past the live window
+            session.execute(update(Worker).where(Worker.id == p.row["id"])
+                            .values(last_heartbeat_at=db.clock(session) - presence.LIVE * 2))
         assert json.loads(run("status", job, "--json").stdout)["reason"].startswith("waiting")
     finally:
         p.stop()

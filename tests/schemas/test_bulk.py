@@ -18,8 +18,8 @@ from schemas.tables import Item, ItemStatus, Job, JobCount, Result
 
 def _job(stack: Stack) -> str:
     job_id = uuid.uuid4().hex
-    with db.session(stack.db_url) as s, s.begin():
-        s.add(Job(id=job_id, kind="generate", model="m", spec={}))
+    with db.session(stack.db_url) as session, session.begin():
+        session.add(Job(id=job_id, kind="generate", model="m", spec={}))
     return job_id
 
 
@@ -33,10 +33,10 @@ COLUMNS = ("job_id", "seq", "key", "chunk", "payload", "status", "deaths")
 
 def test_insert_rows_stores_what_the_orm_reads_back(stack: Stack) -> None:
     job_id = _job(stack)
-    with db.session(stack.db_url) as s, s.begin():
-        bulk.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(3)))
-    with db.session(stack.db_url) as s:
-        items = s.scalars(select(Item).where(Item.job_id == job_id).order_by(Item.seq)).all()
+    with db.session(stack.db_url) as session, session.begin():
+        bulk.insert_rows(session.connection(), Item.__table__, COLUMNS, _items(job_id, range(3)))
+    with db.session(stack.db_url) as session:
+        items = session.scalars(select(Item).where(Item.job_id == job_id).order_by(Item.seq)).all()
     assert [(i.seq, i.key, i.payload, i.status) for i in items] == [
         (n, f"k{n}", {"prompt": "p\tq\n"}, "pending") for n in range(3)]
 
@@ -44,31 +44,31 @@ def test_insert_rows_stores_what_the_orm_reads_back(stack: Stack) -> None:
 def test_insert_rows_reports_a_duplicate_key_as_integrity_error(stack: Stack) -> None:
     """On PostgreSQL too, where COPY's own error is turned into SQLAlchemy's."""
     job_id = _job(stack)
-    with db.session(stack.db_url) as s, s.begin():
-        bulk.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(2)))
-        with pytest.raises(IntegrityError), s.begin_nested():
-            bulk.insert_rows(s.connection(), Item.__table__, COLUMNS,
+    with db.session(stack.db_url) as session, session.begin():
+        bulk.insert_rows(session.connection(), Item.__table__, COLUMNS, _items(job_id, range(2)))
+        with pytest.raises(IntegrityError), session.begin_nested():
+            bulk.insert_rows(session.connection(), Item.__table__, COLUMNS,
                            [(job_id, 5, "k1", 0, "{}", ItemStatus.PENDING, 0)])
-        bulk.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(2, 3)))
-    with db.session(stack.db_url) as s:
-        assert s.scalars(select(Item.seq).where(Item.job_id == job_id)).all() == [0, 1, 2]
+        bulk.insert_rows(session.connection(), Item.__table__, COLUMNS, _items(job_id, range(2, 3)))
+    with db.session(stack.db_url) as session:
+        assert session.scalars(select(Item.seq).where(Item.job_id == job_id)).all() == [0, 1, 2]
 
 
 def test_upsert_rows_replaces_by_key_and_fills_defaults(stack: Stack) -> None:
     job_id = _job(stack)
-    with db.session(stack.db_url) as s, s.begin():
-        bulk.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(2)))
+    with db.session(stack.db_url) as session, session.begin():
+        bulk.insert_rows(session.connection(), Item.__table__, COLUMNS, _items(job_id, range(2)))
     before = datetime.now(UTC)
     first = [{"job_id": job_id, "item_seq": n, "status": "succeeded", "output": f"o{n}",
               "probabilities": {"yes": 0.75}, "samples": None, "sampling": {"seed": n}}
              for n in range(2)]
-    with db.session(stack.db_url) as s, s.begin():
-        bulk.upsert_rows(s.connection(), Result.__table__, ["job_id", "item_seq"], first)
-        bulk.upsert_rows(s.connection(), Result.__table__, ["job_id", "item_seq"],
+    with db.session(stack.db_url) as session, session.begin():
+        bulk.upsert_rows(session.connection(), Result.__table__, ["job_id", "item_seq"], first)
+        bulk.upsert_rows(session.connection(), Result.__table__, ["job_id", "item_seq"],
                        [{**first[1], "status": "failed", "output": None, "error": "e"}])
-    with db.session(stack.db_url) as s:
-        rows = s.scalars(select(Result).where(Result.job_id == job_id)
-                         .order_by(Result.item_seq)).all()
+    with db.session(stack.db_url) as session:
+        rows = session.scalars(select(Result).where(Result.job_id == job_id)
+                               .order_by(Result.item_seq)).all()
     assert [(r.status, r.output, r.error) for r in rows] == [("succeeded", "o0", None),
                                                            ("failed", None, "e")]
     assert rows[0].probabilities == {"yes": 0.75} and rows[0].sampling == {"seed": 0}
@@ -79,14 +79,14 @@ def test_upsert_rows_replaces_by_key_and_fills_defaults(stack: Stack) -> None:
 def test_update_among_sets_the_listed_rows_and_counts_them(stack: Stack) -> None:
     """A run of keys is one range; keys with gaps are a range and a list."""
     job_id = _job(stack)
-    with db.session(stack.db_url) as s, s.begin():
-        bulk.insert_rows(s.connection(), Item.__table__, COLUMNS, _items(job_id, range(5)))
-        changed = [bulk.update_among(s.connection(), Item.__table__, {"status": status},
+    with db.session(stack.db_url) as session, session.begin():
+        bulk.insert_rows(session.connection(), Item.__table__, COLUMNS, _items(job_id, range(5)))
+        changed = [bulk.update_among(session.connection(), Item.__table__, {"status": status},
                                    {"job_id": job_id}, "seq", among, increment=["deaths"])
                    for status, among in (("succeeded", [1, 2]), ("failed", [4, 0]))]
-    with db.session(stack.db_url) as s:
-        items = s.execute(select(Item.status, Item.deaths).where(Item.job_id == job_id)
-                          .order_by(Item.seq)).all()
+    with db.session(stack.db_url) as session:
+        items = session.execute(select(Item.status, Item.deaths).where(Item.job_id == job_id)
+                                .order_by(Item.seq)).all()
     assert changed == [2, 2]
     assert items == [("failed", 1), ("succeeded", 1), ("succeeded", 1), ("pending", 0),
                      ("failed", 1)]
@@ -95,13 +95,13 @@ def test_update_among_sets_the_listed_rows_and_counts_them(stack: Stack) -> None
 def test_update_among_finds_rows_by_a_text_key(stack: Stack) -> None:
     """A text key gets no range on PostgreSQL: its collation, not Python, orders it."""
     job_id = _job(stack)
-    with db.session(stack.db_url) as s, s.begin():
+    with db.session(stack.db_url) as session, session.begin():
         for status in ("Zeta", "alpha", "mid"):
-            counters.add(s.connection(), job_id, status, 1)
-        bulk.update_among(s.connection(), JobCount.__table__, {"items": 5}, {"job_id": job_id},
-                        "status", ["Zeta", "alpha"])
-    with db.session(stack.db_url) as s:
-        counts = {status: n for status, n in s.execute(
+            counters.add(session.connection(), job_id, status, 1)
+        bulk.update_among(session.connection(), JobCount.__table__, {"items": 5},
+                          {"job_id": job_id}, "status", ["Zeta", "alpha"])
+    with db.session(stack.db_url) as session:
+        counts = {status: n for status, n in session.execute(
             select(JobCount.status, JobCount.items).where(JobCount.job_id == job_id))}
     assert counts == {"Zeta": 5, "alpha": 5, "mid": 1}
 
@@ -114,12 +114,12 @@ def test_replace_rows_replaces_each_row_whole_once_per_key(stack: Stack) -> None
               "error": f"e{n}", "sampling": {"seed": n}} for n in range(3)]
     again = [{"job_id": job_id, "item_seq": n, "status": "succeeded", "output": f"o{n}",
               "error": None, "sampling": {"seed": n}} for n in (2, 0)]
-    with db.session(stack.db_url) as s, s.begin():
-        bulk.replace_rows(s.connection(), Result.__table__, ["job_id", "item_seq"], first)
-        bulk.replace_rows(s.connection(), Result.__table__, ["job_id", "item_seq"], again)
-    with db.session(stack.db_url) as s:
-        rows = s.scalars(select(Result).where(Result.job_id == job_id)
-                         .order_by(Result.item_seq)).all()
+    with db.session(stack.db_url) as session, session.begin():
+        bulk.replace_rows(session.connection(), Result.__table__, ["job_id", "item_seq"], first)
+        bulk.replace_rows(session.connection(), Result.__table__, ["job_id", "item_seq"], again)
+    with db.session(stack.db_url) as session:
+        rows = session.scalars(select(Result).where(Result.job_id == job_id)
+                               .order_by(Result.item_seq)).all()
     assert [(r.item_seq, r.status, r.output, r.error) for r in rows] == [
         (0, "succeeded", "o0", None), (1, "failed", None, "e1"), (2, "succeeded", "o2", None)]
     assert rows[2].sampling == {"seed": 2} and rows[2].attempts == 1

@@ -20,28 +20,28 @@ from schemas.tables import Item, Job, JobCount, Result
 
 def _job(stack: Stack, items: int) -> str:
     job_id = uuid.uuid4().hex
-    with db.session(stack.db_url) as s, s.begin():
-        s.add(Job(id=job_id, kind="generate", model="m", spec={}))
-        s.flush()
-        s.execute(insert(Item), [{"job_id": job_id, "seq": n, "key": f"k{n}", "chunk": n // 4,
-                                  "payload": {"prompt": "p"}} for n in range(items)])
-        counters.add(s.connection(), job_id, "pending", items)  # as submit counts them
+    with db.session(stack.db_url) as session, session.begin():
+        session.add(Job(id=job_id, kind="generate", model="m", spec={}))
+        session.flush()
+        session.execute(insert(Item), [{"job_id": job_id, "seq": n, "key": f"k{n}", "chunk": n // 4,
+                                        "payload": {"prompt": "p"}} for n in range(items)])
+        counters.add(session.connection(), job_id, "pending", items)  # as submit counts them
     return job_id
 
 
 def _counters(stack: Stack, job_id: str) -> dict[str, tuple[int, int, int]]:
-    with db.session(stack.db_url) as s:
-        rows = s.execute(select(JobCount.status, JobCount.items, JobCount.prompt_tokens,
-                                JobCount.completion_tokens).where(JobCount.job_id == job_id))
+    with db.session(stack.db_url) as session:
+        rows = session.execute(select(JobCount.status, JobCount.items, JobCount.prompt_tokens,
+                                      JobCount.completion_tokens).where(JobCount.job_id == job_id))
         return {r[0]: (r[1], r[2], r[3]) for r in rows if any(r[1:])}
 
 
 def _recounted(stack: Stack, job_id: str) -> dict[str, tuple[int, int, int]]:
     """The same figures counted the slow way, from the rows themselves."""
-    with db.session(stack.db_url) as s:
-        items = dict(s.execute(select(Item.status, func.count()).where(Item.job_id == job_id)
-                               .group_by(Item.status)).all())
-        tokens = {r[0]: (int(r[1]), int(r[2])) for r in s.execute(
+    with db.session(stack.db_url) as session:
+        items = dict(session.execute(select(Item.status, func.count()).where(Item.job_id == job_id)
+                                     .group_by(Item.status)).all())
+        tokens = {r[0]: (int(r[1]), int(r[2])) for r in session.execute(
             select(Result.status, func.sum(Result.prompt_tokens),
                    func.sum(Result.completion_tokens))
             .where(Result.job_id == job_id).group_by(Result.status))}
@@ -69,14 +69,14 @@ def test_submit_counts_its_items_and_skipped_rows_are_not_counted(
 def test_item_updates_and_deletes_move_the_counts(stack: Stack) -> None:
     job_id = _job(stack, 10)
     assert _counters(stack, job_id) == {"pending": (10, 0, 0)}
-    with db.session(stack.db_url) as s, s.begin():
-        s.execute(update(Item).where(Item.job_id == job_id, Item.chunk == 0)
-                  .values(status="running"))
-        s.execute(update(Item).where(Item.job_id == job_id, Item.seq == 9)
-                  .values(status="cancelled"))
-        s.execute(update(Item).where(Item.job_id == job_id, Item.seq == 8)
-                  .values(deaths=Item.deaths + 1))  # a status left alone changes no count
-        s.execute(delete(Item).where(Item.job_id == job_id, Item.seq == 7))
+    with db.session(stack.db_url) as session, session.begin():
+        session.execute(update(Item).where(Item.job_id == job_id, Item.chunk == 0)
+                        .values(status="running"))
+        session.execute(update(Item).where(Item.job_id == job_id, Item.seq == 9)
+                        .values(status="cancelled"))
+        session.execute(update(Item).where(Item.job_id == job_id, Item.seq == 8)
+                        .values(deaths=Item.deaths + 1))  # a status left alone changes no count
+        session.execute(delete(Item).where(Item.job_id == job_id, Item.seq == 7))
     assert _counters(stack, job_id) == {"pending": (4, 0, 0), "running": (4, 0, 0),
                                         "cancelled": (1, 0, 0)}
     assert _counters(stack, job_id) == _recounted(stack, job_id)
@@ -89,8 +89,8 @@ def test_results_replaced_by_their_writer_or_changed_by_hand_keep_their_tokens_e
     its tokens once."""
     job_id = _job(stack, 4)
     keys = ["job_id", "item_seq"]
-    with db.session(stack.db_url) as s, s.begin():
-        conn = s.connection()
+    with db.session(stack.db_url) as session, session.begin():
+        conn = session.connection()
         bulk.replace_rows(conn, Result.__table__, keys,
                         [_result(job_id, n, "succeeded", 10, 5) for n in range(4)])
         counters.add_many(conn, job_id, {"succeeded": (0, 40, 20)})
@@ -110,14 +110,14 @@ def test_results_replaced_by_their_writer_or_changed_by_hand_keep_their_tokens_e
 def test_an_update_that_moves_writes_is_left_to_its_writer_and_any_other_is_counted(
         stack: Stack) -> None:
     job_id = _job(stack, 4)
-    with db.session(stack.db_url) as s, s.begin():
-        s.execute(update(Item).where(Item.job_id == job_id).values(status="running"))
-        s.execute(update(Item).where(Item.job_id == job_id, Item.seq < 2)
-                  .values(status="succeeded", writes=Item.writes + 1))
+    with db.session(stack.db_url) as session, session.begin():
+        session.execute(update(Item).where(Item.job_id == job_id).values(status="running"))
+        session.execute(update(Item).where(Item.job_id == job_id, Item.seq < 2)
+                        .values(status="succeeded", writes=Item.writes + 1))
     assert _counters(stack, job_id) == {"running": (4, 0, 0)}  # the writer counts these
-    with db.session(stack.db_url) as s, s.begin():
-        s.execute(update(Item).where(Item.job_id == job_id, Item.seq == 0)
-                  .values(status="pending"))  # by hand: counted, whatever `writes` says
+    with db.session(stack.db_url) as session, session.begin():
+        session.execute(update(Item).where(Item.job_id == job_id, Item.seq == 0)
+                        .values(status="pending"))  # by hand: counted, whatever `writes` says
     assert _counters(stack, job_id) == {"running": (4, 0, 0), "succeeded": (-1, 0, 0),
                                         "pending": (1, 0, 0)}
 

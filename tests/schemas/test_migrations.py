@@ -132,7 +132,7 @@ def test_an_items_status_change_touches_no_index(empty_db: str) -> None:
 def test_dropping_the_job_keys_keeps_rows_counters_and_their_triggers(empty_db: str) -> None:
     """0008 rebuilds SQLite's per-item tables: a job written before it keeps its items,
     results and counts, and later status changes are still counted."""
-    db.upgrade(empty_db, "0007")
+    db.upgrade(empty_db, revision="0007")
     with db.engine_for(empty_db).begin() as conn:
         counters.ensure(conn)
         conn.execute(insert(Job.__table__), {"id": "j1", "kind": "generate", "model": "m",

@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from schemas import render as render_module
 from schemas.render import (
     FIELD_COPIES,
     OUTPUT_CHARS,
@@ -79,7 +78,7 @@ def test_nested_loops_that_would_run_for_hours_stop_at_the_render_deadline() -> 
 ], ids=["loops-over-text", "recursive-macros", "filters"])
 def test_every_kind_of_runaway_stops_at_the_deadline(source: str,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(render_module, "RENDER_SECONDS", 0.2)
+    monkeypatch.setattr("schemas.render.RENDER_SECONDS", 0.2)
     message = _fails_within(source, {"text": "abcdefgh " * 10_000}, 1.5)
     assert message == "template: rendering took longer than 0.2 s"
 
@@ -139,7 +138,7 @@ def test_templates_within_the_limits_render_as_before() -> None:
 
 def test_one_runaway_render_does_not_spend_another_threads_budget(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(render_module, "RENDER_SECONDS", 0.5)
+    monkeypatch.setattr("schemas.render.RENDER_SECONDS", 0.5)
     runaway = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
     with ThreadPoolExecutor(2) as pool:
         stuck = pool.submit(_fails_within, runaway, {}, 2.0)
