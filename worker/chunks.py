@@ -121,7 +121,7 @@ def _hand_back(rt: Runtime, lease: leases.Lease) -> None:
             return
         with db.reader(rt.db_url) as session:
             model, priority = session.execute(select(Job.model, Job.priority)
-                                         .where(Job.id == lease.job_id)).one()
+                                              .where(Job.id == lease.job_id)).one()
         broker.enqueue(rt.broker_url, model, lease.job_id, [lease.seq],
                        priority=message_priority(priority))
     except Exception as exc:  # the lease runs out and reconcile finds the chunk instead
@@ -140,7 +140,7 @@ def rehearse(rt: Runtime) -> None:
     spec = JobSpec()
     with db.session(rt.db_url) as session, session.begin() as rehearsal:
         session.add(Job(id=job_id, kind=spec.kind, model=spec.model, total=1, chunks=1,
-                   spec=spec.model_dump(mode="json")))
+                        spec=spec.model_dump(mode="json")))
         session.flush()  # the job first: its chunk's foreign key
         session.add(Chunk(job_id=job_id, seq=0, size=1))
         session.add(Item(job_id=job_id, seq=0, key="0", chunk=0, payload=payload))
