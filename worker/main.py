@@ -63,17 +63,20 @@ def run_worker(settings: Settings, options: EngineOptions, *, slots: int,
     gc.freeze()
     seen = presence.Presence(settings.database_url, owner, settings.model, slots,
                              name=name).start()
+    code: int | str | None = 0
     try:
         celery_app.worker_main(argv)
-    except SystemExit:
-        pass  # the exit code is ours to decide: a dead engine must read as a failure
+    except SystemExit as exc:
+        code = exc.code  # Celery's own: non-zero after an error it cannot recover from
     finally:
         seen.stop()
         stop.set()
         heartbeat.stop()
         alive = host.alive
         host.stop()
-    return 0 if alive else EXIT_ENGINE_DEAD
+    if not alive:
+        return EXIT_ENGINE_DEAD  # a dead engine must read as one, whatever Celery says
+    return code if isinstance(code, int) else int(bool(code))
 
 
 def _runtime(settings: Settings, host: EngineHost, owner: str) -> Runtime:
