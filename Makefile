@@ -7,7 +7,7 @@ EXTRAS   ?= cpu,postgres,parquet,dev
 INPUT    ?=
 PYTEST_ARGS ?=
 
-.PHONY: install model demo test chaos bench bench-quality bench-classify bench-dataplane bench-engine lint lint-docker clean
+.PHONY: install model demo test chaos chaos-short bench bench-quality bench-classify bench-dataplane bench-engine lint lint-docker clean
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ test: model
 # items, then a table (bench/chaos); exit 1 if any lost, duplicated or hung. About 10 min.
 chaos: model
 	$(PY) -m bench.chaos
+
+# The same faults on small jobs, as tests (tests/chaos, marker chaos): about 5 min.
+chaos-short: model
+	$(PY) -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
 
 bench: model
 	$(PY) -m bench.run $(if $(INPUT),--input $(INPUT),)
