@@ -49,9 +49,13 @@ class Verdict:
     passed: bool | None
     score: float | None = None
     reason: str = ""
+    # False when no other answer could pass: the check cannot run here. Not stored.
+    retryable: bool = True
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        found = asdict(self)
+        del found["retryable"]
+        return found
 
 
 @dataclass
@@ -477,19 +481,22 @@ def _read_blocklist(p: BlocklistParams) -> BlocklistParams:
 def run(checks: list[tuple[str, dict[str, Any]]], answer: Answer) -> list[Verdict]:
     """The cheap checks' verdicts, in the order declared. A check that cannot run here
     (not registered on this worker, declared wrong in a stored spec), raises, or runs
-    past its time limit fails its item with the reason, never the chunk."""
+    past its time limit fails its item with the reason, never the chunk; when no other
+    answer could pass it (it cannot run here), no retry is spent on it."""
     verdicts = []
     for name, params in checks:
         try:
             check = lookup(name)
             if check is None:
-                verdicts.append(Verdict(name, False, reason=(
+                verdicts.append(Verdict(name, False, retryable=False, reason=(
                     f"check {name!r} is not registered on this worker")))
                 continue
             declared = _params(name, check, params, at_submit=False)
             if check.run is not None:
                 verdicts.append(check.run(answer, declared))
-        except (Refused, registry.RegistryError, registry.CheckFailed) as exc:
+        except (Refused, registry.RegistryError) as exc:
+            verdicts.append(Verdict(name, False, reason=str(exc), retryable=False))
+        except registry.CheckFailed as exc:
             verdicts.append(Verdict(name, False, reason=str(exc)))
         except Exception as exc:  # a check's bug fails its item, not the chunk
             verdicts.append(Verdict(name, False, reason=f"the check raised {exc!r}"))

@@ -92,9 +92,11 @@ def max_answers(spec: JobSpec) -> int:
 
 
 def decide(spec: JobSpec, last: Answered, *, answered: int, room: int) -> Plan | None:
-    """The plan for the item's next answer, or None when it stops: `last` passed, or the
-    item had `answered` all it may. `room` is the most new tokens its prompt leaves."""
-    if not last.failed or answered >= max_answers(spec):
+    """The plan for the item's next answer, or None when it stops: `last` passed, the
+    item had `answered` all it may, or a check failed that no answer could pass. `room`
+    is the most new tokens its prompt leaves."""
+    if (not last.failed or answered >= max_answers(spec)
+            or not all(v.retryable for v in last.failed)):
         return None
     return next_attempt(spec, last.attempt, last.failed, last.sampling, room)
 

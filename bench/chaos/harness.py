@@ -23,6 +23,7 @@ import psutil
 import redis
 from celery import Celery
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from bench.chaos.fleet import NIGHTSHIFT, Fleet, Options, Worker
 from bench.chaos.servers import PostgresCluster, RedisServer
@@ -59,6 +60,10 @@ class Verdict:
         if self.state != JobState.COMPLETED:
             found.append(f"job {self.state}")
         return found + [f"hung: {w}" for w in self.hung]
+
+
+class JobEnded(Exception):
+    """The job ended before the moment a fault was waiting for came."""
 
 
 class Monitor:
@@ -208,14 +213,15 @@ class Harness:
 
     def wait_for(self, what: str, ready: Any, timeout: float, every: float = 0.2) -> Any:
         """Polls `ready()` until it is truthy, supervising the fleet meanwhile (a worker
-        that exited is started again); a database being restarted reads as "not yet"."""
+        that exited is started again); a database being restarted reads as "not yet",
+        anything else `ready()` raises ends the wait."""
         assert self.fleet is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.fleet.supervise()
             try:
                 value = ready()
-            except Exception:
+            except SQLAlchemyError:
                 db.engine_for(self.db_url).dispose()
                 value = None
             if value:
@@ -268,24 +274,35 @@ class Harness:
         return "\n".join(f"--- {w.log.name}\n{w.log.read_text(errors='replace')[-chars:]}"
                          for w in self.workers if w.log.exists())
 
-    def hung_workers(self) -> list[str]:
-        """Workers that are neither exited (their code recorded), starting, nor serving: a
-        stopped process, or a ready one whose Celery consumer answers no ping."""
-        # A worker started again and still loading its engine is neither.
-        alive = [w for w in self.workers if w.reap() is None and w.ready()]
-        if not alive:
-            return []
-        stopped = [w.name for w in alive if _stopped(w.pid)]
+    def hung_workers(self, grace: float = 30.0) -> list[str]:
+        """Workers that, for `grace` seconds, are neither exited (their code recorded),
+        starting, nor serving: a stopped process, or a ready one whose Celery consumer
+        answers no ping. A worker that lost its broker answers none while it shuts down."""
         app = Celery("chaos-ping", broker=self.broker_url, set_as_current=False)
-        replies: list[dict[str, Any]] = []
-        for _ in range(3):  # a worker busy writing may miss one ping
-            replies += _ping(app)
-            answered = {name for reply in replies for name in reply}
+        answered: set[str] = set()  # a worker busy writing may miss one ping
+        deadline = time.monotonic() + grace
+        while True:
+            # A worker started again and still loading its engine is neither.
+            alive = [w for w in self.workers if w.reap() is None and w.ready()]
+            stopped = [w.name for w in alive if _stopped(w.pid)]
+            answered |= {name for reply in _ping(app) for name in reply}
             silent = [w.name for w in alive if w.name not in stopped
                       and not any(n.startswith(f"{w.name}-{w.pid}-") for n in answered)]
-            if not silent:
-                break
-        return stopped + silent
+            if not stopped + silent or time.monotonic() >= deadline:
+                return stopped + silent
+
+    def describe(self, job_id: str) -> str:
+        """The job's chunks by status and owner, and the fleet: for a failure's message."""
+        try:
+            with db.session(self.db_url) as session:
+                chunks = str(dict(Counter(tuple(row) for row in session.execute(
+                    select(Chunk.status, Chunk.lease_owner).where(Chunk.job_id == job_id)))))
+        except SQLAlchemyError as exc:
+            chunks = f"unreadable: {str(exc).splitlines()[0]}"
+        fleet = [f"{w.name} (start {w.starts}, exits {w.exits}, "
+                 f"{'ready' if w.alive() and w.ready() else 'alive' if w.alive() else 'exited'})"
+                 for w in self.workers]
+        return f"chunks {chunks}; workers " + ", ".join(fleet)
 
 
 def _stopped(pid: int) -> bool:
@@ -311,4 +328,4 @@ def stall_option_exists() -> bool:
     return "--stall-seconds" in done.stdout
 
 
-__all__ = ["Harness", "Monitor", "Options", "Verdict"]
+__all__ = ["Harness", "JobEnded", "Monitor", "Options", "Verdict"]

@@ -22,9 +22,19 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 
 from bench.chaos.fleet import Worker
-from bench.chaos.harness import Harness, Monitor, Verdict
+from bench.chaos.harness import Harness, JobEnded, Monitor, Verdict
 from schemas import db
-from schemas.tables import Attempt, Chunk, ChunkStatus, Item, ItemStatus, Job, Result, utcnow
+from schemas.tables import (
+    Attempt,
+    Chunk,
+    ChunkStatus,
+    Item,
+    ItemStatus,
+    Job,
+    JobState,
+    Result,
+    utcnow,
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +53,7 @@ class Size:
 
 
 # `make test`: small jobs, a few chunks per worker slot.
-SHORT = Size(items=48, chunk_size=4, timeout=240)
+SHORT = Size(items=96, chunk_size=4, timeout=240, late_job=0.5)
 # `make chaos`: the full version.
 FULL = Size(items=500, chunk_size=8, timeout=900)
 
@@ -101,8 +111,8 @@ def _run(h: Harness, name: str, size: Size, inject: Callable[[str], Fault],
     fault = None
     try:
         fault = inject(job)
-    except TimeoutError as exc:  # the fault went wrong: does the job still end?
-        report.problems.append(str(exc))
+    except (TimeoutError, JobEnded) as exc:  # the fault went wrong: does the job still end?
+        report.problems.append(f"{exc} ({h.describe(job)})")
     try:
         limit = timeout or size.timeout
         if not h.wait_completed(job, limit):
@@ -135,8 +145,11 @@ def _progress(h: Harness, job: str, size: Size, share: float | None = None) -> N
 
 def _a_worker_holding(h: Harness, job: str, rng: random.Random, timeout: float
                       ) -> tuple[Worker, str]:
-    """A ready worker that holds a lease on the job now, picked at random."""
+    """A ready worker that holds a lease on the job now, picked at random (JobEnded if
+    the job ends first)."""
     def holders() -> list[tuple[Worker, str]]:
+        if h.state(job) in JobState.FINAL:
+            raise JobEnded(f"job {job} ended before a worker was seen holding a chunk")
         found = []
         for w in h.workers:
             if w.alive() and w.ready():
@@ -153,8 +166,14 @@ def _a_worker_holding(h: Harness, job: str, rng: random.Random, timeout: float
 def sigkill(h: Harness, size: Size, rng: random.Random, kills: int = 3) -> Report:
     def inject(job: str) -> Fault:
         first, interrupted = None, set()
-        for _ in range(kills):
-            victim, owner = _a_worker_holding(h, job, rng, size.timeout)
+        for n in range(kills):
+            try:
+                victim, owner = _a_worker_holding(h, job, rng, size.timeout)
+            except JobEnded:
+                if n == 0:
+                    raise
+                notes.append(f"the job ended after {n} kills")
+                break
             time.sleep(rng.uniform(0.0, 1.5))  # somewhere within its chunks' work
             interrupted |= set(h.leased_by(job, owner))
             victim.kill()
@@ -162,7 +181,10 @@ def sigkill(h: Harness, size: Size, rng: random.Random, kills: int = 3) -> Repor
             victim.start()  # as its supervisor would
         return Fault(first or time.monotonic(), interrupted)
 
-    return _run(h, "sigkill x3", size, inject)
+    notes: list[str] = []
+    report = _run(h, "sigkill x3", size, inject)
+    report.notes += notes
+    return report
 
 
 # 2. A Redis restart mid-job: every message on the broker is lost.

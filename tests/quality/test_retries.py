@@ -74,6 +74,13 @@ def test_a_failed_answer_is_asked_again_until_the_job_has_its_max_attempts() -> 
     assert decide(spec, Last(3, [CUT]), answered=3, room=500) is None
 
 
+def test_no_retry_is_spent_on_a_check_no_answer_could_pass() -> None:
+    spec = JobSpec(checks=["not_truncated"], max_attempts=3)
+    cannot_run = Verdict("custom", False, reason="not registered", retryable=False)
+    assert decide(spec, Last(1, [CUT, cannot_run]), answered=1, room=500) is None
+    assert "retryable" not in cannot_run.as_dict()
+
+
 def test_a_job_without_a_bar_gets_one_answer_whatever_failed() -> None:
     assert decide(JobSpec(max_attempts=3), Last(1, [CUT]), answered=1, room=500) is None
 

@@ -221,13 +221,13 @@ def test_a_check_that_raises_fails_its_item_with_the_exception_not_the_chunk(
     assert outcome.status == "failed" and "ZeroDivisionError" in (outcome.error or "")
 
 
-def test_a_stored_spec_naming_a_check_not_registered_here_fails_its_items_with_the_reason(
+def test_a_stored_spec_naming_a_check_not_registered_here_fails_its_items_at_once(
         tokenizer: Any) -> None:
     host = ScriptedHost(tokenizer, lambda p, a: ("an answer", "stop", 0))
     spec = JobSpec.model_validate({"checks": [{"name": "custom", "params": {"fn": "os:system"}}],
                                    "max_attempts": 2})
     outcomes = run_items(host, spec, _items("x", "y"), "job:0")  # type: ignore[arg-type]
-    assert [o.status for o in outcomes] == ["failed", "failed"]
+    assert [(o.status, o.attempts) for o in outcomes] == [("failed", 1), ("failed", 1)]
     assert all("check 'custom' is not registered on this worker" in (o.error or "")
                for o in outcomes)
 
