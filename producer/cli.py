@@ -15,16 +15,16 @@ import click
 from pydantic import ValidationError
 from sqlalchemy.exc import OperationalError
 
-from producer import export, readers, status
+from producer import formats, status
 from schemas import db
-from schemas.errors import ConfigError, NightshiftError
-from schemas.rows import reason
+from schemas.errors import ConfigError, NightshiftError, reason
 from schemas.settings import Settings, load, redact
-from schemas.spec import JobSpec
 from schemas.tables import JobState
 
+# What a command needs is imported in its body: `status` answers in a fraction of a second.
 if TYPE_CHECKING:
     from producer.schedule import Schedule
+    from schemas.spec import JobSpec
 
 
 class Group(click.Group):
@@ -81,7 +81,7 @@ def cli() -> None:
               help="Constrain answers to JSON this schema accepts (extraction).")
 @click.option("--spec", "spec_file", type=click.Path(exists=True, path_type=Path),
               help="A job spec (JSON) that the options below override.")
-@click.option("--format", "fmt", type=click.Choice(readers.FORMATS), default="auto",
+@click.option("--format", "fmt", type=click.Choice(formats.INPUT), default="auto",
               show_default=True, help="auto: by the path, then the first row (a row of only "
               "path and id is a paths file). documents: a folder, a glob or one file; "
               "paths: a JSONL of {\"path\"} or {\"id\", \"path\"} rows.")
@@ -267,6 +267,7 @@ def _warn_unserved(db_url: str, model: str) -> None:
 
 def build_spec(spec_file: Path | None, sampling: dict[str, Any], **given: Any) -> JobSpec:
     from quality import checks
+    from schemas.spec import JobSpec
 
     base: dict[str, Any] = _read_json(spec_file) if spec_file else {}
     base.update({k: v for k, v in given.items() if v is not None})
@@ -385,7 +386,7 @@ def _done(s: dict[str, Any]) -> int:
 
 @cli.command()
 @click.argument("job_id")
-@click.option("--format", "fmt", type=click.Choice(export.FORMATS), default="jsonl",
+@click.option("--format", "fmt", type=click.Choice(formats.OUTPUT), default="jsonl",
               show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="File [default: stdout]")
 @click.option("--errors", "errors_path", type=click.Path(path_type=Path),
@@ -414,6 +415,8 @@ def results(job_id: str, fmt: str, output: Path | None, errors_path: Path | None
     db.check_reachable(settings.database_url)
     if as_json and output is None:
         raise ConfigError("--json describes the files written: pass -o FILE")
+    from producer import export
+
     job_id = status.resolve(settings.database_url, job_id)
     done = export.to_files(settings.database_url, job_id, fmt, output, errors=errors_path,
                            per_piece=per_piece)

@@ -24,7 +24,6 @@ from schemas import db
 from schemas.errors import ConfigError, JobNotFound
 from schemas.tables import Item, ItemStatus, Job, Piece, Quality, Result
 
-FORMATS = ("jsonl", "csv", "parquet", "openai")
 CSV_FIELDS = ["id", "status", "output", "label", "error", "finish_reason", "quality",
               "attempts", "attempt", "prompt_tokens", "completion_tokens", "checks", "metrics"]
 # Structured values that CSV and Parquet carry as JSON text (their shapes vary by job).

@@ -25,11 +25,10 @@ import msgspec
 from pydantic import ValidationError
 
 from producer import documents
-from schemas.errors import InputError, UnreadableDocument
+from schemas.errors import InputError, UnreadableDocument, reason
 from schemas.render import render
-from schemas.rows import OpenAIRequest, PromptRow, reason
+from schemas.rows import OpenAIRequest, PromptRow
 
-FORMATS = ("auto", "jsonl", "openai", "csv", "documents", "paths")
 PATHS_KEYS = frozenset({"id", "path"})
 GLOB_MAGIC = re.compile(r"[*?[]")
 # The common row, `{"id", "prompt"}`, is checked without pydantic: same verdict, a

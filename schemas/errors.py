@@ -1,5 +1,9 @@
 """Errors for people who run nightshift: each message says what to fix."""
 
+from __future__ import annotations
+
+from pydantic import ValidationError
+
 
 class NightshiftError(Exception):
     """Base of every error the CLI reports as one line and a non-zero exit."""
@@ -44,3 +48,16 @@ class ModelError(NightshiftError):
     """The model cannot be found or loaded."""
 
     exit_code = 2
+
+
+def reason(exc: ValidationError | ValueError) -> str:
+    """A validation failure as one line a person can act on."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {message}{more}" if where else f"{message}{more}"

@@ -14,6 +14,7 @@ from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from schemas.errors import reason
 from schemas.spec import Sampling
 
 
@@ -208,16 +209,3 @@ def response_schema(response_format: Any) -> dict[str, Any] | None:
         raise ValueError(f"body.response_format.json_schema.schema is invalid: "
                          f"{exc.message}") from None
     return schema
-
-
-def reason(exc: ValidationError | ValueError) -> str:
-    """A validation failure as one line a person can act on."""
-    if not isinstance(exc, ValidationError):
-        return str(exc)
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field"
-    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{where}: {message}{more}" if where else f"{message}{more}"

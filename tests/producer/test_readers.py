@@ -243,7 +243,8 @@ def test_the_fast_path_for_prompt_rows_gives_pydantics_verdict(obj: dict[str, An
     from pydantic import ValidationError
 
     from producer.readers import _fields_row
-    from schemas.rows import PromptRow, reason
+    from schemas.errors import reason
+    from schemas.rows import PromptRow
 
     key = str(obj["id"]) if obj.get("id") not in (None, "") else "3"
     try:

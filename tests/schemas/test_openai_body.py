@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from schemas.rows import OPENAI_IGNORED, OPENAI_NEUTRAL, OPENAI_SAMPLING, OpenAIRequest, reason
+from schemas.errors import reason
+from schemas.rows import OPENAI_IGNORED, OPENAI_NEUTRAL, OPENAI_SAMPLING, OpenAIRequest
 
 CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
 USER = [{"role": "user", "content": "Hi"}]

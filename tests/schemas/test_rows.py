@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from schemas.rows import OpenAIRequest, PromptRow, reason
+from schemas.errors import reason
+from schemas.rows import OpenAIRequest, PromptRow
 
 CHAT = "/v1/chat/completions"
 USER = [{"role": "user", "content": "Hi"}]
