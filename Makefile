@@ -5,7 +5,6 @@ NS       := $(VENV)/bin/nightshift
 STAMP    := $(VENV)/.installed
 EXTRAS   ?= cpu,postgres,parquet,dev
 INPUT    ?=
-DUPLICATES ?=
 PYTEST_ARGS ?=
 
 .PHONY: install model demo test chaos chaos-short bench bench-quality bench-classify bench-dataplane bench-engine lint lint-docker clean
@@ -48,7 +47,7 @@ chaos-short: model
 	$(PY) -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
 
 bench: model
-	$(PY) -m bench.run $(if $(INPUT),--input $(INPUT),) $(if $(DUPLICATES),--duplicates $(DUPLICATES),)
+	$(PY) -m bench.run $(if $(INPUT),--input $(INPUT),)
 
 # The quality bar on the demo model: first-try vs after-retries pass rate (bench/quality.py).
 bench-quality: model
