@@ -104,11 +104,8 @@ def cli() -> None:
 @click.option("--overlap", type=int, help="Tokens neighbouring pieces share [default: 64].")
 @click.option("--reduce-template", help="Jinja2 template combining pieces' answers: sees "
               "`parts` (list), `request` and the document's fields.")
-@click.option("--dedup", is_flag=True, help="Rows whose whole request is identical share one "
-              "answer even when sampled (greedy rows and identical documents always do).")
-@click.option("--reuse-results", is_flag=True, help="A row an earlier job answered with the "
-              "same request (model, prompts, sampling, checks) takes that answer; it does not "
-              "run. For documents, greedy rows, and --dedup jobs.")
+@click.option("--reuse-results", is_flag=True, help="A document an earlier job answered with "
+              "the same model, prompts, sampling and checks takes that answer; it does not run.")
 @click.option("--skip-invalid", is_flag=True, help="Leave invalid rows out instead of failing.")
 @click.option("--max-document-bytes", metavar="SIZE", default="50MiB", show_default=True,
               callback=lambda ctx, param, value: _size(value),
@@ -187,7 +184,6 @@ class SubmitOptions:
     split_mode: str | None
     overlap: int | None
     reduce_template: str | None
-    dedup: bool
     reuse_results: bool
     skip_invalid: bool
     max_document_bytes: int
@@ -212,7 +208,6 @@ class SubmitOptions:
             ladder=self.ladder.split(",") if self.ladder else None,
             split=self.split_mode.replace("-", "_") if self.split_mode else None,
             overlap=self.overlap, reduce_template=self.reduce_template,
-            dedup=self.dedup or None,
             sampling={"temperature": self.temperature, "top_p": self.top_p,
                       "max_tokens": self.max_tokens, "seed": self.seed, "n": self.samples})
 

@@ -114,8 +114,8 @@ def _load(items: _Items, rows: Iterator[readers.Row | readers.RowError | readers
 
 def _write_job(session: Session, job: Job, spec: JobSpec, result: Submitted, *, keyed: bool,
                reuse_results: bool) -> None:
-    """The job after its items, then its counts and its chunks; keyed items (identical
-    requests) are each answered once, and earlier jobs' answers taken if asked for."""
+    """The job after its items, then its counts and its chunks; keyed items (documents)
+    are each answered once, and earlier jobs' answers taken if asked for."""
     session.add(job)
     session.flush()  # the job first: its chunks' foreign key
     conn = session.connection()
@@ -201,7 +201,7 @@ class _Items:
     def __init__(self, loading: _Loading, job_id: str, spec: JobSpec, result: Submitted,
                  on_invalid: Callable[[readers.RowError], None] | None) -> None:
         self.loading, self.job_id, self.chunk_size = loading, job_id, spec.chunk_size
-        self.spec, self.fingerprint = spec, dedup.fingerprint(spec)
+        self.fingerprint = dedup.fingerprint(spec)
         self.keyed = False
         self.result, self.on_invalid = result, on_invalid
         self.entries: list[readers.Row | readers.RowError] = []
@@ -231,14 +231,12 @@ class _Items:
     def _insert(self, session: Session, entries: list[readers.Row | readers.RowError]) -> None:
         first, size, job_id = self.result.items, self.chunk_size, self.job_id
         rows = [row for row in entries if isinstance(row, readers.Row)]
-        encoded = [_encode(row.payload) for row in rows]
-        keys = [dedup.content_key(self.fingerprint, self.spec, row.payload, body)
-                for row, body in zip(rows, encoded, strict=True)]
+        keys = [dedup.content_key(self.fingerprint, row.payload) for row in rows]
         self.keyed = self.keyed or any(keys)
         bulk.insert_rows(session.connection(), Item.__table__, ITEM_COLUMNS, [
-            (job_id, seq, row.key, seq // size, body.decode(), ItemStatus.PENDING, 0, key)
-            for (seq, row), body, key in zip(enumerate(rows, start=first), encoded, keys,
-                                             strict=True)])
+            (job_id, seq, row.key, seq // size, _encode(row.payload).decode(),
+             ItemStatus.PENDING, 0, key)
+            for (seq, row), key in zip(enumerate(rows, start=first), keys, strict=True)])
 
     def _duplicates_marked(self, session: Session, entries: list[readers.Row | readers.RowError]
                            ) -> list[readers.Row | readers.RowError]:

@@ -1,15 +1,11 @@
-"""Identical requests are answered once.
+"""Identical documents are answered once.
 
-An item whose answer may be shared carries a content key: the hash of everything that
-decides its answer, the job's part (model, prompts, sampling, checks, adapter, splitting)
-with the row's (a document's text, any other row's whole payload: its prompt or messages,
-sampling overrides, reference). A document always may; any other row when its request
-is greedy (a sampled row is an independent sample) or its job asks for sharing
-(`--dedup`). Within a job, every item but the first of a key is marked `same_as` that
-first one and never runs; when the first one's result is written, the others receive a
-copy in the same transaction, with no tokens counted. Across jobs, `submit
---reuse-results` copies the latest succeeded result of an equal key from an earlier job
-at submit time, and the item does not run at all.
+A document item carries a content key: the hash of its text together with everything
+that decides its answer (model, prompts, sampling, checks, splitting). Within a job,
+every item but the first of a key is marked `same_as` that first one and never runs;
+when the first one's result is written, the others receive a copy in the same
+transaction. Across jobs, `submit --reuse-results` copies the latest succeeded result of
+an equal key from an earlier job at submit time, and the item does not run at all.
 """
 
 from __future__ import annotations
@@ -21,11 +17,10 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, func, insert, literal, select, update
 from sqlalchemy.orm import aliased
 
-from schemas.spec import JobSpec
 from schemas.tables import Item, ItemStatus, Result
 
 # Fields of a spec that do not change an item's answer.
-NOT_ANSWER = {"chunk_size", "dedup"}
+NOT_ANSWER = {"chunk_size"}
 
 
 def fingerprint(spec: Any) -> str:
@@ -34,34 +29,23 @@ def fingerprint(spec: Any) -> str:
     return json.dumps(decides, sort_keys=True, separators=(",", ":"))
 
 
-def content_key(fingerprint: str, spec: JobSpec, payload: dict[str, Any], encoded: bytes
-                ) -> str | None:
-    """The row's key, or None when its answer is its own. `encoded` is the payload as
-    stored."""
+def content_key(fingerprint: str, payload: dict[str, Any]) -> str | None:
     sha = payload.get("sha256")
-    if sha is not None and "document" in payload:
-        row = str(sha).encode()
-    elif spec.dedup or _greedy(spec, payload):
-        row = encoded
-    else:
+    if sha is None or "document" not in payload:
         return None
-    return hashlib.blake2b(fingerprint.encode() + b"\0" + row, digest_size=32).hexdigest()
-
-
-def _greedy(spec: JobSpec, payload: dict[str, Any]) -> bool:
-    temperature = (payload.get("sampling") or {}).get("temperature")
-    return (spec.sampling.temperature if temperature is None else temperature) == 0
+    return hashlib.blake2b(f"{fingerprint}\0{sha}".encode(), digest_size=32).hexdigest()
 
 
 def mark_duplicates(conn: Connection, job_id: str) -> None:
     """Within the job, point every later item of a content key at the first one."""
-    first = (select(Item.content_key, func.min(Item.seq).label("seq"))
-             .where(Item.job_id == job_id, Item.content_key.is_not(None))
-             .group_by(Item.content_key).having(func.count() > 1).subquery())
-    conn.execute(update(Item).where(Item.job_id == job_id,
-                                    Item.content_key == first.c.content_key,
-                                    Item.seq > first.c.seq)
-                 .values(same_as=first.c.seq))
+    first = aliased(Item)
+    earliest = (select(func.min(first.seq))
+                .where(first.job_id == Item.job_id, first.content_key == Item.content_key)
+                .scalar_subquery())
+    conn.execute(update(Item).where(Item.job_id == job_id, Item.content_key.is_not(None))
+                 .values(same_as=earliest))
+    conn.execute(update(Item).where(Item.job_id == job_id, Item.same_as == Item.seq)
+                 .values(same_as=None))
 
 
 # A copy is a new row of its own time that cost no tokens; the rest is the original's.
@@ -87,7 +71,7 @@ def share_results(conn: Connection, job_id: str, seqs: list[int]) -> None:
 
 
 def reuse_earlier(conn: Connection, job_id: str, *, batch: int = 500) -> int:
-    """Give the job's keyed items the latest succeeded result of an equal content key
+    """Give the job's document items the latest succeeded result of an equal content key
     from another job; they are done before any worker sees them. Returns how many."""
     mine = dict(conn.execute(select(Item.content_key, Item.seq).where(
         Item.job_id == job_id, Item.content_key.is_not(None), Item.same_as.is_(None))).all())
