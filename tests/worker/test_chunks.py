@@ -232,22 +232,28 @@ def test_a_chunk_runs_its_stored_checks_with_their_defaults_and_fails_one_it_can
         stack: Stack, tmp_path: Path, tokenizer: Any) -> None:
     """The worker validates the spec it loads: `length:max=3` is a number with its unit's
     default (the ladder asks the retry for a shorter answer), and a check this worker has
-    no registration for fails each item's verdict with the reason, never the chunk."""
+    no registration for fails each item's verdict with the reason, never the chunk, and
+    spends no retry."""
     path = tmp_path / "in.jsonl"
     path.write_text(json.dumps({"prompt": "p0"}) + "\n")
     settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
-    spec = JobSpec(checks=["length:max=3", "spelling:lang=en"], max_attempts=2)
-    job = submit(settings, spec, path).job_id
-    host = ScriptedHost(tokenizer, lambda text, attempt: ("a long answer", "stop", 0.0))
-    beat = leases.Heartbeat(stack.db_url, "w", ttl=60)
-    try:
-        assert run_chunk(Runtime(host, stack.db_url, "w", beat), job, 0) == "done"  # type: ignore[arg-type]
-    finally:
-        beat.stop()
-    with db.session(stack.db_url) as s:
-        result = s.scalars(select(Result).where(Result.job_id == job)).one()
-        tries = s.scalars(select(Attempt).where(Attempt.job_id == job)
-                          .order_by(Attempt.attempt)).all()
+
+    def run(checks: list[str]) -> tuple[Result, list[Attempt]]:
+        job = submit(settings, JobSpec(checks=checks, max_attempts=2), path).job_id
+        host = ScriptedHost(tokenizer, lambda text, attempt: ("a long answer", "stop", 0.0))
+        beat = leases.Heartbeat(stack.db_url, "w", ttl=60)
+        try:
+            assert run_chunk(Runtime(host, stack.db_url, "w", beat), job, 0) == "done"  # type: ignore[arg-type]
+        finally:
+            beat.stop()
+        with db.session(stack.db_url) as s:
+            return (s.scalars(select(Result).where(Result.job_id == job)).one(),
+                    list(s.scalars(select(Attempt).where(Attempt.job_id == job)
+                                   .order_by(Attempt.attempt))))
+
+    result, tries = run(["length:max=3"])
     assert (result.status, result.attempts) == ("failed", 2)
-    assert "check 'spelling' is not registered on this worker" in (result.error or "")
     assert "Answer completely in at most" in (tries[1].prompt or "")
+    result, tries = run(["length:max=3", "spelling:lang=en"])
+    assert (result.status, result.attempts) == ("failed", 1)
+    assert "check 'spelling' is not registered on this worker" in (result.error or "")
