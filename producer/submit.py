@@ -1,29 +1,32 @@
 """Create a job: validate every row, write its items, then the job and its chunks, enqueue.
 
 A job is all or nothing: a bad row (reported with its line number) leaves no job,
-unless the caller asked to skip invalid rows. Rows are written in batches as they
-stream in, so memory stays flat whatever the file's size. On SQLite each batch is a
-transaction of its own, and the input is read between them: a folder of PDFs parsed
-for minutes holds SQLite's one write lock for a batch's insert at a time, never
-while it parses, so workers' writes and heartbeats go in between (_Loading).
+unless the caller asked to skip invalid rows. The whole input is read first, its rows
+spooled to a temporary file (memory stays flat whatever the file's size) and keyed by
+their prompts' leading parts; then they are written in batches, each in its chunk of the
+prefix-grouped order (producer.order). Nothing is written while the input is read: a
+folder of PDFs parsed for minutes holds no lock. On SQLite each batch is a transaction
+of its own, so workers' writes and heartbeats go in between (_Loading).
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import msgspec
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from producer import documents, readers
+from producer import documents, order, readers
 from producer.schedule import Schedule
 from schemas import db, dedup
 from schemas.db import bulk, counters
@@ -41,7 +44,12 @@ BATCH = 5_000
 DISCARD_BATCH = 50_000
 ITEM_COLUMNS = ("job_id", "seq", "key", "chunk", "payload", "status", "deaths", "content_key")
 CHUNK_COLUMNS = ("job_id", "seq", "size", "status", "deliveries")
+# Read rows kept in memory up to this size, then in a temporary file.
+SPOOL_IN_MEMORY = 32 << 20
 _encode = msgspec.json.Encoder().encode
+# A batch of read rows as spooled: (line, id, payload as JSON, content key).
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(list[tuple[int, str, str, str | None]]).decode
 SHOWN_ERRORS = 20
 
 
@@ -75,12 +83,15 @@ def submit(settings: Settings, spec: JobSpec, path: Path, *, fmt: str = "auto",
     input_format = readers.detect_format(path) if fmt == "auto" else fmt
     job_id = uuid.uuid4().hex
     result = Submitted(job_id, 0, 0)
-    with _Loading(settings.database_url, job_id) as loading:
-        items = _Items(loading, job_id, spec, result, on_invalid)
-        _load(items, readers.read(path, input_format, spec.template,
+    with (_Loading(settings.database_url, job_id) as loading,
+          tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool):
+        items = _Items(loading, spool, job_id, spec, result, on_invalid)
+        _read(items, readers.read(path, input_format, spec.template,
                                   max_document_bytes=max_document_bytes), on_skipped)
-        _refuse_if_invalid(path, result, skip_invalid)
-        result.chunks = -(-result.items // spec.chunk_size)
+        _refuse_if_invalid(path, result, skip_invalid)  # before a row is written
+        items.write()
+        _refuse_if_invalid(path, result, skip_invalid)  # duplicate ids
+        _refuse_if_empty(path, result)
         first = broker.first_window(result.chunks, settings.window)
         job = Job(id=job_id, state=JobState.SCHEDULED if held else JobState.QUEUED,
                   start_at=schedule.start_at, deadline=schedule.deadline,
@@ -98,7 +109,7 @@ def submit(settings: Settings, spec: JobSpec, path: Path, *, fmt: str = "auto",
     return result
 
 
-def _load(items: _Items, rows: Iterator[readers.Row | readers.RowError | readers.Skipped],
+def _read(items: _Items, rows: Iterator[readers.Row | readers.RowError | readers.Skipped],
           on_skipped: Callable[[readers.Skipped], None] | None) -> None:
     """Every row into the job's items; unreadable documents are skipped and leave the job
     standing."""
@@ -109,7 +120,6 @@ def _load(items: _Items, rows: Iterator[readers.Row | readers.RowError | readers
                 on_skipped(row)
             continue
         items.add(row)
-    items.flush()
 
 
 def _write_job(session: Session, job: Job, spec: JobSpec, result: Submitted, *, keyed: bool,
@@ -194,63 +204,94 @@ class _Loading:
 
 
 class _Items:
-    """Rows in input order, written a batch at a time. A duplicate id is found by the
-    items table's unique index, not by a set of every id seen (memory stays flat), and
-    becomes that row's error; errors are reported in line order."""
+    """Rows in input order, read first and written once all are in (a spool file, not
+    memory: a million rows stay under a few tens of MB), so that each can be given its
+    chunk in the prefix-grouped order (producer.order). A duplicate id is found by the
+    items table's unique index as the rows are written, not by a set of every id seen,
+    and becomes that row's error; the errors shown are in line order."""
 
-    def __init__(self, loading: _Loading, job_id: str, spec: JobSpec, result: Submitted,
-                 on_invalid: Callable[[readers.RowError], None] | None) -> None:
-        self.loading, self.job_id, self.chunk_size = loading, job_id, spec.chunk_size
+    def __init__(self, loading: _Loading, spool: IO[bytes], job_id: str, spec: JobSpec,
+                 result: Submitted, on_invalid: Callable[[readers.RowError], None] | None
+                 ) -> None:
+        self.loading, self.spool = loading, spool
+        self.job_id, self.chunk_size = job_id, spec.chunk_size
         self.fingerprint = dedup.fingerprint(spec)
         self.keyed = False
         self.result, self.on_invalid = result, on_invalid
-        self.entries: list[readers.Row | readers.RowError] = []
+        self.keys = order.Keys()
+        self.rows: list[tuple[int, str, str, str | None]] = []
 
     def add(self, entry: readers.Row | readers.RowError) -> None:
-        self.entries.append(entry)
-        if len(self.entries) >= BATCH:
-            self.flush()
-
-    def flush(self) -> None:
-        entries, self.entries = self.entries, []
-        if not entries:
+        if isinstance(entry, readers.RowError):
+            self._invalid(entry)
             return
+        key = dedup.content_key(self.fingerprint, entry.payload)
+        self.keyed = self.keyed or key is not None
+        self.keys.add(entry.payload)
+        self.rows.append((entry.line, entry.key, _encode(entry.payload).decode(), key))
+        if len(self.rows) >= BATCH:
+            self._spill()
+
+    def _spill(self) -> None:
+        blob = _pack(self.rows)
+        self.spool.write(len(blob).to_bytes(8, "little") + blob)
+        self.rows = []
+
+    def write(self) -> None:
+        """Every row read, into the items table a batch at a time; returns once all are."""
+        if self.rows:
+            self._spill()
+        read = len(self.keys)
+        grouped = self.keys.chunks(self.chunk_size)
+        self.keys = order.Keys()
+        self.spool.seek(0)
+        position = 0
+        while header := self.spool.read(8):
+            rows = _unpack(self.spool.read(int.from_bytes(header, "little")))
+            chunks = (None if grouped is None
+                      else grouped[position:position + len(rows)].tolist())
+            position += len(rows)
+            self._write_batch(rows, chunks)
+        self.result.chunks = -(-(read if grouped is not None else self.result.items)
+                               // self.chunk_size)
+        self.result.invalid.sort(key=lambda error: error.line)
+
+    def _write_batch(self, rows: list[tuple[int, str, str, str | None]],
+                     chunks: list[int] | None) -> None:
         try:
             with self.loading.batch() as session:
-                self._insert(session, entries)
+                self._insert(session, rows, chunks)
         except IntegrityError:
             with self.loading.batch() as session:
-                entries = self._duplicates_marked(session, entries)
-                self._insert(session, entries)
-        for entry in entries:
-            if isinstance(entry, readers.RowError):
-                self._invalid(entry)
-            else:
-                self.result.items += 1
+                rows, chunks = self._duplicates_dropped(session, rows, chunks)
+                self._insert(session, rows, chunks)
+        self.result.items += len(rows)
 
-    def _insert(self, session: Session, entries: list[readers.Row | readers.RowError]) -> None:
+    def _insert(self, session: Session, rows: list[tuple[int, str, str, str | None]],
+                chunks: list[int] | None) -> None:
+        """Rows numbered on from those already written; in the input's chunks (`chunks`
+        None) or in the grouped ones."""
         first, size, job_id = self.result.items, self.chunk_size, self.job_id
-        rows = [row for row in entries if isinstance(row, readers.Row)]
-        keys = [dedup.content_key(self.fingerprint, row.payload) for row in rows]
-        self.keyed = self.keyed or any(keys)
+        seqs = range(first, first + len(rows))
+        cut = [seq // size for seq in seqs] if chunks is None else chunks
         bulk.insert_rows(session.connection(), Item.__table__, ITEM_COLUMNS, [
-            (job_id, seq, row.key, seq // size, _encode(row.payload).decode(),
-             ItemStatus.PENDING, 0, key)
-            for (seq, row), key in zip(enumerate(rows, start=first), keys, strict=True)])
+            (job_id, seq, key, chunk, payload, ItemStatus.PENDING, 0, content)
+            for seq, chunk, (_, key, payload, content) in zip(seqs, cut, rows, strict=True)])
 
-    def _duplicates_marked(self, session: Session, entries: list[readers.Row | readers.RowError]
-                           ) -> list[readers.Row | readers.RowError]:
-        keys = {row.key for row in entries if isinstance(row, readers.Row)}
+    def _duplicates_dropped(self, session: Session, rows: list[tuple[int, str, str, str | None]],
+                            chunks: list[int] | None
+                            ) -> tuple[list[tuple[int, str, str, str | None]], list[int] | None]:
+        keys = {row[1] for row in rows}
         taken = set(session.scalars(select(Item.key).where(Item.job_id == self.job_id,
                                                            Item.key.in_(keys))))
-        marked: list[readers.Row | readers.RowError] = []
-        for entry in entries:
-            if isinstance(entry, readers.Row) and entry.key in taken:
-                entry = readers.RowError(entry.line, f"duplicate id {entry.key!r}")
-            elif isinstance(entry, readers.Row):
-                taken.add(entry.key)
-            marked.append(entry)
-        return marked
+        kept: list[int] = []
+        for i, (line, key, _, _) in enumerate(rows):
+            if key in taken:
+                self._invalid(readers.RowError(line, f"duplicate id {key!r}"))
+            else:
+                taken.add(key)
+                kept.append(i)
+        return [rows[i] for i in kept], None if chunks is None else [chunks[i] for i in kept]
 
     def _invalid(self, error: readers.RowError) -> None:
         self.result.invalid_count += 1
@@ -267,6 +308,9 @@ def _refuse_if_invalid(path: Path, result: Submitted, skip_invalid: bool) -> Non
             if result.invalid_count > 1 else ""
         raise InputError(f"{path}: {first}{more}; no job was created "
                          "(fix the rows, or pass --skip-invalid to leave them out)")
+
+
+def _refuse_if_empty(path: Path, result: Submitted) -> None:
     if result.items == 0:
         unreadable = f" ({len(result.skipped)} unreadable documents)" if result.skipped else ""
         raise InputError(f"{path}: no valid rows{unreadable}; no job was created")

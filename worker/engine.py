@@ -164,6 +164,14 @@ class EngineHost:
                                             adapter))
         return future
 
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """What this thread submits within reaches the engine in one run, with no other
+        chunk's requests between (they wait for the turn; a solo chunk still gets its
+        turn while this one waits for it)."""
+        with self._gate:
+            yield
+
     def _adapter(self, lora: str | None) -> Any:
         """The LoRARequest for an adapter, refused here (not in the engine core, where a
         missing adapter would stop the engine) when this worker cannot load it."""

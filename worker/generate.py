@@ -63,14 +63,20 @@ class Batch:
         self.waiting: dict[Future[Any], tuple[ItemRun, Purpose]] = {}
 
     def prepare(self, items: list[tuple[int, str, dict[str, Any]]]) -> None:
-        """Every item's first request, at once; an item that cannot be asked fails alone."""
+        """Every item's first request, at once, in the order of their prompts' text and
+        with no other chunk's requests between them: prompts that share a beginning
+        reach the engine together, and its prefix cache computes that beginning once.
+        An item that cannot be asked fails alone."""
         host, spec = self.chunk.host, self.chunk.spec
         encoded = encode_many(host.tokenizer, spec, [payload for _, _, payload in items])
-        for (seq, key, payload), item_encoded in zip(items, encoded, strict=True):
-            try:
-                self._start(seq, key, payload, item_encoded)
-            except REFUSED as exc:
-                self.outcomes.append(Outcome(seq, ItemStatus.FAILED, error=_reason(exc)))
+        ordered = sorted(zip(items, encoded, strict=True),
+                         key=lambda pair: pair[1][0] if pair[1] is not None else "")
+        with host.together():
+            for (seq, key, payload), item_encoded in ordered:
+                try:
+                    self._start(seq, key, payload, item_encoded)
+                except REFUSED as exc:
+                    self.outcomes.append(Outcome(seq, ItemStatus.FAILED, error=_reason(exc)))
 
     def _start(self, seq: int, key: str, payload: dict[str, Any], encoded: Any) -> None:
         host, spec = self.chunk.host, self.chunk.spec

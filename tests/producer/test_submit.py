@@ -10,6 +10,7 @@ import redis
 from conftest import Stack
 from sqlalchemy import func, select
 
+from producer import export
 from producer.submit import submit
 from schemas import db
 from schemas.errors import BrokerUnreachable, DatabaseUnreachable, InputError
@@ -100,10 +101,11 @@ def test_unreachable_database_is_one_line_naming_the_url(tmp_path: Path) -> None
         submit(settings, JobSpec(), _jsonl(tmp_path, 2))
 
 
-def test_duplicates_across_write_batches_are_found_and_reported_in_line_order(
+def test_duplicates_across_write_batches_are_found_and_shown_in_line_order(
         stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Duplicates are found by the table's unique index, batch by batch (no set of every
-    id in memory): one in the same batch, one in a later batch, beside a malformed row."""
+    id in memory): one in the same batch, one in a later batch, beside a malformed row.
+    A malformed row is reported as it is read, a duplicate as the rows are written."""
     monkeypatch.setattr("producer.submit.BATCH", 3)
     rows = ['{"id": "a", "prompt": "1"}', '{"id": "b", "prompt": "2"}',
             '{"id": "a", "prompt": "3"}', '{"id": "c", "prompt": "4"}', '{"id": "x"',
@@ -115,8 +117,9 @@ def test_duplicates_across_write_batches_are_found_and_reported_in_line_order(
     done = submit(settings, JobSpec(chunk_size=2), path, skip_invalid=True,
                   on_invalid=lambda e: reported.append(str(e)))
 
-    assert [e.split(":")[0] for e in reported] == ["line 3", "line 5", "line 6"]
-    assert "duplicate id 'a'" in reported[0] and "duplicate id 'b'" in reported[2]
+    assert [e.split(":")[0] for e in reported] == ["line 5", "line 3", "line 6"]
+    assert [str(e) for e in done.invalid] == [reported[1], reported[0], reported[2]]
+    assert "duplicate id 'a'" in reported[1] and "duplicate id 'b'" in reported[2]
     assert (done.items, done.invalid_count, done.chunks) == (4, 3, 2)
     with db.session(stack.db_url) as session:
         stored = session.execute(select(Item.seq, Item.key, Item.chunk, Item.payload)
@@ -156,3 +159,30 @@ def test_a_check_that_cannot_run_is_refused_at_submit_and_nothing_is_written(
     assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert (_count(stack, Job), _queued(stack)) == (jobs, queued)
+
+
+def test_questions_in_question_order_are_chunked_by_document_and_exported_in_input_order(
+        stack: Stack, tmp_path: Path) -> None:
+    documents = [f"Lease {d}. " + f"The tenant of flat {d} pays rent monthly. " * 40
+                 for d in range(5)]
+    rows = [{"custom_id": f"d{d}-q{q}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"messages": [{"role": "user",
+                                    "content": f"{documents[d]}\n\nQuestion {q}: who pays?"}]}}
+            for q in range(3) for d in range(5)]
+    path = tmp_path / "asked.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
+    done = submit(settings, JobSpec(chunk_size=3), path)
+
+    assert (done.items, done.chunks) == (15, 5)
+    with db.session(stack.db_url) as session:
+        stored = session.execute(select(Item.seq, Item.key, Item.chunk)
+                                 .where(Item.job_id == done.job_id).order_by(Item.seq)).all()
+    assert [key for _, key, _ in stored] == [row["custom_id"] for row in rows]
+    assert [seq for seq, _, _ in stored] == list(range(15))
+    chunk_of = {key: chunk for _, key, chunk in stored}
+    for d in range(5):  # each document's three questions: one chunk, of its own
+        assert {chunk_of[f"d{d}-q{q}"] for q in range(3)} == {chunk_of[f"d{d}-q0"]}
+    assert sorted(chunk_of[f"d{d}-q0"] for d in range(5)) == list(range(5))
+    exported = [export.record(*row)["id"] for row in export.rows(stack.db_url, done.job_id)]
+    assert exported == [row["custom_id"] for row in rows]

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,12 +26,19 @@ class ScriptedHost:
         self.events: list[str] = []
         self.params: list[Any] = []
         self._lock = threading.Lock()
+        self._turn = threading.RLock()
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """As the real host: another thread's requests wait for this one's turn."""
+        with self._turn:
+            yield
 
     def submit(self, request_id: str, token_ids: list[int], params: Any, *,
                lora: str | None = None) -> Future[Any]:
         attempt = int(request_id.split(":")[3]) if ":judge:" not in request_id else 0
         text, finish, delay = self.script(self.tokenizer.decode(token_ids), attempt)
-        with self._lock:
+        with self._turn, self._lock:
             self.events.append(f"submit {request_id.split(':')[2]}#{attempt}")
             self.params.append(params)
         future: Future[Any] = Future()

@@ -110,6 +110,50 @@ def test_an_isolated_chunk_starts_once_others_drain_and_holds_their_new_requests
     assert held_back and held_back[0].result(timeout=5).finished
 
 
+def test_a_chunk_submitting_together_reaches_the_engine_with_no_other_chunk_between(
+        host: EngineHost, engine: StandInEngine) -> None:
+    """Another slot's requests wait for the turn: a chunk's prompts that share a prefix
+    enter the engine one after another."""
+    inside = threading.Event()
+    others: list[Future[Any]] = []
+
+    def other_slot() -> None:
+        inside.wait(5)
+        others.extend(host.submit(f"job:8:{i}:1", [1], _params()) for i in range(3))
+
+    asking = threading.Thread(target=other_slot)
+    asking.start()
+    with host.together():
+        mine = [host.submit("job:7:0:1", [1], _params())]
+        inside.set()
+        time.sleep(0.2)  # the other slot is submitting meanwhile
+        mine += [host.submit(f"job:7:{i}:1", [1], _params()) for i in (1, 2)]
+    asking.join(timeout=5)
+    for future in mine + others:
+        assert future.result(timeout=5).finished
+    assert [r for r in engine.added if r.startswith("job:7:")] == engine.added[
+        engine.added.index("job:7:0:1"):engine.added.index("job:7:0:1") + 3]
+
+
+def test_a_chunk_submitting_together_waits_for_an_isolated_chunk_without_blocking_it(
+        host: EngineHost) -> None:
+    finished: list[bool] = []
+    with host.solo("job:2"):
+        asking = threading.Thread(target=lambda: finished.append(
+            _together(host, "job:1").result(timeout=5).finished))
+        asking.start()
+        time.sleep(0.2)  # the other chunk waits for the solo one, holding its turn
+        assert host.submit("job:2:1:1", [1], _params()).result(timeout=5).finished
+        assert not finished
+    asking.join(timeout=5)
+    assert finished == [True]
+
+
+def _together(host: EngineHost, tag: str) -> Future[Any]:
+    with host.together():
+        return host.submit(f"{tag}:1:1", [1], _params())
+
+
 def test_an_isolated_chunk_does_not_start_on_a_dead_engine(host: EngineHost) -> None:
     host._die(RuntimeError("engine core process gone"))
     with pytest.raises(EngineDead), host.solo("job:5.3"):

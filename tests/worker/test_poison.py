@@ -41,6 +41,10 @@ class CrashingHost:
         """Requests here run one at a time anyway."""
         return contextlib.nullcontext()
 
+    def together(self) -> contextlib.AbstractContextManager[None]:
+        """One thread submits here."""
+        return contextlib.nullcontext()
+
     def submit(self, request_id: str, token_ids: list[int], params: Any, *,
                lora: str | None = None) -> Future[Any]:
         text = self.tokenizer.decode(token_ids)
