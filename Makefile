@@ -47,7 +47,8 @@ chaos-short: model
 	$(PY) -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
 
 bench: model
-	$(PY) -m bench.run $(if $(INPUT),--input $(INPUT),)
+	$(PY) -m bench.run $(if $(INPUT),--input $(INPUT),) $(if $(WORKLOAD),--workload $(WORKLOAD),) \
+		$(if $(KV_CACHE_GIB),--kv-cache-gib $(KV_CACHE_GIB),)
 
 # The quality bar on the demo model: first-try vs after-retries pass rate (bench/quality.py).
 bench-quality: model

@@ -25,8 +25,11 @@ def main() -> None:
                        use_tqdm=False)
     done = time.perf_counter()
     tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    prompt = sum(len(o.prompt_token_ids) for o in outputs)
+    cached = sum(o.num_cached_tokens or 0 for o in outputs)  # the engine's own count
     print("BENCH " + json.dumps({"start_s": started - start, "gen_s": done - started,
-                                 "tokens": tokens, "requests": len(outputs)}))
+                                 "tokens": tokens, "requests": len(outputs),
+                                 "prompt_tokens": prompt, "cached_tokens": cached}))
 
 
 if __name__ == "__main__":

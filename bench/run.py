@@ -1,5 +1,9 @@
 """`make bench`: the same prompts, model and machine, three ways, one after another.
 
+Workloads: 256 independent prompts (`plain`), or documents asked several questions each
+in question order (`shared-prefix`, with a KV cache a third of the documents' tokens),
+or any OpenAI batch file (`--input`). `--kv-cache-gib` gives all three the same KV cache.
+
 (a) vLLM offline `LLM.chat` over the whole set in one call;
 (b) vLLM's own `run_batch` entry point over the file in OpenAI batch format;
 (c) nightshift end to end: submit → Redis → one `nightshift worker` → results in SQL.
@@ -26,7 +30,7 @@ from typing import Any
 import redis
 from sqlalchemy import func, select
 
-from bench.prompts import make_batch_file
+from bench.prompts import make_batch_file, make_shared_prefix_file
 from producer import status
 from schemas import db
 from schemas.settings import load
@@ -38,12 +42,22 @@ BIN = Path(sys.executable).parent
 RESULTS = Path(__file__).parent / "results"
 
 
-def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    options = EngineOptions(gpu_memory_utilization=args.gpu_memory_utilization,
-                            max_model_len=args.max_model_len)
+def engine_kwargs(args: argparse.Namespace, kv_cache_gib: float | None) -> dict[str, Any]:
+    options = EngineOptions(
+        gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len,
+        kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * 2**30))
     from vllm.platforms import current_platform
 
     return options.for_platform(current_platform.is_cpu())
+
+
+def kv_bytes_per_token(model: str, dtype: str) -> int:
+    """A token's keys and values over every layer, as the engine stores them."""
+    config = json.loads((Path(model) / "config.json").read_text())
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    kv_heads = config.get("num_key_value_heads") or config["num_attention_heads"]
+    width = 4 if dtype == "float32" else 2
+    return 2 * config["num_hidden_layers"] * kv_heads * head_dim * width
 
 
 def run_offline(path: Path, model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +97,8 @@ def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path, broker_url
     ns = str(BIN / "nightshift")
     worker_flags = ["--gpu-memory-utilization", str(kwargs["gpu_memory_utilization"]),
                     "--dtype", kwargs.get("dtype", "auto")]
+    if "kv_cache_memory_bytes" in kwargs:
+        worker_flags += ["--kv-cache-memory", str(kwargs["kv_cache_memory_bytes"] / 2**30)]
     if "max_model_len" in kwargs:
         worker_flags += ["--max-model-len", str(kwargs["max_model_len"])]
     log = workdir / "worker.log"
@@ -120,6 +136,7 @@ def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path, broker_url
     if finished is not None:  # submit to the last result committed, not to the poll after it
         wall = (finished - started).total_seconds()
     overhead_ms, overhead_cpu_ms, chunk_items, overhead_parts = _overhead(log)
+    cached, prompt = _prefix_cache(log)
     ready_clock = _log_ready_time(log)
     gen_s = ((last - ready_clock).total_seconds() if ready_clock and last
              else wall - (ready_at - start))
@@ -128,7 +145,18 @@ def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path, broker_url
             "succeeded": shown["succeeded"], "job_id": job["job_id"], "db_url": db_url,
             "overhead_ms": overhead_ms, "overhead_cpu_ms": overhead_cpu_ms,
             "overhead_items": chunk_items,
-            "overhead_parts_ms": overhead_parts}
+            "overhead_parts_ms": overhead_parts, "cached_tokens": cached,
+            "prompt_tokens": prompt}
+
+
+def _prefix_cache(log: Path) -> tuple[int, int]:
+    """The engine's prefix-cache count as the worker logs it when it stops: prompt tokens
+    read from the cache, of all its requests' prompt tokens."""
+    found = re.search(r"prefix cache hit rate [\d.]+ \((\d+) of (\d+) prompt tokens cached\)",
+                      log.read_text(errors="replace"))
+    if not found:
+        raise RuntimeError("the worker's log has no prefix-cache count: did it stop cleanly?")
+    return int(found.group(1)), int(found.group(2))
 
 
 def _overhead(log: Path) -> tuple[float, float, int, dict[str, float]]:
@@ -155,17 +183,41 @@ def _log_ready_time(log: Path) -> datetime | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--input", type=Path, help="OpenAI batch file [default: 256 prompts]")
+    parser.add_argument("--input", type=Path, help="OpenAI batch file [default: the workload's]")
+    parser.add_argument("--workload", choices=("plain", "shared-prefix"), default="plain")
+    parser.add_argument("--documents", type=int, default=12,
+                        help="shared-prefix: documents asked 8 to 12 questions each")
+    parser.add_argument("--kv-cache-gib", type=float,
+                        help="KV cache of all three runs [default: the engine's; for "
+                             "shared-prefix, a third of the documents' tokens]")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.5)
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/14")
     args = parser.parse_args()
     settings = load()
     model = resolve(settings.model, settings.model_dir)
-    kwargs = engine_kwargs(args)
+    workload = "input" if args.input else args.workload
+    kv_cache_gib = args.kv_cache_gib
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        path = args.input or make_batch_file(work / "prompts.jsonl")
+        if args.input:
+            path = args.input
+        elif args.workload == "shared-prefix":
+            from transformers import AutoTokenizer
+
+            path, prefix_tokens = make_shared_prefix_file(
+                work / "shared_prefix.jsonl", AutoTokenizer.from_pretrained(model),
+                documents=args.documents)
+            if kv_cache_gib is None:
+                dtype = engine_kwargs(args, None).get("dtype", "auto")
+                # A third of the documents, and never below one whole request's room.
+                tokens = max(prefix_tokens / 3, args.max_model_len * 1.1)
+                kv_cache_gib = tokens * kv_bytes_per_token(model, dtype) / 2**30
+            print(f"documents' tokens: {prefix_tokens}; KV cache {kv_cache_gib:.3f} GiB",
+                  flush=True)
+        else:
+            path = make_batch_file(work / "prompts.jsonl")
+        kwargs = engine_kwargs(args, kv_cache_gib)
         print(f"prompts: {path}  model: {model}  engine: {kwargs}", flush=True)
         offline = run_offline(path, model, kwargs)
         print(f"(a) offline: {offline}", flush=True)
@@ -173,16 +225,17 @@ def main() -> None:
         print(f"(b) run_batch: {batch}", flush=True)
         night = run_nightshift(path, kwargs, work, args.broker_url)
         print(f"(c) nightshift: {night}", flush=True)
-    report(offline, batch, night, kwargs, str(path))
+        report(offline, batch, night, kwargs, str(path), workload)
 
 
 def report(offline: dict[str, Any], batch: dict[str, Any], night: dict[str, Any],
-           kwargs: dict[str, Any], source: str) -> None:
+           kwargs: dict[str, Any], source: str, workload: str) -> None:
     offline_tok_s = offline["tokens"] / offline["gen_s"]
     batch_tok_s = batch["tokens"] / batch["wall_s"]
     night_tok_s = night["tokens"] / night["gen_s"]
     summary = {
-        "input": source, "engine": kwargs, "requests": offline["requests"],
+        "workload": workload, "input": source, "engine": kwargs,
+        "requests": offline["requests"],
         "offline_tok_s": round(offline_tok_s, 1), "offline_start_s": round(offline["start_s"], 1),
         "offline_gen_s": round(offline["gen_s"], 1),
         "run_batch_wall_s": round(batch["wall_s"], 1), "run_batch_tok_s": round(batch_tok_s, 1),
@@ -205,6 +258,13 @@ def report(offline: dict[str, Any], batch: dict[str, Any], night: dict[str, Any]
             for name, ms in night["overhead_parts_ms"].items()},
         "gen_s_minus_offline_ms_per_item": round(
             (night["gen_s"] - offline["gen_s"]) * 1000 / night["items"], 2),
+        # The engines' own counts: prompt tokens read from the prefix cache, and computed.
+        "prefix_cache_hit_rate": round(night["cached_tokens"] / max(night["prompt_tokens"], 1),
+                                       3),
+        "offline_prefix_cache_hit_rate": round(
+            offline["cached_tokens"] / max(offline["prompt_tokens"], 1), 3),
+        "prompt_tokens_computed": night["prompt_tokens"] - night["cached_tokens"],
+        "offline_prompt_tokens_computed": offline["prompt_tokens"] - offline["cached_tokens"],
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -218,6 +278,10 @@ def report(offline: dict[str, Any], batch: dict[str, Any], night: dict[str, Any]
         print(f"{name:24} {tokens:>8} {rate:>8.1f} {wall:>8.1f} {startup:>8.1f}")
     print(f"\nnightshift/offline tok/s: {summary['ratio_vs_offline']}  "
           f"nightshift/run_batch end-to-end tok/s: {summary['ratio_vs_run_batch']}")
+    print(f"prefix cache hits: nightshift {summary['prefix_cache_hit_rate']}, offline "
+          f"{summary['offline_prefix_cache_hit_rate']}; prompt tokens computed: nightshift "
+          f"{summary['prompt_tokens_computed']}, offline "
+          f"{summary['offline_prompt_tokens_computed']}")
     print(f"outside the engine: {summary['overhead_ms_per_item']} ms an item, of which CPU "
           f"{summary['overhead_cpu_ms_per_item']} ms")
     print(json.dumps(summary))

@@ -1,8 +1,9 @@
 """A stand-in for vLLM's `LLM` and its engine, for fast tests of the engine host's own
 logic (refusals, stalls, aborts, solo runs). It behaves as vLLM 0.32 does where the
 host depends on it: `add_request` raises VLLMValidationError (not a ValueError) for a
-grammar it cannot compile, `step` blocks while the engine core is stopped, and
-`abort_request` drops requests. The real engine is in tests/e2e."""
+grammar it cannot compile, `step` blocks while the engine core is stopped,
+`abort_request` drops requests, and each output counts its prompt's tokens found in
+the prefix cache. The real engine is in tests/e2e."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Any
 
 from vllm.exceptions import VLLMValidationError
 
+BLOCK = 16  # tokens of a KV-cache block, as vLLM's default
+
 
 class StandInEngine:
     def __init__(self, step_seconds: float = 0.01, steps: int = 1) -> None:
@@ -22,6 +25,9 @@ class StandInEngine:
         self.running: dict[str, int] = {}
         self.aborted: list[str] = []
         self.added: list[str] = []
+        # Each request's prompt and its tokens found in the prefix cache; the cached blocks.
+        self.prompts: dict[str, tuple[list[int], int]] = {}
+        self.blocks: set[tuple[int, ...]] = set()
         # Cleared: the engine core is stopped (SIGSTOP) and `step` waits for it forever.
         self.core_running = threading.Event()
         self.core_running.set()
@@ -37,7 +43,20 @@ class StandInEngine:
                                       "look-behind, is not supported")
         self.running[request_id] = self.steps
         self.added.append(request_id)
+        ids = list(prompt["prompt_token_ids"])
+        self.prompts[request_id] = (ids, self._cached(ids))
+        self.blocks.update(tuple(ids[:end]) for end in range(BLOCK, len(ids) + 1, BLOCK))
         return request_id
+
+    def _cached(self, ids: list[int]) -> int:
+        """As vLLM's prefix cache counts: the whole blocks of the prompt's beginning that
+        an earlier prompt computed (never the whole prompt: its last token is computed)."""
+        cached = 0
+        for end in range(BLOCK, len(ids), BLOCK):
+            if tuple(ids[:end]) not in self.blocks:
+                break
+            cached = end
+        return cached
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.running)
@@ -49,8 +68,10 @@ class StandInEngine:
         done = [rid for rid, left in self.running.items() if left <= 0]
         for rid in done:
             del self.running[rid]
-        return [SimpleNamespace(request_id=rid, finished=True, outputs=[
-            SimpleNamespace(text="ok", token_ids=[1], finish_reason="stop", logprobs=None)])
+        return [SimpleNamespace(
+            request_id=rid, finished=True, prompt_token_ids=self.prompts[rid][0],
+            num_cached_tokens=self.prompts[rid][1], outputs=[
+                SimpleNamespace(text="ok", token_ids=[1], finish_reason="stop", logprobs=None)])
             for rid in done]
 
     def abort_request(self, request_ids: list[str], internal: bool = False) -> None:

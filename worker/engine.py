@@ -83,6 +83,27 @@ class Request:
     lora: Any = None  # vllm.lora.request.LoRARequest
 
 
+@dataclass
+class PrefixCache:
+    """The engine's prefix-cache hits over the requests it finished, as it counts them
+    (each output's `num_cached_tokens`): prompt tokens read from the cache, not computed."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+    def add(self, output: Any) -> None:
+        self.prompt_tokens += len(output.prompt_token_ids or ())
+        self.cached_tokens += output.num_cached_tokens or 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    def __str__(self) -> str:
+        return (f"prefix cache hit rate {self.hit_rate:.3f} ({self.cached_tokens} of "
+                f"{self.prompt_tokens} prompt tokens cached)")
+
+
 class EngineDead(RuntimeError):
     """The engine (or its core process) is gone; the worker must restart."""
 
@@ -129,6 +150,7 @@ class EngineHost:
         self._gate = threading.Condition()
         self._solo: str | None = None
         self._children = psutil.Process().children(recursive=True)
+        self.prefix_cache = PrefixCache()
         self._thread = threading.Thread(target=self._run, name="engine-host", daemon=True)
         self._thread.start()
         threading.Thread(target=self._watch, name="engine-watchdog", daemon=True).start()
@@ -236,6 +258,7 @@ class EngineHost:
     def stop(self) -> None:
         """Stop stepping and shut the engine core down: its process is not a daemon, and
         the interpreter would wait for it forever at exit."""
+        log.info("engine: %s", self.prefix_cache)
         self._stop.set()
         self._thread.join(timeout=10)
         core = getattr(self.engine, "engine_core", None)
@@ -371,6 +394,7 @@ class EngineHost:
         self._step_began = None
         for output in outputs:
             if output.finished:
+                self.prefix_cache.add(output)
                 with self._lock:
                     future = self._pending.pop(output.request_id, None)
                 if future is not None and not future.done():

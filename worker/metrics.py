@@ -15,7 +15,7 @@ from operator import attrgetter
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, ProcessCollector, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,14 @@ class Live(Collector):
         yield GaugeMetricFamily("nightshift_engine_utilisation",
                                 "Running requests over max_num_seqs (1: the batch is full).",
                                 value=running / seqs if seqs else 0.0)
+        cache = self.host.prefix_cache
+        yield GaugeMetricFamily("nightshift_engine_prefix_cache_hit_rate",
+                                "Prompt tokens read from the engine's prefix cache over all "
+                                "prompt tokens of the requests it finished.",
+                                value=cache.hit_rate)
+        yield CounterMetricFamily("nightshift_engine_prompt_tokens_cached",
+                                  "Prompt tokens the engine read from its prefix cache.",
+                                  value=cache.cached_tokens)
 
 
 def _queue(broker_url: str, model: str) -> Iterator[Metric]:

@@ -68,6 +68,9 @@ def test_a_monitored_worker_serves_metrics_of_the_job_it_ran_and_logs_json(
     assert shown[("nightshift_attempts_total", ())] >= 12
     assert shown[("nightshift_queue_depth", (("queue", "nightshift.smollm2-135m-instruct"),))] == 0
     assert shown[("nightshift_engine_running_requests", ())] == 0
+    # Every prompt begins with the chat template's system turn: the engine found it cached.
+    assert 0 < shown[("nightshift_engine_prefix_cache_hit_rate", ())] < 1
+    assert shown[("nightshift_engine_prompt_tokens_cached_total", ())] > 0
     lines = [line for line in worker.log.read_text().splitlines() if line.strip()]
     records = [json.loads(line) for line in lines if line.startswith("{")]
     # No log record in a text format: ours, vLLM's or Celery's (what is left is raw

@@ -154,6 +154,16 @@ def _together(host: EngineHost, tag: str) -> Future[Any]:
         return host.submit(f"{tag}:1:1", [1], _params())
 
 
+def test_the_host_counts_the_prompt_tokens_the_engine_found_in_its_prefix_cache(
+        host: EngineHost) -> None:
+    shared = list(range(40))  # two whole blocks of 16 shared, then each its own
+    assert host.submit("job:0:1:1", [*shared, 100], _params()).result(timeout=5).finished
+    assert host.submit("job:0:2:1", [*shared, 200], _params()).result(timeout=5).finished
+    assert (host.prefix_cache.prompt_tokens, host.prefix_cache.cached_tokens) == (82, 32)
+    assert host.prefix_cache.hit_rate == pytest.approx(32 / 82)
+    assert "hit rate 0.390 (32 of 82 prompt tokens cached)" in str(host.prefix_cache)
+
+
 def test_an_isolated_chunk_does_not_start_on_a_dead_engine(host: EngineHost) -> None:
     host._die(RuntimeError("engine core process gone"))
     with pytest.raises(EngineDead), host.solo("job:5.3"):

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from schemas.spec import JobSpec
 from worker import broker, metrics
+from worker.engine import PrefixCache
 
 MODEL = JobSpec().model
 
@@ -31,6 +32,8 @@ class Outcome:
 class Host:
     """An engine host's load as the real one reports it: in the engine, not yet handed
     over, max_num_seqs."""
+
+    prefix_cache = PrefixCache(prompt_tokens=200, cached_tokens=50)
 
     def load(self) -> tuple[int, int, int]:
         return 10, 3, 8
@@ -84,7 +87,7 @@ def test_observed_outcomes_are_counted_by_status_tokens_attempts_and_failed_chec
     assert grew("nightshift_check_failures_total", check="nonempty") == 0
 
 
-def test_gauges_show_the_queue_in_redis_and_the_engine_load_at_scrape_time(
+def test_gauges_show_the_queue_in_redis_the_engine_load_and_its_prefix_cache_at_scrape_time(
         scrape: Any, stack: Stack) -> None:
     queue = ("queue", f"nightshift.{MODEL}")
     assert scrape()[("nightshift_queue_depth", (queue,))] == 0
@@ -97,6 +100,8 @@ def test_gauges_show_the_queue_in_redis_and_the_engine_load_at_scrape_time(
     assert shown[("nightshift_engine_running_requests", ())] == 8
     assert shown[("nightshift_engine_waiting_requests", ())] == 2 + 3
     assert shown[("nightshift_engine_utilisation", ())] == 1.0
+    assert shown[("nightshift_engine_prefix_cache_hit_rate", ())] == 0.25
+    assert shown[("nightshift_engine_prompt_tokens_cached_total", ())] == 50
 
 
 def test_an_unreachable_broker_leaves_the_queue_gauge_out_and_the_scrape_answers(
