@@ -13,13 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from pydantic import ValidationError
-from sqlalchemy.exc import OperationalError
 
 from producer import formats, status
-from schemas import db
 from schemas.errors import ConfigError, NightshiftError, reason
 from schemas.settings import Settings, load, redact
-from schemas.tables import JobState
+from schemas.states import JobState, minutes
 
 # What a command needs is imported in its body: `status` answers in a fraction of a second.
 if TYPE_CHECKING:
@@ -43,7 +41,11 @@ class Group(click.Group):
         except NightshiftError as exc:
             click.secho(f"error: {exc}", err=True, fg="red")
             ctx.exit(exc.exit_code)
-        except OperationalError as exc:
+        except Exception as exc:
+            from sqlalchemy.exc import OperationalError  # imported once it is needed
+
+            if not isinstance(exc, OperationalError):
+                raise
             first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             click.secho(f"error: database: {first}", err=True, fg="red")
             ctx.exit(3)
@@ -104,8 +106,11 @@ def cli() -> None:
 @click.option("--overlap", type=int, help="Tokens neighbouring pieces share [default: 64].")
 @click.option("--reduce-template", help="Jinja2 template combining pieces' answers: sees "
               "`parts` (list), `request` and the document's fields.")
-@click.option("--reuse-results", is_flag=True, help="A document an earlier job answered with "
-              "the same model, prompts, sampling and checks takes that answer; it does not run.")
+@click.option("--dedup", is_flag=True, help="Rows whose whole request is identical share one "
+              "answer even when sampled (greedy rows and identical documents always do).")
+@click.option("--reuse-results", is_flag=True, help="A row an earlier job answered with the "
+              "same request (model, prompts, sampling, checks) takes that answer; it does not "
+              "run. For documents, greedy rows, and --dedup jobs.")
 @click.option("--skip-invalid", is_flag=True, help="Leave invalid rows out instead of failing.")
 @click.option("--max-document-bytes", metavar="SIZE", default="50MiB", show_default=True,
               callback=lambda ctx, param, value: _size(value),
@@ -184,6 +189,7 @@ class SubmitOptions:
     split_mode: str | None
     overlap: int | None
     reduce_template: str | None
+    dedup: bool
     reuse_results: bool
     skip_invalid: bool
     max_document_bytes: int
@@ -208,6 +214,7 @@ class SubmitOptions:
             ladder=self.ladder.split(",") if self.ladder else None,
             split=self.split_mode.replace("-", "_") if self.split_mode else None,
             overlap=self.overlap, reduce_template=self.reduce_template,
+            dedup=self.dedup or None,
             sampling={"temperature": self.temperature, "top_p": self.top_p,
                       "max_tokens": self.max_tokens, "seed": self.seed, "n": self.samples})
 
@@ -253,6 +260,7 @@ def _submit(settings: Settings, spec: JobSpec, when: Schedule, options: SubmitOp
 def _warn_unserved(db_url: str, model: str) -> None:
     """On stderr: no live worker hosts the job's model (a typo in a model name would
     otherwise be a job that waits forever, unnoticed)."""
+    from schemas import db
     from worker import presence
 
     with db.reader(db_url) as session:
@@ -260,7 +268,7 @@ def _warn_unserved(db_url: str, model: str) -> None:
     if model in live:
         return
     hosted = f"live workers host {', '.join(sorted(live))}" if live else "no worker is live"
-    click.secho(f"warning: no worker for model {model} seen in the last {presence.minutes()} "
+    click.secho(f"warning: no worker for model {model} seen in the last {minutes()} "
                 f"({hosted}); the job waits until one starts (nightshift worker --model "
                 f"{model})", err=True, fg="yellow")
 
@@ -312,12 +320,14 @@ def status_command(job_id: str | None, as_json: bool, broker_url: str | None,
       nightshift status 3f2a9c --json      # JOB: its id or a unique prefix (6+ characters)
     """
     settings = settings_from(database_url=database_url)
-    db.check_reachable(settings.database_url)
-    if job_id:
+    if job_id:  # the database's own driver, no SQLAlchemy: an answer at once
         job = status.resolve(settings.database_url, job_id)
         shown: Any = status.status(settings.database_url, job)
         rows = [shown]
     else:
+        from schemas import db
+
+        db.check_reachable(settings.database_url)
         db.upgrade(settings.database_url)
         shown = rows = status.all_jobs(settings.database_url)
     if as_json:
@@ -411,6 +421,8 @@ def results(job_id: str, fmt: str, output: Path | None, errors_path: Path | None
       nightshift results JOB --format parquet -o results.parquet --json
       nightshift results JOB --per-piece > pieces.jsonl     # documents: one line per piece
     """
+    from schemas import db
+
     settings = settings_from(database_url=database_url)
     db.check_reachable(settings.database_url)
     if as_json and output is None:
@@ -466,6 +478,7 @@ def reconcile_command(as_json: bool, broker_url: str | None, database_url: str |
       nightshift reconcile
       nightshift reconcile --json
     """
+    from schemas import db
     from worker.reconcile import reconcile
 
     settings = settings_from(broker_url=broker_url, database_url=database_url)
@@ -507,6 +520,8 @@ def upgrade(as_json: bool, broker_url: str | None, database_url: str | None) -> 
       nightshift db upgrade --database-url postgresql://nightshift@127.0.0.1/nightshift --json
     """
     from alembic.migration import MigrationContext
+
+    from schemas import db
 
     settings = settings_from(database_url=database_url)
     db.upgrade(settings.database_url)
@@ -607,6 +622,7 @@ def report_command(job_id: str, as_json: bool, html_path: Path | None, broker_ur
       nightshift report JOB --html report.html
     """
     from quality import html, report
+    from schemas import db
 
     settings = settings_from(database_url=database_url)
     db.check_reachable(settings.database_url)
@@ -635,6 +651,7 @@ def workers(everyone: bool, as_json: bool, broker_url: str | None,
       nightshift workers --json | jq -r '.[].model' | sort -u
       nightshift workers --all          # stopped and stale ones too
     """
+    from schemas import db
     from worker import presence
 
     settings = settings_from(database_url=database_url)
@@ -644,7 +661,7 @@ def workers(everyone: bool, as_json: bool, broker_url: str | None,
         click.echo(json.dumps(shown))
         return
     if not shown:
-        click.echo(f"no worker seen in the last {presence.minutes()}"
+        click.echo(f"no worker seen in the last {minutes()}"
                    + ("" if everyone else " (--all: stopped and stale ones too)"), err=True)
         return
     click.echo(f"{'name':20}  {'host':20}  {'pid':>7}  {'model':28}  {'slots':>5}  "

@@ -124,8 +124,8 @@ def _read(items: _Items, rows: Iterator[readers.Row | readers.RowError | readers
 
 def _write_job(session: Session, job: Job, spec: JobSpec, result: Submitted, *, keyed: bool,
                reuse_results: bool) -> None:
-    """The job after its items, then its counts and its chunks; keyed items (documents)
-    are each answered once, and earlier jobs' answers taken if asked for."""
+    """The job after its items, then its counts and its chunks; keyed items (identical
+    requests) are each answered once, and earlier jobs' answers taken if asked for."""
     session.add(job)
     session.flush()  # the job first: its chunks' foreign key
     conn = session.connection()
@@ -215,7 +215,7 @@ class _Items:
                  ) -> None:
         self.loading, self.spool = loading, spool
         self.job_id, self.chunk_size = job_id, spec.chunk_size
-        self.fingerprint = dedup.fingerprint(spec)
+        self.spec, self.fingerprint = spec, dedup.fingerprint(spec)
         self.keyed = False
         self.result, self.on_invalid = result, on_invalid
         self.keys = order.Keys()
@@ -225,10 +225,11 @@ class _Items:
         if isinstance(entry, readers.RowError):
             self._invalid(entry)
             return
-        key = dedup.content_key(self.fingerprint, entry.payload)
+        body = _encode(entry.payload)
+        key = dedup.content_key(self.fingerprint, self.spec, entry.payload, body)
         self.keyed = self.keyed or key is not None
         self.keys.add(entry.payload)
-        self.rows.append((entry.line, entry.key, _encode(entry.payload).decode(), key))
+        self.rows.append((entry.line, entry.key, body.decode(), key))
         if len(self.rows) >= BATCH:
             self._spill()
 

@@ -138,6 +138,9 @@ class JobSpec(BaseModel):
     # submit; workers must see the same path) or a Hugging Face repo id. Served only by
     # workers started with --enable-lora.
     lora: str | None = None
+    # Rows whose whole request is identical share one answer even when sampled; greedy
+    # ones always do (schemas.dedup).
+    dedup: bool = False
 
     @field_validator("template", "reduce_template")
     @classmethod

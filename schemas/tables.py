@@ -25,6 +25,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# The tables' values, importable from here too.
+from schemas.states import ChunkStatus, ItemStatus, JobState, Quality, WorkerState  # noqa: F401
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -44,39 +47,6 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime()}
-
-
-class JobState:
-    SCHEDULED = "scheduled"
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-    FINAL = (COMPLETED, CANCELLED, FAILED)
-
-
-class Quality:
-    """How an answer measured against the job's checks (None when the job has none)."""
-
-    PASSED = "passed"
-    FAILED = "failed"
-    NEEDS_REVIEW = "needs_review"
-
-
-class ItemStatus:
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    FINAL = (SUCCEEDED, FAILED, CANCELLED)
-
-
-class ChunkStatus:
-    PENDING = "pending"
-    LEASED = "leased"
-    DONE = "done"
 
 
 class Job(Base):
@@ -105,6 +75,7 @@ class Job(Base):
 
 
 _HAS_KEY = text("content_key IS NOT NULL")
+_TWIN = text("same_as IS NOT NULL")
 
 
 class Item(Base):
@@ -116,9 +87,11 @@ class Item(Base):
         # release, result write) would pay for one; cancelling walks the job's items. On
         # PostgreSQL the table's pages are half empty, so those changes are HOT updates
         # (migration 0007).
-        # Only documents have content keys: a job of prompts adds nothing to this index.
+        # Only rows whose answer may be shared have content keys (schemas.dedup).
         Index("ix_items_content_key", "content_key", sqlite_where=_HAS_KEY,
               postgresql_where=_HAS_KEY),
+        # A result write finds the items waiting for it (schemas.dedup.share_results).
+        Index("ix_items_twins", "job_id", "same_as", sqlite_where=_TWIN, postgresql_where=_TWIN),
     )
 
     # Per-item tables (items, results, attempts, pieces) have no foreign key to jobs
@@ -262,11 +235,6 @@ class JobCount(Base):
     items: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
-
-
-class WorkerState:
-    RUNNING = "running"
-    STOPPED = "stopped"
 
 
 class Worker(Base):

@@ -208,20 +208,17 @@ def _store(session: Session, lease: leases.Lease, outcomes: list[Outcome], *, la
     job_id = lease.job_id
     # Chunks of one job finish one at a time, so the last one sees every other's items
     # final and marks the job completed (PostgreSQL; SQLite already serializes writers).
-    source = conn.execute(select(Job.input_format).where(Job.id == job_id)
-                          .with_for_update()).scalar()
+    conn.execute(select(Job.id).where(Job.id == job_id).with_for_update())
     leases.fence(conn, lease, done=last)
     if outcomes:
-        _record(conn, job_id, lease.owner, outcomes,
-                documents=source in ("documents", "paths"))
+        _record(conn, job_id, lease.owner, outcomes)
     if not last:
         return None
     _maybe_complete(conn, job_id)
     return broker.next_chunk(session, job_id) if moves else None
 
 
-def _record(conn: Connection, job_id: str, owner: str, outcomes: list[Outcome], *,
-            documents: bool = False) -> None:
+def _record(conn: Connection, job_id: str, owner: str, outcomes: list[Outcome]) -> None:
     # Replaced whole: write() holds the job's row lock, so no one races on these keys
     # (schemas.db.bulk.replace_rows: COPY on PostgreSQL, executemany on SQLite).
     replace_rows(conn, Result.__table__, ["job_id", "item_seq"], outcomes,
@@ -232,8 +229,8 @@ def _record(conn: Connection, job_id: str, owner: str, outcomes: list[Outcome], 
     parts = [{"job_id": job_id, "item_seq": o.item_seq, **p} for o in outcomes for p in o.parts]
     if parts:
         upsert_rows(conn, Piece.__table__, ["job_id", "item_seq", "piece"], parts)
-    if documents:  # identical documents wait for this result (schemas.dedup)
-        dedup.share_results(conn, job_id, [o.item_seq for o in outcomes])
+    # Identical requests wait for these results (schemas.dedup).
+    dedup.share_results(conn, job_id, [o.item_seq for o in outcomes])
     counters.add_many(conn, job_id, _finish(conn, job_id, outcomes))
 
 

@@ -30,7 +30,7 @@ from schemas.tables import Worker, WorkerState
 log = logging.getLogger(__name__)
 
 # Five minutes without a beat (one every BEAT_S) is no pause of a live worker: it is gone.
-LIVE = timedelta(minutes=5)
+LIVE = WorkerState.LIVE
 BEAT_S = 5.0
 # A beat queued behind a long write is not worth waiting for: the next one comes soon.
 WAIT_S = 5.0
@@ -177,8 +177,3 @@ def _shape(worker: Worker, now: datetime) -> dict[str, Any]:
             "started_at": worker.started_at.isoformat(),
             "last_heartbeat_at": worker.last_heartbeat_at.isoformat(),
             "heartbeat_age_s": round(max(age, 0.0), 1), "tokens_per_s": worker.tokens_per_s}
-
-
-def minutes(*, window: timedelta = LIVE) -> str:
-    """The live window as people read it: "5 min"."""
-    return f"{window.total_seconds() / 60:g} min"

@@ -128,6 +128,18 @@ def update_among(conn: Connection, table: Any, values: dict[str, Any], where: di
                                 (*values.values(), *where.values(), *listed)).rowcount
 
 
+def select_among(conn: Connection, table: Any, column: str, where: dict[str, Any], name: str,
+                 among: list[Any]) -> list[Any]:
+    """One SELECT: `column` of the rows that match `where` and whose `name` is among
+    `among`, listed as `update_among` lists them."""
+    q = conn.dialect.identifier_preparer.quote
+    matching = "".join(f"{q(c)} = {_mark(conn)} AND " for c in where)
+    within, listed = _among(conn, table, name, among)
+    return list(conn.exec_driver_sql(
+        f"SELECT {q(column)} FROM {table.name} WHERE {matching}{within}",
+        (*where.values(), *listed)).scalars())
+
+
 def _among(conn: Connection, table: Any, name: str, values: list[Any]
            ) -> tuple[str, tuple[Any, ...]]:
     """`name IN values` and its parameters. The values go as one JSON text (no per-value

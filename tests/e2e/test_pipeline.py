@@ -15,7 +15,7 @@ from conftest import Stack
 from sqlalchemy import func, select
 
 from schemas import db
-from schemas.tables import Chunk, ChunkStatus, Result
+from schemas.tables import Attempt, Chunk, ChunkStatus, Result
 from worker import broker
 
 
@@ -51,14 +51,13 @@ def test_openai_batch_file_gives_one_result_per_custom_id(engine_stack: Stack,
     assert status["succeeded"] == 32 and status["failed"] == 0
     assert _result_rows(engine_stack, submitted["job_id"]) == 32
     out = engine_stack.cli("results", submitted["job_id"], "--format", "openai").stdout
-    lines = [json.loads(line) for line in out.splitlines()]
-    assert sorted(line["custom_id"] for line in lines) == sorted(r["custom_id"] for r in rows)
-    for line in lines:
+    lines = {(line := json.loads(text))["custom_id"]: line for text in out.splitlines()}
+    assert sorted(lines) == sorted(r["custom_id"] for r in rows)
+    for custom_id, line in lines.items():
         response = line["response"]
         assert line["error"] is None and response["status_code"] == 200
         body = response["body"]
-        assert body["usage"]["completion_tokens"] > 0
-        if line["custom_id"].startswith("req-"):
+        if custom_id.startswith("req-"):
             assert body["object"] == "chat.completion"
             assert body["choices"][0]["message"]["role"] == "assistant"
             assert body["choices"][0]["message"]["content"].strip()
@@ -66,6 +65,20 @@ def test_openai_batch_file_gives_one_result_per_custom_id(engine_stack: Stack,
         else:
             assert body["object"] == "text_completion"
             assert body["choices"][0]["text"]
+            assert body["usage"]["completion_tokens"] > 0
+
+    # The greedy rows ask 4 questions: each runs once, and its copies take its answer
+    # with no tokens counted. The sampled completions are independent samples.
+    def answer(i: int) -> tuple[str, int]:
+        body = lines[f"req-{i}"]["response"]["body"]
+        return body["choices"][0]["message"]["content"], body["usage"]["completion_tokens"]
+
+    assert all(answer(i)[1] > 0 for i in range(4))
+    assert all(answer(i) == (answer(i % 4)[0], 0) for i in range(4, 30))
+    with db.session(engine_stack.db_url) as session:
+        asked = session.scalar(select(func.count()).select_from(Attempt)
+                               .where(Attempt.job_id == submitted["job_id"]))
+    assert asked == 4 + 2
 
 
 def test_classification_returns_only_labels_each_with_probabilities(engine_stack: Stack,

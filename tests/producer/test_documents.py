@@ -294,8 +294,8 @@ def test_a_document_payload_holds_its_text_once_with_the_same_content_key(
     before = {"prompt": "Summarize:\n\n" + row.payload["text"],
               **{k: v for k, v in row.payload.items() if k != "path"}}
     fingerprint = dedup.fingerprint(spec)
-    assert dedup.content_key(fingerprint, row.payload) == \
-        dedup.content_key(fingerprint, before) is not None
+    assert dedup.content_key(fingerprint, spec, row.payload, b"") == \
+        dedup.content_key(fingerprint, spec, before, b"") is not None
     assert user_prompt(spec, row.payload) == before["prompt"]
 
 
