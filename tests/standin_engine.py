@@ -14,7 +14,7 @@ from typing import Any
 
 from vllm.exceptions import VLLMValidationError
 
-BLOCK = 16  # tokens of a KV-cache block, as vLLM's default
+BLOCK = 16  # tokens of a KV-cache block (vLLM's default on GPUs; 128 on the CPU)
 
 
 class StandInEngine:

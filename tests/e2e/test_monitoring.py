@@ -37,6 +37,10 @@ def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
+TEACHER = " ".join(f"Rule {n}: you are a patient teacher who counts aloud for young children, "
+                   "one number on each line, and says nothing else." for n in range(1, 13))
+
+
 @pytest.mark.engine
 def test_a_monitored_worker_serves_metrics_of_the_job_it_ran_and_logs_json(
         tmp_path: Path) -> None:
@@ -52,7 +56,8 @@ def test_a_monitored_worker_serves_metrics_of_the_job_it_ran_and_logs_json(
         path.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Count to {i + 2}."})
                                 + "\n" for i in range(12)))
         job = stack.cli_json("submit", str(path), "--json", "--chunk-size", "4",
-                             "--max-tokens", "16", "--temperature", "0")["job_id"]
+                             "--max-tokens", "16", "--temperature", "0",
+                             "--system", TEACHER)["job_id"]
         final = stack.wait_final(job, timeout=300)
         assert final["state"] == "completed"
         time.sleep(0.5)
@@ -68,7 +73,8 @@ def test_a_monitored_worker_serves_metrics_of_the_job_it_ran_and_logs_json(
     assert shown[("nightshift_attempts_total", ())] >= 12
     assert shown[("nightshift_queue_depth", (("queue", "nightshift.smollm2-135m-instruct"),))] == 0
     assert shown[("nightshift_engine_running_requests", ())] == 0
-    # Every prompt begins with the chat template's system turn: the engine found it cached.
+    # Every prompt begins with the same system prompt, longer than a KV-cache block (128
+    # tokens on the CPU): the engine found it cached.
     assert 0 < shown[("nightshift_engine_prefix_cache_hit_rate", ())] < 1
     assert shown[("nightshift_engine_prompt_tokens_cached_total", ())] > 0
     lines = [line for line in worker.log.read_text().splitlines() if line.strip()]
