@@ -5,6 +5,7 @@ NS       := $(VENV)/bin/nightshift
 STAMP    := $(VENV)/.installed
 EXTRAS   ?= cpu,postgres,parquet,dev
 INPUT    ?=
+DUPLICATES ?=
 PYTEST_ARGS ?=
 
 .PHONY: install model demo test chaos chaos-short bench bench-quality bench-classify bench-dataplane bench-engine lint lint-docker clean
@@ -48,7 +49,7 @@ chaos-short: model
 
 bench: model
 	$(PY) -m bench.run $(if $(INPUT),--input $(INPUT),) $(if $(WORKLOAD),--workload $(WORKLOAD),) \
-		$(if $(KV_CACHE_GIB),--kv-cache-gib $(KV_CACHE_GIB),)
+		$(if $(KV_CACHE_GIB),--kv-cache-gib $(KV_CACHE_GIB),) $(if $(DUPLICATES),--duplicates $(DUPLICATES),)
 
 # The quality bar on the demo model: first-try vs after-retries pass rate (bench/quality.py).
 bench-quality: model

@@ -16,16 +16,29 @@ ASKS = ["Explain {s} to a child.", "Write a short poem about {s}.",
         "Write a short story that involves {s}.", "Why do people like {s}?"]
 
 
-def make_batch_file(path: Path, n: int = 256, max_tokens: int = 128) -> Path:
+def make_batch_file(path: Path, n: int = 256, max_tokens: int = 128, *,
+                    duplicates: float = 0.0) -> Path:
+    """`n` requests, all different unless a `duplicates` share of them repeats an earlier
+    one's body (under an id of its own; which ones is seeded)."""
+    distinct = n - round(n * duplicates)
+    bodies = [{"model": "smollm2-135m-instruct", "max_tokens": max_tokens, "temperature": 0,
+               "messages": [{"role": "user", "content": _ask(i)}]} for i in range(distinct)]
+    rng = random.Random(0)
+    if distinct < n:
+        bodies += [rng.choice(bodies) for _ in range(n - distinct)]
+        rng.shuffle(bodies)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as fh:
-        for i in range(n):
-            ask = ASKS[i % len(ASKS)].format(s=SUBJECTS[(i // len(ASKS)) % len(SUBJECTS)])
-            body = {"model": "smollm2-135m-instruct", "max_tokens": max_tokens,
-                    "temperature": 0, "messages": [{"role": "user", "content": ask}]}
+        for i, body in enumerate(bodies):
             fh.write(json.dumps({"custom_id": f"bench-{i}", "method": "POST",
                                  "url": "/v1/chat/completions", "body": body}) + "\n")
     return path
+
+
+def _ask(i: int) -> str:
+    ask = ASKS[i % len(ASKS)].format(s=SUBJECTS[(i // len(ASKS)) % len(SUBJECTS)])
+    rounds = i // (len(ASKS) * len(SUBJECTS))  # past every pairing: asked another way
+    return ask if rounds == 0 else f"{ask} Answer in at most {rounds + 1} sentences."
 
 
 def read_chat_requests(path: str | Path) -> tuple[list[list[dict[str, Any]]], int]:

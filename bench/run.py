@@ -193,6 +193,8 @@ def main() -> None:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.5)
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/14")
+    parser.add_argument("--duplicates", type=float, default=0.0, metavar="SHARE",
+                        help="This share of the generated prompts repeats others [default: 0]")
     args = parser.parse_args()
     settings = load()
     model = resolve(settings.model, settings.model_dir)
@@ -216,7 +218,7 @@ def main() -> None:
             print(f"documents' tokens: {prefix_tokens}; KV cache {kv_cache_gib:.3f} GiB",
                   flush=True)
         else:
-            path = make_batch_file(work / "prompts.jsonl")
+            path = make_batch_file(work / "prompts.jsonl", duplicates=args.duplicates)
         kwargs = engine_kwargs(args, kv_cache_gib)
         print(f"prompts: {path}  model: {model}  engine: {kwargs}", flush=True)
         offline = run_offline(path, model, kwargs)
@@ -225,17 +227,23 @@ def main() -> None:
         print(f"(b) run_batch: {batch}", flush=True)
         night = run_nightshift(path, kwargs, work, args.broker_url)
         print(f"(c) nightshift: {night}", flush=True)
-        report(offline, batch, night, kwargs, str(path), workload)
+        report(offline, batch, night, kwargs, str(path), workload,
+               duplicates=args.duplicates)
 
 
 def report(offline: dict[str, Any], batch: dict[str, Any], night: dict[str, Any],
-           kwargs: dict[str, Any], source: str, workload: str) -> None:
+           kwargs: dict[str, Any], source: str, workload: str, *, duplicates: float = 0.0
+           ) -> None:
     offline_tok_s = offline["tokens"] / offline["gen_s"]
     batch_tok_s = batch["tokens"] / batch["wall_s"]
     night_tok_s = night["tokens"] / night["gen_s"]
     summary = {
         "workload": workload, "input": source, "engine": kwargs,
         "requests": offline["requests"],
+        # nightshift answers each distinct greedy request once: its tokens are those it
+        # generated.
+        "duplicates": duplicates, "offline_tokens": offline["tokens"],
+        "nightshift_tokens": night["tokens"],
         "offline_tok_s": round(offline_tok_s, 1), "offline_start_s": round(offline["start_s"], 1),
         "offline_gen_s": round(offline["gen_s"], 1),
         "run_batch_wall_s": round(batch["wall_s"], 1), "run_batch_tok_s": round(batch_tok_s, 1),
