@@ -6,7 +6,8 @@ bench/results/dataplane.json.
     python -m bench.dataplane --rows 100000   # a quicker look
 
 Beside nightshift's figures it times plain `sqlite3` parsing and inserting the same
-file, so a run on a busy or slow machine can be read against that yardstick.
+file, and plain psycopg COPY writing result rows, so a run on a busy or slow machine can
+be read against those yardsticks.
 """
 
 from __future__ import annotations
@@ -88,6 +89,26 @@ def plain_sqlite_writes(work: Path, rows: int) -> float:
     elapsed = time.perf_counter() - start
     conn.close()
     target.unlink()
+    return rows / elapsed
+
+
+def plain_copy_writes(url: str, rows: int) -> float:
+    """The PostgreSQL yardstick for result writes: rows/s of plain psycopg COPY of
+    600-character rows into a table keyed as results are, a transaction per 1,000."""
+    job = "0" * 32
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE plain_results (job_id TEXT, item_seq INTEGER, "
+                     "status TEXT, output TEXT, PRIMARY KEY (job_id, item_seq))")
+        conn.commit()
+        start = time.perf_counter()
+        for first in range(0, rows, WRITE_BATCH):
+            with conn.cursor().copy("COPY plain_results FROM STDIN") as copy:
+                for i in range(first, min(first + WRITE_BATCH, rows)):
+                    copy.write_row((job, i, "succeeded", OUTPUT))
+            conn.commit()
+        elapsed = time.perf_counter() - start
+        conn.execute("DROP TABLE plain_results")
+        conn.commit()
     return rows / elapsed
 
 
@@ -266,7 +287,12 @@ def _on_postgres(args: argparse.Namespace, path: Path, work: Path) -> dict[str, 
     url = args.postgres.rsplit("/", 1)[0] + "/" + name
     try:
         db.upgrade(url)
-        return run(url, args.broker, path, args.rows, args.write_rows, work)
+        copy_rate = round(plain_copy_writes(url, args.write_rows))
+        print(f"plain psycopg COPY: result rows at {copy_rate:,}/s", flush=True)
+        figures = run(url, args.broker, path, args.rows, args.write_rows, work)
+        figures["plain_copy_writes_rows_per_s"] = copy_rate
+        figures["writes_vs_plain_copy"] = round(figures["result_rows_per_s"] / copy_rate, 2)
+        return figures
     finally:
         db.engine_for(url).dispose()
         with psycopg.connect(args.postgres, autocommit=True) as conn:
@@ -279,6 +305,8 @@ def table(out: dict[str, Any]) -> str:
             ("submit / plain sqlite3", lambda f: f"{f['submit_vs_plain_sqlite3']}x"),
             ("result writes rows/s", lambda f: f"{f['result_rows_per_s']:,}"),
             ("writes / plain sqlite3", lambda f: f"{f['writes_vs_plain_sqlite3']}x"),
+            ("writes / plain COPY", lambda f: f"{f['writes_vs_plain_copy']}x"
+             if "writes_vs_plain_copy" in f else "-"),
             ("status query ms", lambda f: f"{f['status_query_ms']}"),
             ("status CLI ms", lambda f: f"{f['status_cli_ms']}")]
     backends = [b for b in ("sqlite", "postgres") if b in out]
