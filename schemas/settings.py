@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # `nightshift.checks` entry points of installed packages (quality.registry). In the
     # environment: comma-separated module names.
     check_modules: Annotated[list[str], NoDecode] = []
+    # `nightshift serve`: where uploaded files are kept (default: `nightshift-files` beside
+    # a SQLite database, else under the user's data directory), and the largest upload.
+    files_dir: Path | None = None
+    max_file_bytes: int = Field(200_000_000, gt=0)
 
     @field_validator("check_modules", mode="before")
     @classmethod

@@ -258,3 +258,55 @@ class Worker(Base):
     last_heartbeat_at: Mapped[datetime]
     # Completion tokens of the results it wrote, per second, over the last minute.
     tokens_per_s: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+
+
+class ApiKey(Base):
+    """A key of `nightshift serve`, kept as its SHA-256: the key itself is shown once, when
+    it is created. An admin key sees every batch; any other only its own files and batches."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class StoredFile(Base):
+    """A file uploaded to `nightshift serve`, kept in the files directory under `name`,
+    which is made from its id: nothing a client sends becomes a path."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_owner_created", "owner", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(32))  # the api_keys.id that uploaded it
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(512))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Batch(Base):
+    """A batch of OpenAI's Batch API: its job (none when its input was refused), and what
+    OpenAI's Batch object carries that a job does not."""
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_owner_created", "owner", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(32))
+    job_id: Mapped[str | None] = mapped_column(String(32), unique=True)
+    input_file_id: Mapped[str] = mapped_column(String(40))
+    endpoint: Mapped[str] = mapped_column(String(64))
+    completion_window: Mapped[str] = mapped_column(String(16))
+    # OpenAI's `metadata` (SQLAlchemy keeps that attribute name for itself).
+    labels: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
+    # Why the input was refused: OpenAI's `errors.data`, each naming its line.
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    failed_at: Mapped[datetime | None]
+    cancelling_at: Mapped[datetime | None]

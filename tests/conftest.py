@@ -271,3 +271,52 @@ def engine_stacks(session_dir: Path, pg_url: str) -> Iterator[dict[str, Stack]]:
 @pytest.fixture(params=["sqlite", "postgres"])
 def engine_stack(request: pytest.FixtureRequest, engine_stacks: dict[str, Stack]) -> Stack:
     return engine_stacks[request.param]
+
+
+class Server:
+    """`nightshift serve`'s app on a free port, in this process (a uvicorn thread), with
+    its files in the stack's folder; `client(key)` is the real `openai` SDK pointed at it."""
+
+    def __init__(self, stack: Stack, **settings: Any) -> None:
+        import threading
+
+        import uvicorn
+
+        from producer.server.app import create_app
+        from schemas.settings import load
+
+        self.stack = stack
+        self.files_dir = stack.workdir / f"files-{uuid.uuid4().hex[:8]}"
+        config = load(database_url=stack.db_url, broker_url=stack.broker_url,
+                      files_dir=self.files_dir, **settings)
+        self.url = f"http://127.0.0.1:{free_port()}"
+        port = int(self.url.rsplit(":", 1)[1])
+        self.server = uvicorn.Server(uvicorn.Config(create_app(config), host="127.0.0.1",
+                                                    port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+
+    def key(self, name: str, *, admin: bool = False) -> str:
+        from producer.server import keys
+
+        return keys.create(self.stack.db_url, f"{name}-{uuid.uuid4().hex[:6]}", admin=admin)
+
+    def client(self, key: str) -> Any:
+        import openai
+
+        return openai.OpenAI(api_key=key, base_url=f"{self.url}/v1", max_retries=0)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def server(stack: Stack) -> Iterator[Server]:
+    s = Server(stack)
+    yield s
+    s.stop()

@@ -26,7 +26,8 @@ from schemas import db
 from schemas.db import counters
 from schemas.tables import Base, Item, Job, JobCount, Result
 
-TABLES = {"jobs", "items", "chunks", "results", "attempts", "pieces", "job_counts", "workers"}
+TABLES = {"jobs", "items", "chunks", "results", "attempts", "pieces", "job_counts", "workers",
+          "api_keys", "files", "batches"}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
