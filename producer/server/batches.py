@@ -105,8 +105,7 @@ def listed(settings: Settings, caller: Caller, *, after: str | None, limit: int
 
 def cancel(settings: Settings, caller: Caller, batch_id: str) -> dict[str, Any]:
     batch = get(settings, caller, batch_id)
-    if batch.job_id is not None:
-        status.cancel(settings.database_url, batch.job_id)
+    if batch.job_id is not None and status.cancel(settings.database_url, batch.job_id)[0]:
         with db.session(settings.database_url) as session, session.begin():
             session.execute(update(Batch).where(Batch.id == batch.id,
                                                 Batch.cancelling_at.is_(None))
@@ -208,6 +207,7 @@ def _job(settings: Settings, labels: dict[str, str], deadline: datetime) -> tupl
         checks = json.loads(given["checks"]) if "checks" in given else None
         if isinstance(checks, str):
             checks = [checks]
+        _refuse_paths(given.get("model"), checks)
         priority = int(given.get("priority", 0))
         spec: JobSpec = build_spec(
             None, {}, model=given.get("model") or settings.model, checks=checks,
@@ -218,6 +218,20 @@ def _job(settings: Settings, labels: dict[str, str], deadline: datetime) -> tupl
     except (ValueError, NightshiftError) as exc:
         raise ApiError(400, f"metadata: {exc}", param="metadata") from None
     return spec, Schedule(deadline=deadline, priority=priority)
+
+
+def _refuse_paths(model: str | None, checks: Any) -> None:
+    """A batch names data, never a place on the server: no model directory, no check
+    parameter that reads a file (blocklist's `file`). Nothing is looked up to say so."""
+    if model and (model.startswith(("/", ".", "~")) or ".." in model or "\\" in model):
+        raise ValueError("nightshift.model must be a model's name, not a path")
+    for check in checks or []:
+        params = (check.get("params") or {}) if isinstance(check, dict) else dict(
+            part.split("=", 1) for part in str(check).partition(":")[2].split(",")
+            if "=" in part)
+        if "file" in params:
+            raise ValueError("a check's `file` parameter reads the server's files: give "
+                             "its words instead (blocklist:words=a|b)")
 
 
 def _metadata(given: Any) -> dict[str, str]:

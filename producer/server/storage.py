@@ -15,6 +15,8 @@ from sqlalchemy.engine import make_url
 from schemas.settings import Settings
 
 COPY_BYTES = 1 << 20
+# A request line longer than this is refused (and never buffered whole).
+MAX_LINE_BYTES = 16 << 20
 _decode = msgspec.json.decode
 
 
@@ -67,6 +69,9 @@ def save(settings: Settings, file_id: str, source: BinaryIO) -> tuple[str, int]:
                 for text in whole:
                     line += 1
                     _check_line(text, line)
+                if len(tail) > MAX_LINE_BYTES:
+                    raise UploadRefused(f"line {line + 1} is longer than {MAX_LINE_BYTES:,} "
+                                        "bytes")
             if tail:
                 _check_line(tail, line + 1)
         if size == 0:

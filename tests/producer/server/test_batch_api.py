@@ -252,10 +252,45 @@ def test_nightshift_serve_answers_with_openais_error_body(stack) -> None:  # typ
         proc.wait(timeout=30)
 
 
-def test_a_batch_for_a_model_that_cannot_be_named_is_refused_in_one_line(
+def test_a_batch_for_a_model_that_is_a_path_is_refused_in_one_line(
         server: Server) -> None:
     client = server.client(server.key("team"))
     with pytest.raises(openai.BadRequestError, match="model"):
         client.batches.create(input_file_id=upload(client, batch_file(1)),
                               endpoint="/v1/chat/completions", completion_window="24h",
                               metadata={"nightshift.model": "../../etc/passwd"})
+
+
+@pytest.mark.parametrize("metadata", [
+    {"nightshift.model": "/etc"},
+    {"nightshift.model": "../models/private"},
+    {"nightshift.checks": '["blocklist:file=/etc/passwd"]'},
+    {"nightshift.checks": '[{"name": "blocklist", "params": {"file": "/etc/passwd"}}]'},
+])
+def test_a_batch_cannot_name_a_place_on_the_server(server: Server, metadata: dict) -> None:
+    client = server.client(server.key("team"))
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.batches.create(input_file_id=upload(client, batch_file(1)),
+                              endpoint="/v1/chat/completions", completion_window="24h",
+                              metadata=metadata)
+    assert isinstance(refused.value.body, dict) and refused.value.body["param"] == "metadata"
+    message = refused.value.body["message"]
+    assert "/etc" not in message and "private" not in message  # nothing told of the path
+
+
+def test_cancelling_an_ended_batch_changes_nothing(server: Server) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from worker.reconcile import expire
+
+    client = server.client(server.key("team"))
+    batch = client.batches.create(input_file_id=upload(client, batch_file(1)),
+                                  endpoint="/v1/chat/completions", completion_window="24h")
+    assert batch.expires_at is not None
+    expire(server.stack.db_url, datetime.fromtimestamp(batch.expires_at, UTC)
+           + timedelta(seconds=1))
+
+    after = client.batches.cancel(batch.id)
+
+    assert after.status == "expired" and after.cancelling_at is None
+    assert client.batches.retrieve(batch.id).status == "expired"
