@@ -7,7 +7,10 @@ NS=.venv/bin/nightshift
 mkdir -p .demo
 
 $NS db upgrade
-$NS worker --loglevel WARNING > .demo/worker.log 2>&1 &
+# NIGHTSHIFT_DEMO_WORKER_ARGS: worker options for a machine already busy (the tests give
+# it a fixed KV cache, as engines started beside it take a share of the memory).
+# shellcheck disable=SC2086
+$NS worker --loglevel WARNING ${NIGHTSHIFT_DEMO_WORKER_ARGS:-} > .demo/worker.log 2>&1 &
 WORKER=$!
 trap 'kill -TERM $WORKER 2>/dev/null; wait $WORKER 2>/dev/null || true' EXIT
 

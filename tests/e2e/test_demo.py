@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import redis
-from conftest import REDIS, REDIS_DBS
+from conftest import REDIS, REDIS_DBS, WORKER_KV_GIB
 
 ROOT = Path(__file__).resolve().parents[2]
 QUESTIONS = ROOT / "producer" / "examples" / "questions.jsonl"
@@ -24,8 +24,11 @@ def test_the_demo_script_answers_every_question_and_reads_results_back(
     # Its own database and the Redis database no shared test worker listens on.
     broker = f"{REDIS}/{REDIS_DBS['unit']}"
     redis.Redis.from_url(broker).flushdb()
+    # A KV cache of a fixed size: the shared test workers hold part of the memory node
+    # whose share the worker would otherwise take.
     env = {**os.environ, "NIGHTSHIFT_DATABASE_URL": f"sqlite:///{tmp_path / 'demo.db'}",
-           "NIGHTSHIFT_BROKER_URL": broker}
+           "NIGHTSHIFT_BROKER_URL": broker,
+           "NIGHTSHIFT_DEMO_WORKER_ARGS": f"--kv-cache-memory {WORKER_KV_GIB}"}
     # Its own process group: on a timeout the script's worker goes down with it.
     demo = subprocess.Popen(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
