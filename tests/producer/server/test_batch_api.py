@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 import openai
 import pytest
@@ -19,6 +20,20 @@ def batch_file(n: int, *, url: str = "/v1/chat/completions") -> bytes:
         lambda i: {"model": "any", "prompt": f"Hi {i}", "max_tokens": 8})
     return "".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": url,
                                "body": body(i)}) + "\n" for i in range(n)).encode()
+
+
+def expire_after_its_window(server: Server, client: openai.OpenAI, *, requests: int) -> Any:
+    """A new batch, then reconcile's deadline pass run just after its window ends."""
+    from datetime import UTC, datetime, timedelta
+
+    from worker.reconcile import expire
+
+    batch = client.batches.create(input_file_id=upload(client, batch_file(requests)),
+                                  endpoint="/v1/chat/completions", completion_window="24h")
+    assert batch.expires_at is not None
+    expire(server.stack.db_url, datetime.fromtimestamp(batch.expires_at, UTC)
+           + timedelta(seconds=1))
+    return batch
 
 
 def upload(client: openai.OpenAI, data: bytes, name: str = "in.jsonl") -> str:
@@ -205,17 +220,8 @@ def test_models_lists_what_live_workers_host(server: Server) -> None:
 
 def test_a_batch_past_its_window_is_expired_and_lists_what_did_not_run(
         server: Server) -> None:
-    from datetime import UTC, datetime, timedelta
-
-    from worker.reconcile import expire
-
     client = server.client(server.key("team"))
-    batch = client.batches.create(input_file_id=upload(client, batch_file(2)),
-                                  endpoint="/v1/chat/completions", completion_window="24h")
-    assert batch.expires_at is not None
-
-    expire(server.stack.db_url, datetime.fromtimestamp(batch.expires_at, UTC)
-           + timedelta(seconds=1))
+    batch = expire_after_its_window(server, client, requests=2)
 
     expired = client.batches.retrieve(batch.id)
     assert expired.status == "expired" and expired.expired_at is not None
@@ -279,16 +285,8 @@ def test_a_batch_cannot_name_a_place_on_the_server(server: Server, metadata: dic
 
 
 def test_cancelling_an_ended_batch_changes_nothing(server: Server) -> None:
-    from datetime import UTC, datetime, timedelta
-
-    from worker.reconcile import expire
-
     client = server.client(server.key("team"))
-    batch = client.batches.create(input_file_id=upload(client, batch_file(1)),
-                                  endpoint="/v1/chat/completions", completion_window="24h")
-    assert batch.expires_at is not None
-    expire(server.stack.db_url, datetime.fromtimestamp(batch.expires_at, UTC)
-           + timedelta(seconds=1))
+    batch = expire_after_its_window(server, client, requests=1)
 
     after = client.batches.cancel(batch.id)
 
