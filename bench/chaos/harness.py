@@ -202,6 +202,12 @@ class Harness:
                 Chunk.lease_owner == owner)).all()
         return dict(rows)  # type: ignore[arg-type]
 
+    def lease_owners(self, job_id: str) -> set[str]:
+        """Who holds the job's chunks now."""
+        with db.session(self.db_url) as session:
+            return set(session.scalars(select(Chunk.lease_owner).where(
+                Chunk.job_id == job_id, Chunk.status == ChunkStatus.LEASED)))
+
     def open_chunks(self, job_id: str) -> set[int]:
         with db.session(self.db_url) as session:
             return set(session.scalars(select(Chunk.seq).where(Chunk.job_id == job_id,

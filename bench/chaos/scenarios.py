@@ -52,6 +52,9 @@ class Size:
     late_job: float = 0.8
 
 
+# A scenario whose job ended before its fault could be injected runs on a fresh job.
+JOBS_PER_FAULT = 3
+
 # `make test`: small jobs, a few chunks per worker slot.
 SHORT = Size(items=96, chunk_size=4, timeout=240, late_job=0.5)
 # `make chaos`: the full version.
@@ -103,16 +106,23 @@ def _run(h: Harness, name: str, size: Size, inject: Callable[[str], Fault],
     assert h.fleet is not None
     h.fleet.ensure_ready()
     exits = {w.name: len(w.exits) for w in h.workers}
-    job = submit() if submit else h.submit(
-        rows or prompts(size.items), "--chunk-size", str(size.chunk_size), "--max-tokens",
-        str(size.max_tokens), *options)
-    report = Report(name, job)
-    monitor = Monitor(h.db_url, job)
     fault = None
-    try:
-        fault = inject(job)
-    except (TimeoutError, JobEnded) as exc:  # the fault went wrong: does the job still end?
-        report.problems.append(f"{exc} ({h.describe(job)})")
+    for n in range(1, JOBS_PER_FAULT + 1):
+        job = submit() if submit else h.submit(
+            rows or prompts(size.items), "--chunk-size", str(size.chunk_size), "--max-tokens",
+            str(size.max_tokens), *options)
+        report = Report(name, job)
+        monitor = Monitor(h.db_url, job)
+        try:
+            fault = inject(job)
+        except JobEnded as exc:  # too quick to catch: nothing was injected, so a fresh job
+            if n < JOBS_PER_FAULT:
+                monitor.stop()
+                continue
+            report.problems.append(f"{exc}, {n} jobs in a row ({h.describe(job)})")
+        except TimeoutError as exc:  # the fault went wrong: does the job still end?
+            report.problems.append(f"{exc} ({h.describe(job)})")
+        break
     try:
         limit = timeout or size.timeout
         if not h.wait_completed(job, limit):
@@ -147,9 +157,14 @@ def _a_worker_holding(h: Harness, job: str, rng: random.Random, timeout: float
                       ) -> tuple[Worker, str]:
     """A ready worker that holds a lease on the job now, picked at random (JobEnded if
     the job ends first)."""
+    looks: list[set[str]] = []
+
     def holders() -> list[tuple[Worker, str]]:
         if h.state(job) in JobState.FINAL:
-            raise JobEnded(f"job {job} ended before a worker was seen holding a chunk")
+            seen = sorted(set().union(*looks))
+            raise JobEnded(f"job {job} ended before a worker was seen holding a chunk "
+                           f"({len(looks)} looks; leases held by {seen or 'no one'})")
+        looks.append(h.lease_owners(job))
         found = []
         for w in h.workers:
             if w.alive() and w.ready():
@@ -158,7 +173,7 @@ def _a_worker_holding(h: Harness, job: str, rng: random.Random, timeout: float
                     found.append((w, owner))
         return found
 
-    return rng.choice(h.wait_for("a worker holding a chunk", holders, timeout))
+    return rng.choice(h.wait_for("a worker holding a chunk", holders, timeout, every=0.05))
 
 
 # 1. SIGKILL of a worker's whole process group, three times, at random moments.
