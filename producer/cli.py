@@ -463,6 +463,44 @@ def cancel(job_id: str, as_json: bool, broker_url: str | None, database_url: str
     click.echo(json.dumps(shown) if as_json else f"{shown['job_id']}: {shown['state']}")
 
 
+@cli.command()
+@click.argument("job_id", metavar="JOB")
+@click.option("--failed", is_flag=True, help="The items that failed.")
+@click.option("--needs-review", is_flag=True, help="The answers kept for review.")
+@click.option("--max-attempts", type=click.IntRange(1, 10),
+              help="A fresh budget: answers per item at most in this run.")
+@click.option("--check", "checks", multiple=True, metavar="NAME[:key=value,...]",
+              help="Replaces the job's checks for the items that run again (repeat).")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"job_id", "items", "chunks", "state"}.')
+@connection_options
+def retry(job_id: str, failed: bool, needs_review: bool, max_attempts: int | None,
+          checks: tuple[str, ...], as_json: bool, broker_url: str | None,
+          database_url: str | None) -> None:
+    """Run again, in the same job, the items of JOB that failed or await review (neither
+    flag: both), and those a cancel or deadline stopped. JOB must have ended; it is queued
+    again, and the earlier attempts stay in the ledger.
+
+    \b
+    Examples:
+      nightshift retry JOB --failed --max-attempts 5
+      nightshift retry JOB --check length:max=80
+    """
+    from producer.retry import retry as run_again
+
+    settings = settings_from(database_url=database_url, broker_url=broker_url)
+    job_id = status.resolve(settings.database_url, job_id)
+    done = run_again(settings.database_url, settings.broker_url, job_id, failed=failed,
+                     needs_review=needs_review, max_attempts=max_attempts, checks=list(checks))
+    if as_json:
+        click.echo(json.dumps(asdict(done)))
+    elif done.items:
+        click.echo(f"{done.job_id}: {done.state} ({done.items} items in {done.chunks} chunks "
+                   "run again)")
+    else:
+        click.echo(f"{done.job_id}: {done.state} (nothing to run again)")
+
+
 @cli.command(name="reconcile")
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"started": [...], "expired": [...], "abandoned": N, '

@@ -38,7 +38,7 @@ class Step(StrEnum):
 
 # A retry of a greedy answer samples at this temperature: enough to break determinism.
 RETRY_TEMPERATURE = 0.3
-# Each further retry samples this much warmer (see `_warmer` for the measurement)...
+# Each further retry samples this much warmer (see `warmer` for the measurement)...
 TEMPERATURE_STEP = 0.1
 # ...up to this, past which answers wander off the request.
 MAX_TEMPERATURE = 1.0
@@ -117,10 +117,10 @@ def next_attempt(spec: JobSpec, failed_attempt: int, failed: list[Verdict],
         return Plan(Step.SELF_CONSISTENCY,
                     {"n": samples, "temperature": SELF_CONSISTENCY_TEMPERATURE}, reason=why)
     if names == {"distinct"}:
-        return Plan(Step.REPLACE_DUPLICATES, _warmer(last), reason=why)
+        return Plan(Step.REPLACE_DUPLICATES, warmer(last), reason=why)
 
     step = Step(spec.ladder[min(failed_attempt - 1, len(spec.ladder) - 1)])
-    sampling = _warmer(last)
+    sampling = warmer(last)
     plan = Plan(step, sampling, reason=why)
     if "no_repetition" in names:
         sampling["repetition_penalty"] = min(
@@ -141,7 +141,7 @@ def next_attempt(spec: JobSpec, failed_attempt: int, failed: list[Verdict],
     return plan
 
 
-def _warmer(last: dict[str, Any]) -> dict[str, Any]:
+def warmer(last: dict[str, Any]) -> dict[str, Any]:
     """A new seed comes with the attempt number; a little more temperature breaks a greedy
     answer's determinism without wandering off. Little: on the demo model, retries of a
     greedy job at 0.3 (then +0.1) rather than 0.6 (then +0.2) left 13 of 100 items failing

@@ -44,6 +44,13 @@ class AmbiguousJob(NightshiftError):
     exit_code = 2
 
 
+class NotRetryable(NightshiftError):
+    """`nightshift retry` of a job still running, or of a Batch API batch, whose end is
+    final."""
+
+    exit_code = 2
+
+
 class ModelError(NightshiftError):
     """The model cannot be found or loaded."""
 

@@ -110,6 +110,9 @@ class Item(Base):
     # Result writes that finished this item while it ran. The write that moves it counts
     # the item's status change itself, and the counting triggers stand down (schemas.db.counters).
     writes: Mapped[int] = mapped_column(Integer, server_default="0")
+    # The attempts earlier runs of this item made (`nightshift retry`): a new run numbers
+    # its attempts after them, and the ledger keeps both.
+    attempted: Mapped[int] = mapped_column(Integer, server_default="0")
     # A document's content and everything that decides its answer (model, prompt, sampling,
     # checks), hashed: equal keys get one answer. `same_as`: the item of this job whose
     # result this one takes instead of running.

@@ -112,6 +112,8 @@ class ItemRun:
     # A part of a long document: the document it belongs to and its part number.
     parent: Any = None
     piece: int = 0
+    # The attempts earlier runs of the item made (nightshift retry): its own come after.
+    earlier: int = 0
 
     @property
     def last(self) -> Try:
@@ -133,7 +135,8 @@ class ItemRun:
             finish_reason=chosen.finish_reason,
             prompt_tokens=sum(t.prompt_tokens for t in self.tries),
             completion_tokens=sum(t.completion_tokens for t in self.tries) + self.judge_tokens,
-            prompt=chosen.prompt, sampling=chosen.sampling, attempts=len(self.tries),
+            prompt=chosen.prompt, sampling=chosen.sampling,
+            attempts=self.earlier + len(self.tries),
             attempt=chosen.attempt, quality=quality,
             checks=[v.as_dict() for v in chosen.verdicts] if spec.checks else None,
             metrics=reference_metrics(spec.kind, chosen.output, chosen.label,

@@ -79,8 +79,8 @@ def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
         if lease.deliveries >= leases.ISOLATE_FROM_DELIVERY:
             return _isolated(rt, lease, spec, items)
         timings = {"claim+load": time.perf_counter() - started}
-        outcomes = run_items(rt.host, spec, [(s, k, p) for s, k, p, _ in items], lease.tag,
-                             embedder=rt.embedder, timings=timings)
+        outcomes = run_items(rt.host, spec, [(s, k, p) for s, k, p, _, _ in items], lease.tag,
+                             embedder=rt.embedder, timings=timings, earlier=_earlier(items))
         wrote = time.perf_counter()
         write(rt.db_url, lease, outcomes, broker_url=rt.broker_url)
         timings["write"] = time.perf_counter() - wrote
@@ -99,7 +99,7 @@ def run_chunk(rt: Runtime, job_id: str, seq: int) -> str:
 def _isolated(rt: Runtime, lease: leases.Lease, spec: JobSpec, items: list[Any]) -> str:
     """One item at a time, each with the engine to itself: if the worker dies now, the
     item in the engine is the only one that could have killed it, and that death counts."""
-    for item_seq, key, payload, deaths in items:
+    for item_seq, key, payload, deaths, attempted in items:
         if deaths >= leases.MAX_ITEM_DEATHS:
             outcome = Outcome(item_seq, ItemStatus.FAILED, error=(
                 f"poison item: a worker died while running it {deaths} times"))
@@ -107,7 +107,7 @@ def _isolated(rt: Runtime, lease: leases.Lease, spec: JobSpec, items: list[Any])
             with rt.host.solo(lease.tag):
                 _count_death(rt.db_url, lease, item_seq)
                 outcome = run_items(rt.host, spec, [(item_seq, key, payload)], lease.tag,
-                                    embedder=rt.embedder)[0]
+                                    embedder=rt.embedder, earlier={item_seq: attempted})[0]
         write(rt.db_url, lease, [outcome], last=False)
     write(rt.db_url, lease, [], broker_url=rt.broker_url)
     return "isolated"
@@ -169,12 +169,17 @@ def _load(session: Session, job_id: str, seq: int) -> tuple[JobSpec | None, list
     if job is None or job.state == JobState.CANCELLED:
         return None, []
     items = session.execute(
-        select(Item.seq, Item.key, Item.payload, Item.deaths)
+        select(Item.seq, Item.key, Item.payload, Item.deaths, Item.attempted)
         .where(Item.job_id == job_id, Item.chunk == seq, Item.same_as.is_(None),
                Item.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING)))
         .order_by(Item.seq)
     ).all()
     return checks.validate_spec(JobSpec.model_validate(job.spec)), list(items)
+
+
+def _earlier(items: list[Any]) -> dict[int, int]:
+    """The attempts earlier runs made, for the items `nightshift retry` runs again."""
+    return {seq: attempted for seq, _, _, _, attempted in items if attempted}
 
 
 def _count_death(db_url: str, lease: leases.Lease, item_seq: int) -> None:

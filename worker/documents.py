@@ -70,6 +70,8 @@ class DocumentRun:
     # The parts the next combining step takes: the map pieces, then each level's groups.
     level: list[int] = field(default_factory=list)
     final: ItemRun | None = None
+    # The attempts earlier runs of the document made (nightshift retry).
+    earlier: int = 0
 
     def fields(self, text: str) -> dict[str, Any]:
         return {"path": self.key, **document_fields(self.payload, text=text)}
@@ -79,7 +81,7 @@ class DocumentRun:
         prompt = build(self.host.tokenizer, self.spec, payload, self.host.max_model_len,
                        self.chosen.max_tokens)
         return ItemRun(self.seq, f"{self.key}#{piece}", payload, self.chosen, prompt,
-                       parent=self, piece=piece)
+                       parent=self, piece=piece, earlier=self.earlier)
 
     def start(self, ask: Ask) -> list[tuple[Future[Any], ItemRun]]:
         """The map step: every piece asked at once."""
@@ -240,7 +242,7 @@ class DocumentRun:
         label = max(probs, key=lambda k: probs[k])
         verdicts = checks.run(self.spec.check_list(), Answer(
             label, label=label, probabilities=probs, labels=self.spec.labels))
-        aggregate = Try(1, Step.AGGREGATE, "", {}, 0, output=label, label=label,
+        aggregate = Try(self.earlier + 1, Step.AGGREGATE, "", {}, 0, output=label, label=label,
                         probabilities=probs, verdicts=verdicts)
         quality, status, error = judgement(self.spec, aggregate)
         note = self._failed_note()

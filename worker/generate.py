@@ -37,14 +37,17 @@ Requests = list[tuple[Future[Any], Purpose]]
 
 def run_items(host: EngineHost, spec: JobSpec, items: list[tuple[int, str, dict[str, Any]]],
               tag: str, *, embedder: semantic.Embedder | None = None,
-              timings: dict[str, float] | None = None) -> list[Outcome]:
+              timings: dict[str, float] | None = None,
+              earlier: dict[int, int] | None = None) -> list[Outcome]:
     """With `timings`, adds the seconds spent outside the engine: preparing requests
-    ("prepare"), and checking answers and asking again ("checks")."""
+    ("prepare"), and checking answers and asking again ("checks"). `earlier`: by item
+    seq, the attempts its earlier runs made (a retried item numbers its own after them)."""
     started = time.perf_counter()
     # Sampled decoding may spell a label in smaller pieces than its usual tokens, down to
     # one byte each: room for the longest spelling, the stop token ends it sooner.
     label_tokens = max((len(label.encode()) for label in spec.labels), default=0)
-    batch = Batch(ChunkRun(host, spec, tag, embedder or semantic.Embedder(), label_tokens))
+    batch = Batch(ChunkRun(host, spec, tag, embedder or semantic.Embedder(), label_tokens,
+                           earlier or {}))
     batch.prepare(items)
     prepared = time.perf_counter()
     waited = batch.drain()
@@ -89,10 +92,12 @@ class Batch:
                 raise
             prompt = None
         if needs_split(payload, prompt, chosen.max_tokens, host.max_model_len):
-            document = DocumentRun(seq, key, payload, chosen, spec, host)
+            document = DocumentRun(seq, key, payload, chosen, spec, host,
+                                   earlier=self.chunk.earlier.get(seq, 0))
             self.waiting.update({f: (part, ANSWER) for f, part in document.start(self.first)})
         elif prompt is not None:
-            run = ItemRun(seq, key, payload, chosen, prompt)
+            run = ItemRun(seq, key, payload, chosen, prompt,
+                          earlier=self.chunk.earlier.get(seq, 0))
             self.waiting[self.first(run)] = (run, ANSWER)
 
     def first(self, run: ItemRun) -> Future[Any]:

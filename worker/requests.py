@@ -34,6 +34,8 @@ class ChunkRun:
     tag: str
     embedder: semantic.Embedder
     label_tokens: int
+    # By item seq, the attempts earlier runs made (nightshift retry); most items: none.
+    earlier: dict[int, int]
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ ANSWER = Purpose()
 
 def ask(chunk: ChunkRun, run: ItemRun, plan: Plan | None) -> Future[Any]:
     """Submit the item's next attempt: the first when `plan` is None."""
-    number = len(run.tries) + 1
+    number = run.earlier + len(run.tries) + 1
     prompt = run.prompt
     if plan is not None and (plan.feedback or plan.instruction):
         prompt = _reworded(chunk, run, plan) or prompt
@@ -74,6 +76,8 @@ def _sampling(chunk: ChunkRun, run: ItemRun, plan: Plan | None, number: int, pro
     plan changes it, always with the attempt's own seed (reproducible run to run)."""
     if plan is None:
         sampling = run.chosen.model_dump(exclude_none=True)
+        if run.earlier:  # retried: a little warmer, or a greedy answer repeats itself
+            sampling.update(retries.warmer(sampling))
     else:
         sampling = {k: v for k, v in run.last.sampling.items() if k in GENERATE_FIELDS}
         sampling["n"] = run.chosen.n
