@@ -8,7 +8,7 @@ INPUT    ?=
 DUPLICATES ?=
 PYTEST_ARGS ?=
 
-.PHONY: install model demo test chaos chaos-short bench bench-quality bench-classify bench-dataplane bench-server bench-engine lint lint-docker clean
+.PHONY: install model browser demo test chaos chaos-short bench bench-quality bench-classify bench-dataplane bench-server bench-engine lint lint-docker clean
 
 install: $(STAMP)
 
@@ -35,7 +35,17 @@ model: install
 demo: model
 	bash scripts/demo.sh
 
-test: model
+# The dashboard's tests drive Debian's chromium through its chromedriver (Selenium is
+# told the driver's path: nothing is downloaded at run time).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+		{ echo "install: chromium and chromium-driver (apt)"; \
+		  $(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null || \
+		  { $(SUDO) apt-get update -q >/dev/null && \
+		    $(SUDO) apt-get install -y -q chromium chromium-driver >/dev/null; }; }
+
+test: model browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The fault suite on a Redis and a PostgreSQL of its own: six faults, each on a job of 500

@@ -61,10 +61,21 @@ def status(db_url: str, job_id: str) -> dict[str, Any]:
         return shown
 
 
-def all_jobs(db_url: str, *, limit: int = 50) -> list[dict[str, Any]]:
+def all_jobs(db_url: str, *, limit: int = 50, state: str | None = None,
+             model: str | None = None, owner: str | None = None) -> list[dict[str, Any]]:
+    """The latest jobs, newest first; only those in `state`, of `model`, or of the Batch
+    API batches of the key `owner`, when given."""
+    where: list[str] = []
+    params: list[Any] = []
+    for clause, value in (("state = ?", state), ("model = ?", model),
+                          ("id IN (SELECT job_id FROM batches WHERE owner = ?)", owner)):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    filtered = f"WHERE {' AND '.join(where)} " if where else ""
     with dbapi.reader(db_url) as db:
-        jobs = db.rows(f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_at DESC LIMIT ?",
-                       (limit,))
+        jobs = db.rows(f"SELECT {JOB_COLUMNS} FROM jobs {filtered}ORDER BY created_at DESC "
+                       "LIMIT ?", (*params, limit))
         counts: dict[str, dict[str, int]] = {job[0]: {} for job in jobs}
         if counts:
             marks = ", ".join("?" * len(counts))

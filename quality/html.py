@@ -19,7 +19,13 @@ svg text { font: 11px system-ui, sans-serif; }
 <h1>Job {{ r.job_id }}</h1>
 <p class="muted">{{ r.kind }} · {{ r.state }} · {{ r["items"] }} items ·
 checks: {{ r.checks | join(", ") or "none" }}</p>
-<table><tr><th>first-try pass rate</th><th>after retries</th><th>needs review</th>
+{{ summary }}
+</body></html>
+"""
+
+
+# What the report says, as the page shows it and the dashboard's job page too.
+SUMMARY = """<table><tr><th>first-try pass rate</th><th>after retries</th><th>needs review</th>
 <th>retry tokens</th></tr>
 <tr><td class="big">{{ pct(r.first_try_pass_rate) }}</td>
 <td class="big">{{ pct(r.final_pass_rate) }}</td><td class="big">{{ r.needs_review }}</td>
@@ -35,7 +41,6 @@ checks: {{ r.checks | join(", ") or "none" }}</p>
 {% for name, reasons in r.failure_reasons.items() %}{% for reason, n in reasons %}
 <tr><td>{{ name }}</td><td>{{ n }}</td><td>{{ reason }}</td></tr>{% endfor %}{% endfor %}
 </table>{% endif %}
-</body></html>
 """
 
 
@@ -59,16 +64,31 @@ def _esc(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _charts(report: dict[str, Any]) -> list[tuple[str, dict[str, int]]]:
+    return [("Attempts per item", report["attempts_histogram"]),
+            ("Items still failing, by check", report["failures_by_check"]),
+            ("First-try failures, by check", report["first_try_failures_by_check"]),
+            ("Judge scores", report["judge_scores"]),
+            ("Label confidence", report["confidence_histogram"])]
+
+
 def render(report: dict[str, Any]) -> str:
-    charts = [("Attempts per item", report["attempts_histogram"]),
-              ("Items still failing, by check", report["failures_by_check"]),
-              ("First-try failures, by check", report["first_try_failures_by_check"]),
-              ("Judge scores", report["judge_scores"]),
-              ("Label confidence", report["confidence_histogram"])]
+    return _env().from_string(PAGE).render(r=report, summary=summary(report))
+
+
+def summary(report: dict[str, Any]) -> Any:
+    """Pass rates, reference metrics, the plots and why items still fail, as markup."""
+    return _markup(_env().from_string(SUMMARY).render(r=report, charts=_charts(report)))
+
+
+def _env() -> Environment:
     env = Environment(autoescape=True)
-    env.globals.update(bars=lambda d: _markup(bars(d)),
-                       pct=lambda v: "-" if v is None else f"{v:.1%}")
-    return env.from_string(PAGE).render(r=report, charts=charts)
+    env.globals.update(bars=lambda d: _markup(bars(d)), pct=_percent)
+    return env
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _markup(svg: str) -> Any:

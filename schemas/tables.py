@@ -277,6 +277,18 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class Login(Base):
+    """A browser logged in to the dashboard with an API key: the cookie's random token,
+    kept as its SHA-256, as keys are. It ends at `expires_at`, at logout, or with its key."""
+
+    __tablename__ = "logins"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+
+
 class StoredFile(Base):
     """A file uploaded to `nightshift serve`, kept in the files directory under `name`,
     which is made from its id: nothing a client sends becomes a path."""

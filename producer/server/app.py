@@ -1,6 +1,7 @@
 """The HTTP side of `nightshift serve`: OpenAI's Files and Batches endpoints and its model
-list, each behind a bearer key. The handlers are plain functions (FastAPI runs them in
-its thread pool): each reads or writes SQL and the files directory, nothing else."""
+list, each behind a bearer key, and the dashboard's pages (producer.server.pages). The
+handlers are plain functions (FastAPI runs them in its thread pool): each reads or writes
+SQL and the files directory, nothing else."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import select
 from starlette.exceptions import HTTPException
 
-from producer.server import batches, keys, storage
+from producer.server import batches, keys, pages, storage
 from producer.server.errors import ApiError, not_found
 from schemas import db
 from schemas.errors import NightshiftError
@@ -164,6 +165,7 @@ def create_app(settings: Settings) -> FastAPI:
         return {"object": "list", "data": [{"id": m, "object": "model", "created": 0,
                                             "owned_by": "nightshift"} for m in live]}
 
+    pages.mount(app, settings)
     return app
 
 

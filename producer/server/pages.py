@@ -1,0 +1,230 @@
+"""The dashboard: server-rendered pages over the same SQL the CLI reads (jobs, a job's
+report, its results a page at a time, an item's ladder), behind a login with an API key.
+An admin key sees every job; any other key the jobs of its own Batch API batches.
+Pages of a running job reload themselves every few seconds; there is no front-end build."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+from starlette.templating import Jinja2Templates
+
+from producer import status
+from producer.server import logins
+from producer.server.keys import Caller
+from quality import html, report
+from schemas import db
+from schemas.errors import NightshiftError
+from schemas.settings import Settings
+from schemas.states import JobState
+from schemas.tables import Attempt, Batch, Item, Job, Result
+
+PAGE_ROWS = 50
+STATES = (JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING, *JobState.FINAL)
+REFRESH_SECONDS = 5
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+templates.env.filters["duration"] = lambda s: f"{s} s" if s < 90 else (
+    f"{s // 60} min" if s < 5400 else f"{s / 3600:.1f} h")
+
+
+class Refused(Exception):
+    """A page the caller may not see, or that is not there: a 404 page either way."""
+
+
+def mount(app: FastAPI, settings: Settings) -> None:
+    url = settings.database_url
+
+    def page(request: Request, name: str, who: Caller | None, *, status_code: int = 200,
+             **context: Any) -> HTMLResponse:
+        token = request.cookies.get(logins.COOKIE)
+        return templates.TemplateResponse(request, name, {
+            "who": who, "form_token": logins.form_token(token) if token else "", **context},
+            status_code=status_code)
+
+    def logged_in(request: Request) -> Caller | None:
+        return logins.caller(url, request.cookies.get(logins.COOKIE))
+
+    def posted(request: Request, form_token: str) -> Caller | None:
+        """The caller of a form post that carries its login's form token, else None."""
+        token = request.cookies.get(logins.COOKIE)
+        return logged_in(request) if logins.form_ok(token, form_token) else None
+
+    def to_login() -> RedirectResponse:
+        return RedirectResponse("/login", status_code=303)
+
+    @app.exception_handler(Refused)
+    def _not_found(request: Request, exc: Refused) -> HTMLResponse:
+        return page(request, "missing.html", logged_in(request), what=str(exc), status_code=404)
+
+    @app.get("/", include_in_schema=False)
+    def home(request: Request) -> Response:
+        return RedirectResponse("/jobs" if logged_in(request) else "/login", status_code=303)
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request) -> HTMLResponse:
+        return page(request, "login.html", None, error=None)
+
+    @app.post("/login")
+    def login(request: Request, key: Annotated[str, Form()]) -> Response:
+        token = logins.start(url, key.strip())
+        if token is None:
+            return page(request, "login.html", None, status_code=401,
+                        error="That key is not a live API key (nightshift keys list).")
+        done = RedirectResponse("/jobs", status_code=303)
+        done.set_cookie(logins.COOKIE, token, max_age=int(logins.LASTS.total_seconds()),
+                        httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+        return done
+
+    @app.post("/logout")
+    def logout(request: Request, form_token: Annotated[str, Form()] = "") -> Response:
+        token = request.cookies.get(logins.COOKIE)
+        if token and logins.form_ok(token, form_token):
+            logins.end(url, token)
+        done = to_login()
+        done.delete_cookie(logins.COOKIE)
+        return done
+
+    @app.get("/jobs", response_class=HTMLResponse)
+    def jobs(request: Request, state: str | None = None, model: str | None = None
+             ) -> Response:
+        who = logged_in(request)
+        if who is None:
+            return to_login()
+        shown = status.all_jobs(url, limit=200, state=state or None, model=model or None,
+                                owner=None if who.admin else who.key_id)
+        now = datetime.now(UTC)
+        for job in shown:
+            job.update(_progress(job, now))
+        running = any(job["state"] in (JobState.QUEUED, JobState.RUNNING) for job in shown)
+        return page(request, "jobs.html", who, jobs=shown, state=state or "",
+                    model=model or "", states=STATES,
+                    refresh=REFRESH_SECONDS if running else None)
+
+    @app.get("/jobs/{job_id}", response_class=HTMLResponse)
+    def job(request: Request, job_id: str) -> Response:
+        who = logged_in(request)
+        if who is None:
+            return to_login()
+        _visible(url, who, job_id)
+        shown = status.status(url, job_id)
+        shown.update(_progress(shown, datetime.now(UTC)))
+        measured = report.build(url, job_id)
+        from worker import presence
+
+        serving = [w for w in presence.listed(url) if w["model"] == shown["model"]]
+        running = shown["state"] in (JobState.QUEUED, JobState.RUNNING)
+        return page(request, "job.html", who, job=shown, report_summary=html.summary(measured),
+                    workers=serving,
+                    batch=_batch_of(url, job_id), notice=request.query_params.get("notice"),
+                    refresh=REFRESH_SECONDS if running else None)
+
+    @app.post("/jobs/{job_id}/cancel")
+    def cancel(request: Request, job_id: str, form_token: Annotated[str, Form()] = ""
+               ) -> Response:
+        who = posted(request, form_token)
+        if who is None:
+            return to_login()
+        _visible(url, who, job_id)
+        stopped, _ = status.cancel(url, job_id)
+        notice = "Cancelled." if stopped else "The job had already ended."
+        return RedirectResponse(f"/jobs/{job_id}?notice={notice}", status_code=303)
+
+    @app.post("/jobs/{job_id}/retry")
+    def retry(request: Request, job_id: str, form_token: Annotated[str, Form()] = "",
+              failed: Annotated[bool, Form()] = False,
+              needs_review: Annotated[bool, Form()] = False) -> Response:
+        from producer.retry import retry as run_again
+
+        who = posted(request, form_token)
+        if who is None:
+            return to_login()
+        _visible(url, who, job_id)
+        try:
+            done = run_again(url, settings.broker_url, job_id, failed=failed,
+                             needs_review=needs_review)
+            notice = (f"Running {done.items} item{'s' if done.items > 1 else ''} again."
+                      if done.items else "Nothing to run again.")
+        except NightshiftError as exc:
+            notice = str(exc)
+        return RedirectResponse(f"/jobs/{job_id}?notice={notice}", status_code=303)
+
+    @app.get("/jobs/{job_id}/results", response_class=HTMLResponse)
+    def results(request: Request, job_id: str,
+                item_status: Annotated[str | None, Query(alias="status")] = None,
+                quality: str | None = None, after: int = -1) -> Response:
+        who = logged_in(request)
+        if who is None:
+            return to_login()
+        _visible(url, who, job_id)
+        query = (select(Result.item_seq, Item.key, Result.status, Result.quality, Result.label,
+                        Result.output, Result.error, Result.attempts)
+                 .join(Item, (Item.job_id == Result.job_id) & (Item.seq == Result.item_seq))
+                 .where(Result.job_id == job_id, Result.item_seq > after)
+                 .order_by(Result.item_seq).limit(PAGE_ROWS + 1))
+        if item_status:
+            query = query.where(Result.status == item_status)
+        if quality:
+            query = query.where(Result.quality == quality)
+        with db.reader(url) as session:
+            rows = session.execute(query).all()
+        more = len(rows) > PAGE_ROWS
+        rows = rows[:PAGE_ROWS]
+        return page(request, "results.html", who, job_id=job_id, rows=rows,
+                    status=item_status or "", quality=quality or "",
+                    following=rows[-1].item_seq if more else None)
+
+    @app.get("/jobs/{job_id}/items/{seq}", response_class=HTMLResponse)
+    def item(request: Request, job_id: str, seq: int) -> Response:
+        who = logged_in(request)
+        if who is None:
+            return to_login()
+        _visible(url, who, job_id)
+        with db.reader(url) as session:
+            found = session.get(Item, (job_id, seq))
+            if found is None:
+                raise Refused(f"item {seq} of job {job_id}")
+            result = session.get(Result, (job_id, seq))
+            attempts = list(session.scalars(select(Attempt).where(
+                Attempt.job_id == job_id, Attempt.item_seq == seq)
+                .order_by(Attempt.piece, Attempt.attempt)))
+            session.expunge_all()
+        return page(request, "item.html", who, job_id=job_id, item=found, result=result,
+                    attempts=attempts)
+
+
+def _visible(url: str, who: Caller, job_id: str) -> None:
+    """Refused unless the job is there and the caller may see it."""
+    with db.reader(url) as session:
+        there = session.scalar(select(Job.id).where(Job.id == job_id))
+        owner = session.scalar(select(Batch.owner).where(Batch.job_id == job_id))
+    if there is None or not who.owns(owner):
+        raise Refused(f"job {job_id}")
+
+
+def _batch_of(url: str, job_id: str) -> str | None:
+    with db.reader(url) as session:
+        return session.scalar(select(Batch.id).where(Batch.job_id == job_id))
+
+
+def _progress(job: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """Done share, items/s since the start, and an ETA while the job runs."""
+    total = job["total"] or 0
+    done = sum(job.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
+    shown: dict[str, Any] = {"done": done, "percent": round(100 * done / total, 1)
+                             if total else 0.0, "items_per_s": None, "eta_s": None}
+    started = job.get("started_at")
+    if started:
+        end = job.get("finished_at")
+        elapsed = ((datetime.fromisoformat(end) if end else now)
+                   - datetime.fromisoformat(started)).total_seconds()
+        if elapsed > 0 and done:
+            shown["items_per_s"] = round(done / elapsed, 2)
+            if job["state"] == JobState.RUNNING:
+                shown["eta_s"] = round((total - done) / (done / elapsed))
+    return shown

@@ -1,0 +1,213 @@
+"""The dashboard in a real headless browser (Debian's chromium and chromedriver, driven by
+Selenium): log in with a key, watch a job's progress move, open it, filter its results,
+open an item and read its ladder, cancel a running job and run a finished one's failed
+items again. And what a visitor may not do: see pages without logging in, see another
+key's job, post a form without its token."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Server, Stack, lease
+from sqlalchemy import select
+
+from producer.server import logins
+from producer.submit import submit
+from quality.checks import Verdict
+from quality.retries import Step
+from schemas import db
+from schemas.settings import load
+from schemas.spec import JobSpec
+from schemas.tables import Batch, Item
+from worker.attempts import Outcome, Try
+from worker.chunks import write
+
+CHROMEDRIVER = "/usr/bin/chromedriver"
+DOCS = Path(__file__).resolve().parents[3] / "docs"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--window-size=1280,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.implicitly_wait(0)
+    yield driver
+    driver.quit()
+
+
+def _job(stack: Stack, tmp_path: Path, n: int = 6) -> str:
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"id": f"row-{i}", "prompt": f"p{i}"}) + "\n"
+                            for i in range(n)))
+    settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
+    return submit(settings, JobSpec(chunk_size=2, checks=["non_empty"]), path).job_id  # type: ignore[list-item]
+
+
+def _write_chunk(stack: Stack, job: str, seq: int, *, fail: bool = False) -> None:
+    first = 2 * seq
+    outcomes = []
+    for item in (first, first + 1):
+        if fail and item == first:
+            tries = [Try(n, Step.FIRST if n == 1 else Step.RESAMPLE, f"p{item}",
+                         {"temperature": 0.3 * (n - 1), "seed": n}, 3, output="",
+                         verdicts=[Verdict("non_empty", False, reason="the answer is empty")],
+                         next_reason="non_empty: the answer is empty"
+                         if n < 2 else None) for n in (1, 2)]
+            outcomes.append(Outcome(item, "failed", output="", error="non_empty: empty",
+                                    quality="failed", attempts=2, attempt=2, tries=tries))
+        else:
+            tries = [Try(1, Step.FIRST, f"p{item}", {"seed": 1}, 3, output=f"answer {item}")]
+            outcomes.append(Outcome(item, "succeeded", output=f"answer {item}",
+                                    quality="passed", attempt=1, tries=tries))
+    write(stack.db_url, lease(stack.db_url, job, seq), outcomes)
+
+
+def _login(browser: Any, server: Server, key: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.delete_all_cookies()
+    browser.get(f"{server.url}/")
+    assert browser.current_url.endswith("/login")
+    browser.find_element(By.ID, "key").send_keys(key)
+    browser.find_element(By.ID, "login").click()
+    assert browser.current_url.endswith("/jobs")
+
+
+def _text(browser: Any, element_id: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return str(browser.find_element(By.ID, element_id).text)
+
+
+def _wait_text(browser: Any, element_id: str, wanted: str, timeout: float = 20.0) -> None:
+    """Until the page, reloading itself, shows `wanted` there."""
+    from selenium.common.exceptions import WebDriverException
+
+    deadline, seen = time.monotonic() + timeout, None
+    while seen != wanted:
+        assert time.monotonic() < deadline, f"#{element_id}: {seen!r}"
+        time.sleep(0.2)
+        try:
+            seen = _text(browser, element_id)
+        except WebDriverException:  # caught mid-reload: no such element, or a stale one
+            seen = None
+
+
+def test_a_morning_in_the_dashboard(browser: Any, server: Server, stack: Stack,
+                                    tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    job = _job(stack, tmp_path)
+    _write_chunk(stack, job, 0)
+    _login(browser, server, server.key("operator", admin=True))
+    row = browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{job}"]')
+    assert "2/6" in row.text and "running" in row.text
+
+    browser.find_element(By.LINK_TEXT, job[:12]).click()
+    assert _text(browser, "progress") == "2/6"
+    _write_chunk(stack, job, 1, fail=True)  # the page reloads itself while the job runs
+    _wait_text(browser, "progress", "4/6")
+    if stack.name == "sqlite":
+        browser.save_screenshot(str(DOCS / "dashboard-job.png"))
+    _write_chunk(stack, job, 2)
+    _wait_text(browser, "state", "completed")
+    assert _text(browser, "failed") == "1"
+
+    browser.find_element(By.ID, "results").click()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tr.row")) == 6
+    Select(browser.find_element(By.ID, "status")).select_by_visible_text("failed")
+    browser.find_element(By.ID, "filter").click()
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr.row")
+    assert len(rows) == 1 and "row-2" in rows[0].text
+
+    browser.find_element(By.LINK_TEXT, "2").click()
+    attempts = browser.find_elements(By.CSS_SELECTOR, "tr.attempt")
+    assert [a.text.split()[1] for a in attempts] == ["1", "2"]
+    assert "non_empty: the answer is empty" in attempts[0].text
+    assert '"prompt": "p2"' in _text(browser, "request")
+    if stack.name == "sqlite":
+        browser.save_screenshot(str(DOCS / "dashboard-item.png"))
+
+    browser.get(f"{server.url}/jobs/{job}")
+    browser.find_element(By.ID, "retry").click()
+    assert _text(browser, "notice") == "Running 1 item again."
+    assert _text(browser, "state") == "queued"
+    with db.session(stack.db_url) as session:
+        assert session.scalar(select(Item.status).where(Item.job_id == job, Item.seq == 2)) \
+            == "pending"
+
+    browser.find_element(By.ID, "cancel").click()
+    assert _text(browser, "notice") == "Cancelled."
+    assert _text(browser, "state") == "cancelled"
+    browser.get(f"{server.url}/jobs")
+    if stack.name == "sqlite":
+        browser.save_screenshot(str(DOCS / "dashboard-jobs.png"))
+
+
+def test_a_key_sees_only_its_own_jobs_and_a_wrong_key_is_refused(
+        browser: Any, server: Server, stack: Stack, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    cli_job = _job(stack, tmp_path)
+    own = _job(stack, tmp_path)
+    key = server.key("team")
+    from producer.server import keys
+
+    owner = keys.authenticate(stack.db_url, key)
+    assert owner is not None
+    with db.session(stack.db_url) as session, session.begin():
+        session.add(Batch(id="batch_own", owner=owner.key_id, job_id=own,
+                          input_file_id="file_1", endpoint="/v1/chat/completions",
+                          completion_window="24h"))
+
+    browser.delete_all_cookies()
+    browser.get(f"{server.url}/login")
+    browser.find_element(By.ID, "key").send_keys("ns-not-a-key")
+    browser.find_element(By.ID, "login").click()
+    assert "not a live API key" in _text(browser, "error")
+
+    _login(browser, server, key)
+    listed = {r.get_attribute("data-job") for r in
+              browser.find_elements(By.CSS_SELECTOR, "tr.job")}
+    assert own in listed and cli_job not in listed
+    browser.get(f"{server.url}/jobs/{cli_job}")
+    assert "Not found" in browser.find_element(By.TAG_NAME, "h1").text
+    browser.get(f"{server.url}/jobs/{own}/items/999")
+    assert "Not found" in browser.find_element(By.TAG_NAME, "h1").text
+
+
+def test_pages_and_forms_need_a_login_and_its_form_token(server: Server, stack: Stack,
+                                                         tmp_path: Path) -> None:
+    job = _job(stack, tmp_path)
+    with httpx.Client(base_url=server.url, follow_redirects=False) as visitor:
+        for path in ("/jobs", f"/jobs/{job}", f"/jobs/{job}/results", f"/jobs/{job}/items/0"):
+            assert visitor.get(path).headers["location"] == "/login"
+        token = logins.start(stack.db_url, server.key("ops", admin=True))
+        assert token is not None
+        visitor.cookies.set(logins.COOKIE, token)
+        assert visitor.get(f"/jobs/{job}").status_code == 200
+        # A post another site's page makes the browser send: the cookie, but no form token.
+        refused = visitor.post(f"/jobs/{job}/cancel", data={"form_token": "forged"})
+        assert refused.headers["location"] == "/login"
+        assert visitor.get(f"/jobs/{job}").status_code == 200
+        from producer.status import status
+
+        assert status(stack.db_url, job)["state"] == "queued"
+        done = visitor.post(f"/jobs/{job}/cancel",
+                            data={"form_token": logins.form_token(token)})
+        assert done.status_code == 303 and status(stack.db_url, job)["state"] == "cancelled"
