@@ -22,10 +22,12 @@ from sqlalchemy import select
 
 from schemas import db
 from schemas.errors import ConfigError, JobNotFound
-from schemas.tables import Item, ItemStatus, Job, Piece, Quality, Result
+from schemas.states import ReviewVerdict
+from schemas.tables import Item, ItemStatus, Job, Piece, Quality, Result, Review
 
 CSV_FIELDS = ["id", "status", "output", "label", "error", "finish_reason", "quality",
-              "attempts", "attempt", "prompt_tokens", "completion_tokens", "checks", "metrics"]
+              "attempts", "attempt", "prompt_tokens", "completion_tokens", "checks", "metrics",
+              "review", "reviewed_output", "reviewed_label"]
 # Structured values that CSV and Parquet carry as JSON text (their shapes vary by job).
 JSON_TEXT_FIELDS = ("probabilities", "checks", "metrics")
 PARQUET_ROW_GROUP = 10_000
@@ -39,21 +41,26 @@ class Written:
     errors: int = 0
 
 
-def rows(db_url: str, job_id: str) -> Iterator[tuple[Job, Item, Result | None]]:
+def rows(db_url: str, job_id: str
+         ) -> Iterator[tuple[Job, Item, Result | None, Review | None]]:
+    """Every item of the job in order, with its result and a person's review, if any."""
     with db.reader(db_url) as session:
         job = session.get(Job, job_id)
         if job is None:
             raise JobNotFound(f"no job {job_id!r} in this database")
-        query = (select(Item, Result)
+        query = (select(Item, Result, Review)
                  .outerjoin(Result, (Result.job_id == Item.job_id) & (Result.item_seq == Item.seq))
+                 .outerjoin(Review, (Review.job_id == Item.job_id) & (Review.item_seq == Item.seq))
                  .where(Item.job_id == job_id).order_by(Item.seq)
                  .execution_options(yield_per=1000))
-        for item, result in session.execute(query):
-            yield job, item, result
+        for item, result, review in session.execute(query):
+            yield job, item, result, review
 
 
-def record(job: Job, item: Item, result: Result | None) -> dict[str, Any]:
-    """One item as scripts read it: the DESIGN contract's keys, and its quality record."""
+def record(job: Job, item: Item, result: Result | None, *, review: Review | None = None
+           ) -> dict[str, Any]:
+    """One item as scripts read it: the DESIGN contract's keys, its quality record, and a
+    person's review (a correction is the item's answer)."""
     out: dict[str, Any] = {
         "id": item.key,
         "status": item.status,
@@ -76,12 +83,25 @@ def record(job: Job, item: Item, result: Result | None) -> dict[str, Any]:
         out["samples"] = result.samples
     if "document" in item.payload:
         out["document"] = item.payload["document"]
+    out["review"] = review.verdict if review else None
+    corrected = _corrected(review)
+    reviewed = "reviewed_label" if job.kind == "classify" else "reviewed_output"
+    out[reviewed] = corrected
+    if corrected is not None:
+        out["output"] = corrected
+        if job.kind == "classify":
+            out["label"] = corrected
     return out
 
 
-def openai_line(job: Job, item: Item, result: Result | None) -> dict[str, Any]:
+def _corrected(review: Review | None) -> str | None:
+    return review.correction if review and review.verdict == ReviewVerdict.CORRECTED else None
+
+
+def openai_line(job: Job, item: Item, result: Result | None, *, review: Review | None = None
+                ) -> dict[str, Any]:
     """The item as a line of OpenAI's output file or, if it produced no answer, of the
-    error file; `is_error(line)` tells which."""
+    error file; `is_error(line)` tells which. A person's correction is its answer."""
     request_id = f"{job.id}-{item.seq}"
     line: dict[str, Any] = {"id": f"batch_req_{request_id}", "custom_id": item.key,
                             "response": None, "error": None}
@@ -93,7 +113,8 @@ def openai_line(job: Job, item: Item, result: Result | None) -> dict[str, Any]:
                             "body": {"error": error}}
     else:
         line["response"] = {"status_code": 200, "request_id": request_id,
-                            "body": _completion(job, item, result, request_id)}
+                            "body": _completion(job, item, result, request_id,
+                                                _corrected(review))}
     return line
 
 
@@ -101,10 +122,11 @@ def is_error(line: dict[str, Any]) -> bool:
     return line["response"] is None or line["response"]["status_code"] != 200
 
 
-def _completion(job: Job, item: Item, result: Result, request_id: str) -> dict[str, Any]:
+def _completion(job: Job, item: Item, result: Result, request_id: str,
+                corrected: str | None) -> dict[str, Any]:
     """A `chat.completion` or `text_completion` object, as the URL of the request asks."""
     answer = result.label if job.kind == "classify" else result.output
-    texts = result.samples or [answer or ""]
+    texts = [corrected] if corrected is not None else result.samples or [answer or ""]
     usage = {"prompt_tokens": result.prompt_tokens,
              "completion_tokens": result.completion_tokens,
              "total_tokens": result.prompt_tokens + result.completion_tokens}
@@ -176,9 +198,9 @@ def write(db_url: str, job_id: str, fmt: str, out: IO[str] | str, *,
                 out.write(json.dumps(line, ensure_ascii=False) + "\n")
             written.rows += 1
         return written
-    for job, item, result in rows(db_url, job_id):
+    for job, item, result, review in rows(db_url, job_id):
         if fmt == "openai":
-            line = openai_line(job, item, result)
+            line = openai_line(job, item, result, review=review)
             if is_error(line):
                 written.errors += 1
                 if errors is not None:
@@ -186,9 +208,10 @@ def write(db_url: str, job_id: str, fmt: str, out: IO[str] | str, *,
                 continue
             out.write(json.dumps(line, ensure_ascii=False) + "\n")
         elif fmt == "csv":
-            writer.writerow(_as_text(record(job, item, result)))
+            writer.writerow(_as_text(record(job, item, result, review=review)))
         else:
-            out.write(json.dumps(record(job, item, result), ensure_ascii=False) + "\n")
+            out.write(json.dumps(record(job, item, result, review=review), ensure_ascii=False)
+                      + "\n")
         written.rows += 1
     return written
 
@@ -203,8 +226,8 @@ def piece_records(db_url: str, job_id: str) -> Iterator[dict[str, Any]]:
         for piece in session.scalars(maps):
             pieces.setdefault(piece.item_seq, []).append(piece)
         session.expunge_all()
-    for job, item, result in rows(db_url, job_id):
-        whole = record(job, item, result)
+    for job, item, result, review in rows(db_url, job_id):
+        whole = record(job, item, result, review=review)
         split = pieces.get(item.seq)
         if not split:
             yield {**whole, "document": whole.get("document", item.key), "piece": 1,
@@ -276,12 +299,13 @@ def _parquet(db_url: str, job_id: str, out: IO[str] | str) -> Written:
         ("finish_reason", text), ("quality", text), ("attempts", number), ("attempt", number),
         ("prompt_tokens", number), ("completion_tokens", number), ("checks", text),
         ("metrics", text), ("probabilities", text), ("samples", pa.list_(text)),
-        ("document", text)])
+        ("document", text), ("review", text), ("reviewed_output", text),
+        ("reviewed_label", text)])
     written = Written()
     with pq.ParquetWriter(out, schema) as writer:
         batch: list[dict[str, Any]] = []
-        for r in rows(db_url, job_id):
-            batch.append(_as_text(record(*r)))
+        for job, item, result, review in rows(db_url, job_id):
+            batch.append(_as_text(record(job, item, result, review=review)))
             if len(batch) == PARQUET_ROW_GROUP:
                 writer.write_table(pa.Table.from_pylist(batch, schema=schema))
                 written.rows, batch = written.rows + len(batch), []

@@ -30,6 +30,9 @@ SUMMARY = """<table><tr><th>first-try pass rate</th><th>after retries</th><th>ne
 <tr><td class="big">{{ pct(r.first_try_pass_rate) }}</td>
 <td class="big">{{ pct(r.final_pass_rate) }}</td><td class="big">{{ r.needs_review }}</td>
 <td class="big">{{ r.tokens.retries }}</td></tr></table>
+{% if r.reviewed %}<p>Reviewed by people: {{ r.reviewed }}; agreeing with the checks
+{{ pct(r.human_agreement) }}{% if r.human_accuracy is not none %}; labels right
+{{ pct(r.human_accuracy) }}{% endif %}.</p>{% endif %}
 {% for key in ["accuracy", "ece", "rouge_l", "bleu", "exact_match"] if key in r %}
 {% if loop.first %}<h2>Against the references</h2><table>{% endif %}
 <tr><td>{{ key }}</td><td>{{ r[key] }}</td></tr>{% if loop.last %}</table>{% endif %}

@@ -14,7 +14,8 @@ from sqlalchemy import case, func, select
 from quality.metrics import expected_calibration_error
 from schemas.db import reader
 from schemas.errors import JobNotFound
-from schemas.tables import Attempt, Job, Quality, Result
+from schemas.states import ItemStatus, ReviewVerdict
+from schemas.tables import Attempt, Job, Quality, Result, Review
 
 BATCH = 5000
 
@@ -32,6 +33,7 @@ def build(db_url: str, job_id: str) -> dict[str, Any]:
         first = _first_tries(db, job_id)
         report.update(_finals(db, job_id, kind))
         report.update(first)
+        report.update(_reviews(db, job_id, kind))
     checked = report.pop("_checked")
     report["first_try_pass_rate"] = _rate(first.pop("_first_passed"), checked)
     report["final_pass_rate"] = _rate(report.pop("_passed"), checked)
@@ -58,6 +60,29 @@ def _first_tries(db: Any, job_id: str) -> dict[str, Any]:
     ).where(Attempt.job_id == job_id)).one()
     return {"_first_passed": passed, "first_try_failures_by_check": dict(failures.most_common()),
             "tokens": {"first_try": int(first), "retries": int(retries)}}
+
+
+def _reviews(db: Any, job_id: str, kind: str) -> dict[str, Any]:
+    """What people said in the review queue: how often they agreed with the checks (a
+    passed answer accepted, a failed one rejected or corrected; answers kept for review
+    left out, the checks took no side) and, for labels, how often the label was right."""
+    agreed = judged = right = 0
+    reviewed = 0
+    rows = db.execute(select(Review.verdict, Review.correction, Result.status,
+                             Result.quality, Result.label)
+                      .join(Result, (Result.job_id == Review.job_id)
+                            & (Result.item_seq == Review.item_seq))
+                      .where(Review.job_id == job_id).execution_options(yield_per=BATCH))
+    for verdict, correction, status, quality, label in rows:
+        reviewed += 1
+        accepted = verdict == ReviewVerdict.ACCEPTED
+        if quality != Quality.NEEDS_REVIEW:
+            judged += 1
+            passed = quality == Quality.PASSED if quality else status == ItemStatus.SUCCEEDED
+            agreed += passed == accepted
+        right += accepted or (verdict == ReviewVerdict.CORRECTED and correction == label)
+    return {"reviewed": reviewed, "human_agreement": _rate(agreed, judged),
+            "human_accuracy": _rate(right, reviewed) if kind == "classify" else None}
 
 
 def _finals(db: Any, job_id: str, kind: str) -> dict[str, Any]:
@@ -143,4 +168,9 @@ def text(report: dict[str, Any]) -> str:
     if report["confidence_histogram"]:
         lines.append("confidence: " + "  ".join(f"{k}+: {v}" for k, v in
                                                 report["confidence_histogram"].items()))
+    if report["reviewed"]:
+        lines.append(f"reviewed by people: {report['reviewed']}  agreeing with the checks "
+                     f"{pct(report['human_agreement'])}"
+                     + (f"  labels right {pct(report['human_accuracy'])}"
+                        if report["human_accuracy"] is not None else ""))
     return "\n".join(lines)

@@ -22,6 +22,15 @@ class Quality:
     NEEDS_REVIEW = "needs_review"
 
 
+class ReviewVerdict:
+    """A person's review of an answer (schemas.tables.Review)."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    CORRECTED = "corrected"
+    ALL = (ACCEPTED, REJECTED, CORRECTED)
+
+
 class ItemStatus:
     PENDING = "pending"
     RUNNING = "running"

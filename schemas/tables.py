@@ -277,6 +277,23 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class Review(Base):
+    """A person's verdict on an item's kept answer (the dashboard's review queue): accepted,
+    rejected, or corrected, when `correction` (a label, or edited text) is its final answer
+    in every export. One per item; a later verdict replaces it."""
+
+    __tablename__ = "reviews"
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    item_seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    verdict: Mapped[str] = mapped_column(String(16))
+    correction: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+    # The name of the API key that logged in to give it.
+    reviewer: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Login(Base):
     """A browser logged in to the dashboard with an API key: the cookie's random token,
     kept as its SHA-256, as keys are. It ends at `expires_at`, at logout, or with its key."""

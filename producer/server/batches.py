@@ -171,8 +171,8 @@ def lines(settings: Settings, batch: Batch, which: str) -> Iterator[bytes]:
     """The output or error file's lines, from the results, streamed."""
     assert batch.job_id is not None
     encode = msgspec.json.Encoder().encode
-    for job, item, result in export.rows(settings.database_url, batch.job_id):
-        line = export.openai_line(job, item, result)
+    for job, item, result, review in export.rows(settings.database_url, batch.job_id):
+        line = export.openai_line(job, item, result, review=review)
         if export.is_error(line) == (which == ERRORS):
             yield encode(line) + b"\n"
 

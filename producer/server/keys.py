@@ -63,6 +63,11 @@ def listed(db_url: str) -> list[dict[str, Any]]:
              "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None} for k in keys]
 
 
+def name_of(db_url: str, key_id: str) -> str:
+    with db.reader(db_url) as session:
+        return str(session.scalar(select(ApiKey.name).where(ApiKey.id == key_id)))
+
+
 def authenticate(db_url: str, key: str) -> Caller | None:
     with db.reader(db_url) as session:
         found = session.execute(select(ApiKey.id, ApiKey.admin).where(

@@ -8,26 +8,31 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from starlette.templating import Jinja2Templates
 
-from producer import status
-from producer.server import logins
+from producer import reviews, status
+from producer.server import keys, logins
 from producer.server.keys import Caller
 from quality import html, report
 from schemas import db
 from schemas.errors import NightshiftError
 from schemas.settings import Settings
+from schemas.spec import JobSpec
 from schemas.states import JobState
-from schemas.tables import Attempt, Batch, Item, Job, Result
+from schemas.tables import Attempt, Batch, Item, Job, Result, Review
 
 PAGE_ROWS = 50
+QUEUE_TITLES = {"needs_review": "Labels kept for review", "failed": "Failed answers",
+                "sample": "A spot check of passed answers"}
 STATES = (JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING, *JobState.FINAL)
 REFRESH_SECONDS = 5
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+templates.env.globals["pct"] = lambda v: "-" if v is None else f"{v:.1%}"
 templates.env.filters["duration"] = lambda s: f"{s} s" if s < 90 else (
     f"{s // 60} min" if s < 5400 else f"{s / 3600:.1f} h")
 
@@ -133,7 +138,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
         _visible(url, who, job_id)
         stopped, _ = status.cancel(url, job_id)
         notice = "Cancelled." if stopped else "The job had already ended."
-        return RedirectResponse(f"/jobs/{job_id}?notice={notice}", status_code=303)
+        return RedirectResponse(f"/jobs/{job_id}?notice={quote(notice)}", status_code=303)
 
     @app.post("/jobs/{job_id}/retry")
     def retry(request: Request, job_id: str, form_token: Annotated[str, Form()] = "",
@@ -152,31 +157,36 @@ def mount(app: FastAPI, settings: Settings) -> None:
                       if done.items else "Nothing to run again.")
         except NightshiftError as exc:
             notice = str(exc)
-        return RedirectResponse(f"/jobs/{job_id}?notice={notice}", status_code=303)
+        return RedirectResponse(f"/jobs/{job_id}?notice={quote(notice)}", status_code=303)
 
     @app.get("/jobs/{job_id}/results", response_class=HTMLResponse)
     def results(request: Request, job_id: str,
                 item_status: Annotated[str | None, Query(alias="status")] = None,
-                quality: str | None = None, after: int = -1) -> Response:
+                quality: str | None = None, label: str | None = None, after: int = -1
+                ) -> Response:
         who = logged_in(request)
         if who is None:
             return to_login()
         _visible(url, who, job_id)
         query = (select(Result.item_seq, Item.key, Result.status, Result.quality, Result.label,
-                        Result.output, Result.error, Result.attempts)
+                        Result.output, Result.error, Result.attempts, Review.verdict)
                  .join(Item, (Item.job_id == Result.job_id) & (Item.seq == Result.item_seq))
+                 .outerjoin(Review, (Review.job_id == Result.job_id)
+                            & (Review.item_seq == Result.item_seq))
                  .where(Result.job_id == job_id, Result.item_seq > after)
                  .order_by(Result.item_seq).limit(PAGE_ROWS + 1))
         if item_status:
             query = query.where(Result.status == item_status)
         if quality:
             query = query.where(Result.quality == quality)
+        if label:
+            query = query.where(Result.label == label)
         with db.reader(url) as session:
             rows = session.execute(query).all()
         more = len(rows) > PAGE_ROWS
         rows = rows[:PAGE_ROWS]
         return page(request, "results.html", who, job_id=job_id, rows=rows,
-                    status=item_status or "", quality=quality or "",
+                    status=item_status or "", quality=quality or "", label=label or "",
                     following=rows[-1].item_seq if more else None)
 
     @app.get("/jobs/{job_id}/items/{seq}", response_class=HTMLResponse)
@@ -185,17 +195,63 @@ def mount(app: FastAPI, settings: Settings) -> None:
         if who is None:
             return to_login()
         _visible(url, who, job_id)
-        with db.reader(url) as session:
-            found = session.get(Item, (job_id, seq))
-            if found is None:
-                raise Refused(f"item {seq} of job {job_id}")
-            result = session.get(Result, (job_id, seq))
-            attempts = list(session.scalars(select(Attempt).where(
-                Attempt.job_id == job_id, Attempt.item_seq == seq)
-                .order_by(Attempt.piece, Attempt.attempt)))
-            session.expunge_all()
-        return page(request, "item.html", who, job_id=job_id, item=found, result=result,
-                    attempts=attempts)
+        return page(request, "item.html", who, **_item(url, job_id, seq), queue=None,
+                    notice=request.query_params.get("notice"))
+
+    @app.get("/jobs/{job_id}/review", response_class=HTMLResponse)
+    def review_queue(request: Request, job_id: str, queue: str = reviews.QUEUES[0],
+                     after: int = -1) -> Response:
+        """The queue's next item, with the verdict's form; a page saying it is done."""
+        who = logged_in(request)
+        if who is None:
+            return to_login()
+        _visible(url, who, job_id)
+        found = reviews.next_in_queue(url, job_id, queue=queue, after=after)
+        notice = request.query_params.get("notice")
+        if found is None:
+            return page(request, "reviewed.html", who, job_id=job_id, notice=notice)
+        name, seq = found
+        return page(request, "item.html", who, **_item(url, job_id, seq), queue=name,
+                    queue_title=QUEUE_TITLES[name], notice=notice)
+
+    @app.post("/jobs/{job_id}/items/{seq}/review")
+    def review(request: Request, job_id: str, seq: int,
+               verdict: Annotated[str, Form()], form_token: Annotated[str, Form()] = "",
+               correction: Annotated[str, Form()] = "", note: Annotated[str, Form()] = "",
+               queue: Annotated[str, Form()] = "") -> Response:
+        """A verdict; back to the queue's next item (or to the item, when not queued)."""
+        who = posted(request, form_token)
+        if who is None:
+            return to_login()
+        _visible(url, who, job_id)
+        try:
+            reviews.record(url, job_id, seq, verdict, correction=correction, note=note,
+                           reviewer=keys.name_of(url, who.key_id))
+            notice, after = f"Item {seq}: {verdict}.", seq
+        except NightshiftError as exc:
+            notice, after = str(exc), seq - 1  # the same item again
+        if queue:
+            return RedirectResponse(f"/jobs/{job_id}/review?queue={quote(queue)}&after={after}"
+                                    f"&notice={quote(notice)}", status_code=303)
+        return RedirectResponse(f"/jobs/{job_id}/items/{seq}?notice={quote(notice)}",
+                                status_code=303)
+
+
+def _item(url: str, job_id: str, seq: int) -> dict[str, Any]:
+    """An item's page: its request, kept answer, ladder, review, and the job's labels."""
+    with db.reader(url) as session:
+        found = session.get(Item, (job_id, seq))
+        if found is None:
+            raise Refused(f"item {seq} of job {job_id}")
+        result = session.get(Result, (job_id, seq))
+        attempts = list(session.scalars(select(Attempt).where(
+            Attempt.job_id == job_id, Attempt.item_seq == seq)
+            .order_by(Attempt.piece, Attempt.attempt)))
+        spec = session.scalar(select(Job.spec).where(Job.id == job_id))
+        session.expunge_all()
+    return {"job_id": job_id, "item": found, "result": result, "attempts": attempts,
+            "review": reviews.of_item(url, job_id, seq),
+            "labels": JobSpec.model_validate(spec).labels}
 
 
 def _visible(url: str, who: Caller, job_id: str) -> None:

@@ -184,5 +184,5 @@ def test_questions_in_question_order_are_chunked_by_document_and_exported_in_inp
     for d in range(5):  # each document's three questions: one chunk, of its own
         assert {chunk_of[f"d{d}-q{q}"] for q in range(3)} == {chunk_of[f"d{d}-q0"]}
     assert sorted(chunk_of[f"d{d}-q0"] for d in range(5)) == list(range(5))
-    exported = [export.record(*row)["id"] for row in export.rows(stack.db_url, done.job_id)]
+    exported = [item.key for _, item, _, _ in export.rows(stack.db_url, done.job_id)]
     assert exported == [row["custom_id"] for row in rows]

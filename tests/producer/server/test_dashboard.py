@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, Stack, lease
+from conftest import Invoke, Server, Stack, lease
 from sqlalchemy import select
 
 from producer.server import logins
@@ -25,7 +25,7 @@ from quality.retries import Step
 from schemas import db
 from schemas.settings import load
 from schemas.spec import JobSpec
-from schemas.tables import Batch, Item
+from schemas.tables import Batch, Item, Review
 from worker.attempts import Outcome, Try
 from worker.chunks import write
 
@@ -83,8 +83,23 @@ def _login(browser: Any, server: Server, key: str) -> None:
     browser.get(f"{server.url}/")
     assert browser.current_url.endswith("/login")
     browser.find_element(By.ID, "key").send_keys(key)
-    browser.find_element(By.ID, "login").click()
+    _go(browser, browser.find_element(By.ID, "login"))
     assert browser.current_url.endswith("/jobs")
+
+
+def _go(browser: Any, element: Any, *, keys: str | None = None) -> None:
+    """Click what leads to another page (or type `keys` there), and wait for it: the
+    click returns before the page is there."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = browser.find_element(By.TAG_NAME, "html")
+    if keys is None:
+        element.click()
+    else:
+        element.send_keys(keys)
+    WebDriverWait(browser, 20).until(expected_conditions.staleness_of(page))
 
 
 def _text(browser: Any, element_id: str) -> str:
@@ -118,7 +133,7 @@ def test_a_morning_in_the_dashboard(browser: Any, server: Server, stack: Stack,
     row = browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{job}"]')
     assert "2/6" in row.text and "running" in row.text
 
-    browser.find_element(By.LINK_TEXT, job[:12]).click()
+    _go(browser, browser.find_element(By.LINK_TEXT, job[:12]))
     assert _text(browser, "progress") == "2/6"
     _write_chunk(stack, job, 1, fail=True)  # the page reloads itself while the job runs
     _wait_text(browser, "progress", "4/6")
@@ -128,14 +143,14 @@ def test_a_morning_in_the_dashboard(browser: Any, server: Server, stack: Stack,
     _wait_text(browser, "state", "completed")
     assert _text(browser, "failed") == "1"
 
-    browser.find_element(By.ID, "results").click()
+    _go(browser, browser.find_element(By.ID, "results"))
     assert len(browser.find_elements(By.CSS_SELECTOR, "tr.row")) == 6
     Select(browser.find_element(By.ID, "status")).select_by_visible_text("failed")
-    browser.find_element(By.ID, "filter").click()
+    _go(browser, browser.find_element(By.ID, "filter"))
     rows = browser.find_elements(By.CSS_SELECTOR, "tr.row")
     assert len(rows) == 1 and "row-2" in rows[0].text
 
-    browser.find_element(By.LINK_TEXT, "2").click()
+    _go(browser, browser.find_element(By.LINK_TEXT, "2"))
     attempts = browser.find_elements(By.CSS_SELECTOR, "tr.attempt")
     assert [a.text.split()[1] for a in attempts] == ["1", "2"]
     assert "non_empty: the answer is empty" in attempts[0].text
@@ -144,15 +159,15 @@ def test_a_morning_in_the_dashboard(browser: Any, server: Server, stack: Stack,
         browser.save_screenshot(str(DOCS / "dashboard-item.png"))
 
     browser.get(f"{server.url}/jobs/{job}")
-    browser.find_element(By.ID, "retry").click()
+    _go(browser, browser.find_element(By.ID, "retry"))
     assert _text(browser, "notice") == "Running 1 item again."
     assert _text(browser, "state") == "queued"
     with db.session(stack.db_url) as session:
         assert session.scalar(select(Item.status).where(Item.job_id == job, Item.seq == 2)) \
             == "pending"
 
-    browser.find_element(By.ID, "cancel").click()
-    assert _text(browser, "notice") == "Cancelled."
+    browser.find_element(By.ID, "cancel").click()  # the page may reload itself first
+    _wait_text(browser, "notice", "Cancelled.")
     assert _text(browser, "state") == "cancelled"
     browser.get(f"{server.url}/jobs")
     if stack.name == "sqlite":
@@ -178,7 +193,7 @@ def test_a_key_sees_only_its_own_jobs_and_a_wrong_key_is_refused(
     browser.delete_all_cookies()
     browser.get(f"{server.url}/login")
     browser.find_element(By.ID, "key").send_keys("ns-not-a-key")
-    browser.find_element(By.ID, "login").click()
+    _go(browser, browser.find_element(By.ID, "login"))
     assert "not a live API key" in _text(browser, "error")
 
     _login(browser, server, key)
@@ -211,3 +226,52 @@ def test_pages_and_forms_need_a_login_and_its_form_token(server: Server, stack: 
         done = visitor.post(f"/jobs/{job}/cancel",
                             data={"form_token": logins.form_token(token)})
         assert done.status_code == 303 and status(stack.db_url, job)["state"] == "cancelled"
+
+
+def test_three_reviews_by_keyboard_reach_sql_results_and_the_report(
+        browser: Any, server: Server, stack: Stack, run: Invoke, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    path = tmp_path / "labels.jsonl"
+    path.write_text("".join(json.dumps({"id": f"t{i}", "prompt": f"text {i}"}) + "\n"
+                            for i in range(4)))
+    settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
+    spec = JobSpec(kind="classify", labels=["positive", "negative"], chunk_size=4,
+                   checks=["confidence"])  # type: ignore[list-item]
+    job = submit(settings, spec, path).job_id
+    write(stack.db_url, lease(stack.db_url, job, 0), [
+        Outcome(i, "succeeded", label="positive", output="positive",
+                quality="passed" if i == 3 else "needs_review") for i in range(4)])
+
+    _login(browser, server, server.key("reviewer", admin=True))
+    browser.get(f"{server.url}/jobs/{job}")
+    _go(browser, browser.find_element(By.ID, "review"))
+    body = browser.find_element(By.TAG_NAME, "body")
+    for key in ("a", "r"):
+        assert "Labels kept for review" in body.text
+        _go(browser, body, keys=key)
+        body = browser.find_element(By.TAG_NAME, "body")
+    assert _text(browser, "notice") == "Item 1: rejected."
+    body.send_keys("c")  # to the correction: a label, then Correct
+    Select(browser.find_element(By.ID, "correction")).select_by_visible_text("negative")
+    browser.find_element(By.ID, "note").send_keys("sarcasm")
+    _go(browser, browser.find_element(By.ID, "correct"))
+    assert _text(browser, "notice") == "Item 2: corrected."
+    assert browser.find_element(By.ID, "done").is_displayed()
+    if stack.name == "sqlite":
+        browser.get(f"{server.url}/jobs/{job}/items/2")
+        browser.save_screenshot(str(DOCS / "dashboard-review.png"))
+
+    with db.session(stack.db_url) as session:
+        stored = session.execute(select(Review.item_seq, Review.verdict, Review.correction,
+                                        Review.note).where(Review.job_id == job)
+                                 .order_by(Review.item_seq)).all()
+    assert stored == [(0, "accepted", None, None), (1, "rejected", None, None),
+                      (2, "corrected", "negative", "sarcasm")]
+    exported = [json.loads(x) for x in run("results", job).stdout.splitlines()]
+    assert [(r["label"], r["review"], r["reviewed_label"]) for r in exported] == [
+        ("positive", "accepted", None), ("positive", "rejected", None),
+        ("negative", "corrected", "negative"), ("positive", None, None)]
+    shown = json.loads(run("report", job, "--json").stdout)
+    assert (shown["reviewed"], shown["human_accuracy"]) == (3, pytest.approx(1 / 3, abs=1e-3))
