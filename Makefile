@@ -8,7 +8,7 @@ INPUT    ?=
 DUPLICATES ?=
 PYTEST_ARGS ?=
 
-.PHONY: install model browser demo test chaos chaos-short bench bench-quality bench-classify bench-dataplane bench-server bench-engine lint lint-docker clean
+.PHONY: install model browser demo test chaos chaos-short bench bench-quality bench-classify bench-dataplane bench-dashboard bench-server bench-engine lint lint-docker clean
 
 install: $(STAMP)
 
@@ -74,6 +74,10 @@ bench-classify: model
 # the local PostgreSQL; Redis db 1 is flushed). ROWS=100000 for a quicker look.
 bench-dataplane: install
 	$(PY) -m bench.dataplane $(if $(ROWS),--rows $(ROWS),)
+
+# The dashboard's pages on a 1,000,000-item job, SQLite and PostgreSQL (bench/dashboard.py).
+bench-dashboard: install
+	$(PY) -m bench.dashboard $(if $(ROWS),--rows $(ROWS),)
 
 # `nightshift serve` under a 100,000-request upload and batch create (bench/server.py).
 bench-server: install

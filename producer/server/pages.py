@@ -1,5 +1,6 @@
 """The dashboard: server-rendered pages over the same SQL the CLI reads (jobs, a job's
-report, its results a page at a time, an item's ladder), behind a login with an API key.
+report, its results a page at a time, an item's ladder, the review queue), behind a login
+with an API key.
 An admin key sees every job; any other key the jobs of its own Batch API batches.
 Pages of a running job reload themselves every few seconds; there is no front-end build."""
 
