@@ -1,7 +1,8 @@
 """The dashboard's pages on a big job: a job of 1,000,000 items with every result written,
 then the server time of the jobs page, a results page deep in the job (plain and filtered
-by status), an item page and the review queue's next item, on SQLite and PostgreSQL.
-Medians of 20 requests through the app in this process (no network), logged in.
+by status), an item page, the review queue's next item and the job's page with its
+report, on SQLite and PostgreSQL. Medians of 20 requests (the job's page: 2) through the
+app in this process (no network), logged in.
 
     python -m bench.dashboard                  # 1,000,000 items (make bench-dashboard)
     python -m bench.dashboard --rows 100000    # a quicker look
@@ -66,11 +67,13 @@ def page_times(db_url: str, broker: str, job_id: str, rows: int) -> dict[str, fl
              "results_deep_ms": f"/jobs/{job_id}/results?after={deep}",
              "results_deep_failed_ms": f"/jobs/{job_id}/results?after={deep}&status=failed",
              "item_ms": f"/jobs/{job_id}/items/{deep + 7}",
-             "review_next_ms": f"/jobs/{job_id}/review"}
+             "review_next_ms": f"/jobs/{job_id}/review",
+             # The whole report, read from every result: asked a few times only.
+             "job_with_report_ms": f"/jobs/{job_id}"}
     figures = {}
     for name, path in pages.items():
         took = []
-        for _ in range(REQUESTS + 2):
+        for _ in range(REQUESTS + 2 if name != "job_with_report_ms" else 4):
             start = time.perf_counter()
             answer = client.get(path)
             took.append(time.perf_counter() - start)

@@ -120,15 +120,17 @@ def mount(app: FastAPI, settings: Settings) -> None:
         _visible(url, who, job_id)
         shown = status.status(url, job_id)
         shown.update(_progress(shown, datetime.now(UTC)))
-        measured = report.build(url, job_id)
         from worker import presence
 
         serving = [w for w in presence.listed(url) if w["model"] == shown["model"]]
         running = shown["state"] in (JobState.QUEUED, JobState.RUNNING)
-        return page(request, "job.html", who, job=shown, report_summary=html.summary(measured),
-                    workers=serving,
-                    batch=_batch_of(url, job_id), notice=request.query_params.get("notice"),
-                    refresh=REFRESH_SECONDS if running else None)
+        # The report reads every result: not on each reload of a running job, but asked.
+        asked = not running or request.query_params.get("report") == "1"
+        summary = html.summary(report.build(url, job_id)) if asked else None
+        return page(request, "job.html", who, job=shown, report_summary=summary,
+                    workers=serving, batch=_batch_of(url, job_id),
+                    notice=request.query_params.get("notice"),
+                    refresh=REFRESH_SECONDS if running and not asked else None)
 
     @app.post("/jobs/{job_id}/cancel")
     def cancel(request: Request, job_id: str, form_token: Annotated[str, Form()] = ""
