@@ -14,6 +14,7 @@ from urllib.parse import quote
 from fastapi import FastAPI, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
+from sqlalchemy import text as sql_text
 from starlette.templating import Jinja2Templates
 
 from producer import reviews, status
@@ -25,7 +26,7 @@ from schemas.errors import NightshiftError
 from schemas.settings import Settings
 from schemas.spec import JobSpec
 from schemas.states import JobState
-from schemas.tables import Attempt, Batch, Item, Job, Result, Review
+from schemas.tables import Attempt, Batch, Item, Job, Piece, Result, Review
 
 PAGE_ROWS = 50
 QUEUE_TITLES = {"needs_review": "Labels kept for review", "failed": "Failed answers",
@@ -146,7 +147,10 @@ def mount(app: FastAPI, settings: Settings) -> None:
     @app.post("/jobs/{job_id}/retry")
     def retry(request: Request, job_id: str, form_token: Annotated[str, Form()] = "",
               failed: Annotated[bool, Form()] = False,
-              needs_review: Annotated[bool, Form()] = False) -> Response:
+              needs_review: Annotated[bool, Form()] = False,
+              max_attempts: Annotated[str, Form()] = "",
+              checks: Annotated[str, Form()] = "") -> Response:
+        """`nightshift retry`: `checks` one a line (NAME[:key=value,...]), as `--check`."""
         from producer.retry import retry as run_again
 
         who = posted(request, form_token)
@@ -154,10 +158,14 @@ def mount(app: FastAPI, settings: Settings) -> None:
             return to_login()
         _visible(url, who, job_id)
         try:
+            budget = int(max_attempts) if max_attempts.strip() else None
             done = run_again(url, settings.broker_url, job_id, failed=failed,
-                             needs_review=needs_review)
+                             needs_review=needs_review, max_attempts=budget,
+                             checks=[c.strip() for c in checks.splitlines() if c.strip()])
             notice = (f"Running {done.items} item{'s' if done.items > 1 else ''} again."
                       if done.items else "Nothing to run again.")
+        except ValueError:
+            notice = f"max attempts {max_attempts!r}: a whole number, 1 to 10"
         except NightshiftError as exc:
             notice = str(exc)
         return RedirectResponse(f"/jobs/{job_id}?notice={quote(notice)}", status_code=303)
@@ -165,31 +173,22 @@ def mount(app: FastAPI, settings: Settings) -> None:
     @app.get("/jobs/{job_id}/results", response_class=HTMLResponse)
     def results(request: Request, job_id: str,
                 item_status: Annotated[str | None, Query(alias="status")] = None,
-                quality: str | None = None, label: str | None = None, after: int = -1
+                quality: str | None = None, label: str | None = None,
+                check: str | None = None, text: str | None = None, after: int = -1
                 ) -> Response:
+        """A page of results after item `after`, filtered: by status, quality, label, a
+        check the kept answer failed, and words its answer contains."""
         who = logged_in(request)
         if who is None:
             return to_login()
         _visible(url, who, job_id)
-        query = (select(Result.item_seq, Item.key, Result.status, Result.quality, Result.label,
-                        Result.output, Result.error, Result.attempts, Review.verdict)
-                 .join(Item, (Item.job_id == Result.job_id) & (Item.seq == Result.item_seq))
-                 .outerjoin(Review, (Review.job_id == Result.job_id)
-                            & (Review.item_seq == Result.item_seq))
-                 .where(Result.job_id == job_id, Result.item_seq > after)
-                 .order_by(Result.item_seq).limit(PAGE_ROWS + 1))
-        if item_status:
-            query = query.where(Result.status == item_status)
-        if quality:
-            query = query.where(Result.quality == quality)
-        if label:
-            query = query.where(Result.label == label)
+        filters: dict[str, Any] = {"status": item_status or "", "quality": quality or "",
+                   "label": label or "", "check": check or "", "text": text or ""}
         with db.reader(url) as session:
-            rows = session.execute(query).all()
+            rows = session.execute(_results(session, job_id, after, **filters)).all()
         more = len(rows) > PAGE_ROWS
         rows = rows[:PAGE_ROWS]
-        return page(request, "results.html", who, job_id=job_id, rows=rows,
-                    status=item_status or "", quality=quality or "", label=label or "",
+        return page(request, "results.html", who, job_id=job_id, rows=rows, **filters,
                     following=rows[-1].item_seq if more else None)
 
     @app.get("/jobs/{job_id}/items/{seq}", response_class=HTMLResponse)
@@ -240,8 +239,38 @@ def mount(app: FastAPI, settings: Settings) -> None:
                                 status_code=303)
 
 
+def _results(session: Any, job_id: str, after: int, *, status: str, quality: str, label: str,
+             check: str, text: str) -> Any:
+    """The results page's query: keyset paged by item seq, the filters given (empty: not)."""
+    query = (select(Result.item_seq, Item.key, Result.status, Result.quality, Result.label,
+                    Result.output, Result.error, Result.attempts, Review.verdict)
+             .join(Item, (Item.job_id == Result.job_id) & (Item.seq == Result.item_seq))
+             .outerjoin(Review, (Review.job_id == Result.job_id)
+                        & (Review.item_seq == Result.item_seq))
+             .where(Result.job_id == job_id, Result.item_seq > after)
+             .order_by(Result.item_seq).limit(PAGE_ROWS + 1))
+    for column, value in ((Result.status, status), (Result.quality, quality),
+                          (Result.label, label)):
+        if value:
+            query = query.where(column == value)
+    if text:
+        query = query.where(Result.output.contains(text, autoescape=True))
+    if check:
+        # The kept answer's verdicts are a JSON list: one of them names the check, failed.
+        failed = (
+            "EXISTS (SELECT 1 FROM json_array_elements(results.checks) AS v "
+            "WHERE v->>'name' = :check AND v->>'passed' = 'false')"
+            if session.get_bind().dialect.name == "postgresql" else
+            "EXISTS (SELECT 1 FROM json_each(results.checks) AS v "
+            "WHERE json_extract(v.value, '$.name') = :check "
+            "AND json_extract(v.value, '$.passed') = 0)")
+        query = query.where(sql_text(failed).bindparams(check=check))
+    return query
+
+
 def _item(url: str, job_id: str, seq: int) -> dict[str, Any]:
-    """An item's page: its request, kept answer, ladder, review, and the job's labels."""
+    """An item's page: its request, kept answer, ladder, a long document's pieces, its
+    review, and the job's labels."""
     with db.reader(url) as session:
         found = session.get(Item, (job_id, seq))
         if found is None:
@@ -250,9 +279,12 @@ def _item(url: str, job_id: str, seq: int) -> dict[str, Any]:
         attempts = list(session.scalars(select(Attempt).where(
             Attempt.job_id == job_id, Attempt.item_seq == seq)
             .order_by(Attempt.piece, Attempt.attempt)))
+        pieces = list(session.scalars(select(Piece).where(
+            Piece.job_id == job_id, Piece.item_seq == seq).order_by(Piece.piece)))
         spec = session.scalar(select(Job.spec).where(Job.id == job_id))
         session.expunge_all()
     return {"job_id": job_id, "item": found, "result": result, "attempts": attempts,
+            "pieces": pieces,
             "review": reviews.of_item(url, job_id, seq),
             "labels": JobSpec.model_validate(spec).labels}
 

@@ -7,14 +7,12 @@ key's job, post a form without its token."""
 from __future__ import annotations
 
 import json
-import shutil
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from browser import browser_fixture, go, login, text, wait_text  # noqa: F401 - a fixture
 from conftest import Invoke, Server, Stack, lease
 from sqlalchemy import select
 
@@ -29,24 +27,7 @@ from schemas.tables import Batch, Item, Review
 from worker.attempts import Outcome, Try
 from worker.chunks import write
 
-CHROMEDRIVER = "/usr/bin/chromedriver"
 DOCS = Path(__file__).resolve().parents[3] / "docs"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                 "--window-size=1280,1000"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.implicitly_wait(0)
-    yield driver
-    driver.quit()
 
 
 def _job(stack: Stack, tmp_path: Path, n: int = 6) -> str:
@@ -68,58 +49,16 @@ def _write_chunk(stack: Stack, job: str, seq: int, *, fail: bool = False) -> Non
                          next_reason="non_empty: the answer is empty"
                          if n < 2 else None) for n in (1, 2)]
             outcomes.append(Outcome(item, "failed", output="", error="non_empty: empty",
-                                    quality="failed", attempts=2, attempt=2, tries=tries))
+                                    quality="failed", attempts=2, attempt=2, tries=tries,
+                                    checks=[{"name": "non_empty", "passed": False,
+                                             "score": None, "reason": "empty"}]))
         else:
             tries = [Try(1, Step.FIRST, f"p{item}", {"seed": 1}, 3, output=f"answer {item}")]
             outcomes.append(Outcome(item, "succeeded", output=f"answer {item}",
-                                    quality="passed", attempt=1, tries=tries))
+                                    quality="passed", attempt=1, tries=tries,
+                                    checks=[{"name": "non_empty", "passed": True,
+                                             "score": None, "reason": None}]))
     write(stack.db_url, lease(stack.db_url, job, seq), outcomes)
-
-
-def _login(browser: Any, server: Server, key: str) -> None:
-    from selenium.webdriver.common.by import By
-
-    browser.delete_all_cookies()
-    browser.get(f"{server.url}/")
-    assert browser.current_url.endswith("/login")
-    browser.find_element(By.ID, "key").send_keys(key)
-    _go(browser, browser.find_element(By.ID, "login"))
-    assert browser.current_url.endswith("/jobs")
-
-
-def _go(browser: Any, element: Any, *, keys: str | None = None) -> None:
-    """Click what leads to another page (or type `keys` there), and wait for it: the
-    click returns before the page is there."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    page = browser.find_element(By.TAG_NAME, "html")
-    if keys is None:
-        element.click()
-    else:
-        element.send_keys(keys)
-    WebDriverWait(browser, 20).until(expected_conditions.staleness_of(page))
-
-
-def _text(browser: Any, element_id: str) -> str:
-    from selenium.webdriver.common.by import By
-
-    return str(browser.find_element(By.ID, element_id).text)
-
-
-def _wait_text(browser: Any, element_id: str, wanted: str, timeout: float = 20.0) -> None:
-    """Until the page, reloading itself, shows `wanted` there."""
-    from selenium.common.exceptions import WebDriverException
-
-    deadline, seen = time.monotonic() + timeout, None
-    while seen != wanted:
-        assert time.monotonic() < deadline, f"#{element_id}: {seen!r}"
-        time.sleep(0.2)
-        try:
-            seen = _text(browser, element_id)
-        except WebDriverException:  # caught mid-reload: no such element, or a stale one
-            seen = None
 
 
 def test_a_morning_in_the_dashboard(browser: Any, server: Server, stack: Stack,
@@ -129,46 +68,52 @@ def test_a_morning_in_the_dashboard(browser: Any, server: Server, stack: Stack,
 
     job = _job(stack, tmp_path)
     _write_chunk(stack, job, 0)
-    _login(browser, server, server.key("operator", admin=True))
+    login(browser, server, server.key("operator", admin=True))
     row = browser.find_element(By.CSS_SELECTOR, f'tr[data-job="{job}"]')
     assert "2/6" in row.text and "running" in row.text
 
-    _go(browser, browser.find_element(By.LINK_TEXT, job[:12]))
-    assert _text(browser, "progress") == "2/6"
+    go(browser, browser.find_element(By.LINK_TEXT, job[:12]))
+    assert text(browser, "progress") == "2/6"
     _write_chunk(stack, job, 1, fail=True)  # the page reloads itself while the job runs
-    _wait_text(browser, "progress", "4/6")
+    wait_text(browser, "progress", "4/6")
     if stack.name == "sqlite":
         browser.save_screenshot(str(DOCS / "dashboard-job.png"))
     _write_chunk(stack, job, 2)
-    _wait_text(browser, "state", "completed")
-    assert _text(browser, "failed") == "1"
+    wait_text(browser, "state", "completed")
+    assert text(browser, "failed") == "1"
 
-    _go(browser, browser.find_element(By.ID, "results"))
+    go(browser, browser.find_element(By.ID, "results"))
     assert len(browser.find_elements(By.CSS_SELECTOR, "tr.row")) == 6
     Select(browser.find_element(By.ID, "status")).select_by_visible_text("failed")
-    _go(browser, browser.find_element(By.ID, "filter"))
+    go(browser, browser.find_element(By.ID, "filter"))
     rows = browser.find_elements(By.CSS_SELECTOR, "tr.row")
     assert len(rows) == 1 and "row-2" in rows[0].text
+    for query, keys in (("check=non_empty", ["row-2"]), ("text=answer%204", ["row-4"]),
+                        ("text=answer", ["row-0", "row-1", "row-3", "row-4", "row-5"])):
+        browser.get(f"{server.url}/jobs/{job}/results?{query}")
+        assert [r.text.split()[1] for r in browser.find_elements(By.CSS_SELECTOR, "tr.row")] \
+            == keys, query
+    browser.get(f"{server.url}/jobs/{job}/results?status=failed")
 
-    _go(browser, browser.find_element(By.LINK_TEXT, "2"))
+    go(browser, browser.find_element(By.LINK_TEXT, "2"))
     attempts = browser.find_elements(By.CSS_SELECTOR, "tr.attempt")
     assert [a.text.split()[1] for a in attempts] == ["1", "2"]
     assert "non_empty: the answer is empty" in attempts[0].text
-    assert '"prompt": "p2"' in _text(browser, "request")
+    assert '"prompt": "p2"' in text(browser, "request")
     if stack.name == "sqlite":
         browser.save_screenshot(str(DOCS / "dashboard-item.png"))
 
     browser.get(f"{server.url}/jobs/{job}")
-    _go(browser, browser.find_element(By.ID, "retry"))
-    assert _text(browser, "notice") == "Running 1 item again."
-    assert _text(browser, "state") == "queued"
+    go(browser, browser.find_element(By.ID, "retry"))
+    assert text(browser, "notice") == "Running 1 item again."
+    assert text(browser, "state") == "queued"
     with db.session(stack.db_url) as session:
         assert session.scalar(select(Item.status).where(Item.job_id == job, Item.seq == 2)) \
             == "pending"
 
     browser.find_element(By.ID, "cancel").click()  # the page may reload itself first
-    _wait_text(browser, "notice", "Cancelled.")
-    assert _text(browser, "state") == "cancelled"
+    wait_text(browser, "notice", "Cancelled.")
+    assert text(browser, "state") == "cancelled"
     browser.get(f"{server.url}/jobs")
     if stack.name == "sqlite":
         browser.save_screenshot(str(DOCS / "dashboard-jobs.png"))
@@ -193,10 +138,10 @@ def test_a_key_sees_only_its_own_jobs_and_a_wrong_key_is_refused(
     browser.delete_all_cookies()
     browser.get(f"{server.url}/login")
     browser.find_element(By.ID, "key").send_keys("ns-not-a-key")
-    _go(browser, browser.find_element(By.ID, "login"))
-    assert "not a live API key" in _text(browser, "error")
+    go(browser, browser.find_element(By.ID, "login"))
+    assert "not a live API key" in text(browser, "error")
 
-    _login(browser, server, key)
+    login(browser, server, key)
     listed = {r.get_attribute("data-job") for r in
               browser.find_elements(By.CSS_SELECTOR, "tr.job")}
     assert own in listed and cli_job not in listed
@@ -244,20 +189,20 @@ def test_three_reviews_by_keyboard_reach_sql_results_and_the_report(
         Outcome(i, "succeeded", label="positive", output="positive",
                 quality="passed" if i == 3 else "needs_review") for i in range(4)])
 
-    _login(browser, server, server.key("reviewer", admin=True))
+    login(browser, server, server.key("reviewer", admin=True))
     browser.get(f"{server.url}/jobs/{job}")
-    _go(browser, browser.find_element(By.ID, "review"))
+    go(browser, browser.find_element(By.ID, "review"))
     body = browser.find_element(By.TAG_NAME, "body")
     for key in ("a", "r"):
         assert "Labels kept for review" in body.text
-        _go(browser, body, keys=key)
+        go(browser, body, keys=key)
         body = browser.find_element(By.TAG_NAME, "body")
-    assert _text(browser, "notice") == "Item 1: rejected."
+    assert text(browser, "notice") == "Item 1: rejected."
     body.send_keys("c")  # to the correction: a label, then Correct
     Select(browser.find_element(By.ID, "correction")).select_by_visible_text("negative")
     browser.find_element(By.ID, "note").send_keys("sarcasm")
-    _go(browser, browser.find_element(By.ID, "correct"))
-    assert _text(browser, "notice") == "Item 2: corrected."
+    go(browser, browser.find_element(By.ID, "correct"))
+    assert text(browser, "notice") == "Item 2: corrected."
     assert browser.find_element(By.ID, "done").is_displayed()
     if stack.name == "sqlite":
         browser.get(f"{server.url}/jobs/{job}/items/2")
@@ -275,3 +220,28 @@ def test_three_reviews_by_keyboard_reach_sql_results_and_the_report(
         ("negative", "corrected", "negative"), ("positive", None, None)]
     shown = json.loads(run("report", job, "--json").stdout)
     assert (shown["reviewed"], shown["human_accuracy"]) == (3, pytest.approx(1 / 3, abs=1e-3))
+
+
+def test_an_item_page_shows_a_long_documents_pieces(server: Server, stack: Stack,
+                                                     tmp_path: Path) -> None:
+    from schemas.tables import Piece
+
+    job = _job(stack, tmp_path, n=2)
+    write(stack.db_url, lease(stack.db_url, job, 0),
+          [Outcome(0, "succeeded", output="both halves", pieces=2),
+           Outcome(1, "succeeded", output="b")])
+    with db.session(stack.db_url) as session, session.begin():
+        session.add_all([
+            Piece(job_id=job, item_seq=0, piece=1, kind="map", start_char=0, end_char=4000,
+                  status="succeeded", output="the first half"),
+            Piece(job_id=job, item_seq=0, piece=2, kind="map", start_char=3900,
+                  end_char=7400, status="succeeded", output="the second half"),
+            Piece(job_id=job, item_seq=0, piece=0, kind="reduce", inputs=[1, 2],
+                  status="succeeded", output="both halves")])
+    token = logins.start(stack.db_url, server.key("ops", admin=True))
+    assert token is not None
+    with httpx.Client(base_url=server.url, cookies={logins.COOKIE: token}) as client:
+        shown = client.get(f"/jobs/{job}/items/0").text
+        plain = client.get(f"/jobs/{job}/items/1").text
+    assert "The document's pieces" in shown and "The document's pieces" not in plain
+    assert "3900-7400" in shown and "the second half" in shown and "1, 2" in shown
