@@ -77,13 +77,16 @@ def all_jobs(db_url: str, *, limit: int = 50, state: str | None = None,
         jobs = db.rows(f"SELECT {JOB_COLUMNS} FROM jobs {filtered}ORDER BY created_at DESC "
                        "LIMIT ?", (*params, limit))
         counts: dict[str, dict[str, int]] = {job[0]: {} for job in jobs}
+        tokens = {job[0]: [0, 0] for job in jobs}
         if counts:
             marks = ", ".join("?" * len(counts))
-            for job_id, item_status, n in db.rows(
-                    f"SELECT job_id, status, items FROM job_counts WHERE job_id IN ({marks})",
-                    tuple(counts)):
+            for job_id, item_status, n, prompt, completion in db.rows(
+                    "SELECT job_id, status, items, prompt_tokens, completion_tokens "
+                    f"FROM job_counts WHERE job_id IN ({marks})", tuple(counts)):
                 counts[job_id][item_status] = n
-        shown = [_shape(job, counts[job[0]], None) for job in jobs]
+                tokens[job_id][0] += prompt
+                tokens[job_id][1] += completion
+        shown = [_shape(job, counts[job[0]], tokens[job[0]]) for job in jobs]
         _note_unserved(db, shown)
         return shown
 

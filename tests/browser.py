@@ -55,6 +55,8 @@ def go(browser: Any, element: Any, *, keys: str | None = None) -> None:
     else:
         element.send_keys(keys)
     WebDriverWait(browser, 20).until(expected_conditions.staleness_of(page))
+    WebDriverWait(browser, 20).until(
+        lambda b: b.execute_script("return document.readyState") == "complete")
 
 
 def text(browser: Any, element_id: str) -> str:

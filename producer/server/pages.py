@@ -304,11 +304,13 @@ def _batch_of(url: str, job_id: str) -> str | None:
 
 
 def _progress(job: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """Done share, items/s since the start, and an ETA while the job runs."""
+    """Done share, items/s and generated tokens/s since the start, and an ETA while the job
+    runs."""
     total = job["total"] or 0
     done = sum(job.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
     shown: dict[str, Any] = {"done": done, "percent": round(100 * done / total, 1)
-                             if total else 0.0, "items_per_s": None, "eta_s": None}
+                             if total else 0.0, "items_per_s": None, "tokens_per_s": None,
+                             "eta_s": None}
     started = job.get("started_at")
     if started:
         end = job.get("finished_at")
@@ -316,6 +318,7 @@ def _progress(job: dict[str, Any], now: datetime) -> dict[str, Any]:
                    - datetime.fromisoformat(started)).total_seconds()
         if elapsed > 0 and done:
             shown["items_per_s"] = round(done / elapsed, 2)
+            shown["tokens_per_s"] = round(job.get("completion_tokens", 0) / elapsed, 1)
             if job["state"] == JobState.RUNNING:
                 shown["eta_s"] = round((total - done) / (done / elapsed))
     return shown

@@ -192,13 +192,11 @@ def test_three_reviews_by_keyboard_reach_sql_results_and_the_report(
     login(browser, server, server.key("reviewer", admin=True))
     browser.get(f"{server.url}/jobs/{job}")
     go(browser, browser.find_element(By.ID, "review"))
-    body = browser.find_element(By.TAG_NAME, "body")
-    for key in ("a", "r"):
-        assert "Labels kept for review" in body.text
-        go(browser, body, keys=key)
-        body = browser.find_element(By.TAG_NAME, "body")
-    assert text(browser, "notice") == "Item 1: rejected."
-    body.send_keys("c")  # to the correction: a label, then Correct
+    for seq, (key, verdict) in enumerate((("a", "accepted"), ("r", "rejected"))):
+        assert "Labels kept for review" in text(browser, "queue")
+        go(browser, browser.find_element(By.TAG_NAME, "body"), keys=key)
+        wait_text(browser, "notice", f"Item {seq}: {verdict}.")
+    browser.find_element(By.TAG_NAME, "body").send_keys("c")  # a label, then Correct
     Select(browser.find_element(By.ID, "correction")).select_by_visible_text("negative")
     browser.find_element(By.ID, "note").send_keys("sarcasm")
     go(browser, browser.find_element(By.ID, "correct"))
@@ -245,3 +243,30 @@ def test_an_item_page_shows_a_long_documents_pieces(server: Server, stack: Stack
         plain = client.get(f"/jobs/{job}/items/1").text
     assert "The document's pieces" in shown and "The document's pieces" not in plain
     assert "3900-7400" in shown and "the second half" in shown and "1, 2" in shown
+
+
+def test_a_review_needs_the_form_token_and_a_job_the_key_may_see(
+        server: Server, stack: Stack, tmp_path: Path) -> None:
+    job = _job(stack, tmp_path, n=2)
+    write(stack.db_url, lease(stack.db_url, job, 0),
+          [Outcome(0, "succeeded", output="a"), Outcome(1, "succeeded", output="b")])
+    outsider = logins.start(stack.db_url, server.key("outsider"))  # not an admin: no CLI jobs
+    operator = logins.start(stack.db_url, server.key("ops", admin=True))
+    assert outsider is not None and operator is not None
+    review = f"/jobs/{job}/items/0/review"
+    with httpx.Client(base_url=server.url, follow_redirects=False) as client:
+        client.cookies.set(logins.COOKIE, outsider)
+        refused = client.post(review, data={"verdict": "accepted",
+                                            "form_token": logins.form_token(outsider)})
+        assert refused.status_code == 404 and "Not found" in refused.text
+        client.cookies.set(logins.COOKIE, operator)
+        forged = client.post(review, data={"verdict": "accepted", "form_token": "forged"})
+        assert forged.headers["location"] == "/login"
+        with db.session(stack.db_url) as session:
+            assert session.scalar(select(Review.verdict).where(Review.job_id == job)) is None
+        done = client.post(review, data={"verdict": "accepted",
+                                         "form_token": logins.form_token(operator)})
+        assert done.status_code == 303
+        with db.session(stack.db_url) as session:
+            assert session.scalar(select(Review.reviewer).where(Review.job_id == job)) \
+                .startswith("ops-")
