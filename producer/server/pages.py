@@ -308,9 +308,11 @@ def _progress(job: dict[str, Any], now: datetime) -> dict[str, Any]:
     runs."""
     total = job["total"] or 0
     done = sum(job.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
+    answered = job.get("succeeded", 0) + job.get("failed", 0)
     shown: dict[str, Any] = {"done": done, "percent": round(100 * done / total, 1)
                              if total else 0.0, "items_per_s": None, "tokens_per_s": None,
-                             "eta_s": None}
+                             "eta_s": None, "pass_rate": job.get("succeeded", 0) / answered
+                             if answered else None}
     started = job.get("started_at")
     if started:
         end = job.get("finished_at")
