@@ -87,7 +87,8 @@ def record(job: Job, item: Item, result: Result | None, *, review: Review | None
     corrected = _corrected(review)
     reviewed = "reviewed_label" if job.kind == "classify" else "reviewed_output"
     out[reviewed] = corrected
-    if corrected is not None:
+    if corrected is not None:  # a person's answer: the item has one now
+        out["status"] = ItemStatus.SUCCEEDED
         out["output"] = corrected
         if job.kind == "classify":
             out["label"] = corrected
@@ -107,7 +108,7 @@ def openai_line(job: Job, item: Item, result: Result | None, *, review: Review |
                             "response": None, "error": None}
     if result is None or item.status == ItemStatus.CANCELLED:
         line["error"] = _not_run(job, item)
-    elif result.status != ItemStatus.SUCCEEDED:
+    elif result.status != ItemStatus.SUCCEEDED and _corrected(review) is None:
         status_code, error = _failure(item, result)
         line["response"] = {"status_code": status_code, "request_id": request_id,
                             "body": {"error": error}}

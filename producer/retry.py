@@ -13,16 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, select, update
 from sqlalchemy.orm import aliased
 
 from schemas import db
 from schemas.errors import ConfigError, JobNotFound, NotRetryable, reason
 from schemas.spec import JobSpec
 from schemas.states import ItemStatus, JobState, Quality
-from schemas.tables import Attempt, Batch, Chunk, ChunkStatus, Item, Job, Result
+from schemas.tables import Attempt, Batch, Chunk, ChunkStatus, Item, Job, Result, Review
 from worker import broker
 from worker.broker import message_priority
+from worker.leases import MAX_ITEM_DEATHS
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ def retry(db_url: str, broker_url: str, job_id: str, *, failed: bool = False,
                                  attempted=func.coalesce(earlier, Item.attempted)))
         if not items:
             return Retried(job_id, 0, 0, state)
+        # A person's verdict was on the answer these items are about to replace.
+        again = select(Item.seq).where(Item.job_id == job_id,
+                                       Item.status == ItemStatus.PENDING)
+        _changed(session, delete(Review).where(Review.job_id == job_id,
+                                               Review.item_seq.in_(again)))
         # The job had ended: its pending items are the ones just chosen.
         chunks = sorted(session.scalars(select(Item.chunk).where(
             Item.job_id == job_id, Item.status == ItemStatus.PENDING).distinct()))
@@ -96,24 +102,30 @@ def _new_spec(stored: dict[str, Any], *, max_attempts: int | None,
     if checks:
         changed["checks"] = list(checks)
     try:
-        spec = JobSpec.model_validate(changed, context={"at_submit": bool(checks)})
-        return validate_spec(spec, at_submit=bool(checks))
+        # Only the checks as at submit: the job's other paths (a LoRA adapter's directory)
+        # need not exist where retry runs.
+        return validate_spec(JobSpec.model_validate(changed), at_submit=bool(checks))
     except ValueError as exc:  # a pydantic ValidationError is one too
         raise ConfigError(f"job spec: {reason(exc)}") from None
 
 
 def _chosen(job_id: str, *, failed: bool, needs_review: bool) -> Select[Any]:
     """The items to run again: cancelled ones always (retry is how a stopped job is
-    reopened), failed ones, and succeeded answers kept for review. Not the items that take
-    another's answer (`same_as`): they follow the item they copy."""
+    reopened), failed ones, and succeeded answers kept for review that no person has
+    reviewed. Not the items that take another's answer (`same_as`): they follow the item
+    they copy; nor poison items."""
     item = aliased(Item)  # a subquery of statements on items: not correlated to them
     statuses = [ItemStatus.CANCELLED] + ([ItemStatus.FAILED] if failed else [])
     picked: ColumnElement[bool] = item.status.in_(statuses)
-    if needs_review:
-        review = select(Result.item_seq).where(Result.job_id == job_id,
-                                               Result.quality == Quality.NEEDS_REVIEW)
+    if needs_review:  # and no person has given their verdict
+        review = select(Result.item_seq).where(
+            Result.job_id == job_id, Result.quality == Quality.NEEDS_REVIEW,
+            ~exists().where(Review.job_id == Result.job_id,
+                            Review.item_seq == Result.item_seq))
         picked = picked | and_(item.status == ItemStatus.SUCCEEDED, item.seq.in_(review))
-    return select(item.seq).where(item.job_id == job_id, item.same_as.is_(None), picked)
+    # A poison item (workers died running it) would only kill workers again.
+    return select(item.seq).where(item.job_id == job_id, item.same_as.is_(None), picked,
+                                  item.deaths < MAX_ITEM_DEATHS)
 
 
 def _changed(session: Any, statement: Any) -> int:

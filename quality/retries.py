@@ -56,6 +56,7 @@ MIN_INSTRUCTED_WORDS = 10
 # Self-consistency's samples when the confidence check names none, and their temperature
 # (warm enough that k samples can disagree).
 SELF_CONSISTENCY_SAMPLES = 5
+RERUN = "run again (nightshift retry)"
 SELF_CONSISTENCY_TEMPERATURE = 0.7
 # Of the failed answer, at most this much is quoted back in a feedback turn.
 QUOTE_CHARS = 1200
@@ -103,6 +104,17 @@ def decide(spec: JobSpec, last: Answered, *, answered: int, room: int) -> Plan |
 
 def reasons(failed: list[Verdict]) -> str:
     return "; ".join(f"{v.name}: {v.reason}" if v.reason else v.name for v in failed)
+
+
+def reopened(spec: JobSpec, sampling: dict[str, Any]) -> Plan:
+    """The plan for the first answer of an item run again (`nightshift retry`): asked as a
+    retry is, since asking as before would give the same answer: a little warmer, or for a
+    label, self-consistency votes."""
+    if spec.kind == "classify":
+        samples = (spec.check("confidence") or {}).get("samples", SELF_CONSISTENCY_SAMPLES)
+        return Plan(Step.SELF_CONSISTENCY,
+                    {"n": samples, "temperature": SELF_CONSISTENCY_TEMPERATURE}, reason=RERUN)
+    return Plan(Step.RESAMPLE, warmer(sampling), reason=RERUN)
 
 
 def next_attempt(spec: JobSpec, failed_attempt: int, failed: list[Verdict],

@@ -124,7 +124,8 @@ class ItemRun:
             self.tries, key=Try.rank)
         quality, status, error = judgement(spec, chosen)
         if error and len(self.tries) > 1:
-            error = f"failed quality after {len(self.tries)} attempts: {error}"
+            earlier = f" (and {self.earlier} before)" if self.earlier else ""
+            error = f"failed quality after {len(self.tries)} attempts{earlier}: {error}"
             refused = [t for t in self.tries if t is not chosen and not t.rank()[0]]
             if refused:
                 error += (f"; the engine refused {len(refused)} of them: "

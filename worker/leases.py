@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, or_, select, update
+from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from schemas import db
@@ -91,7 +91,7 @@ def take(session: Session, job_id: str, seq: int, owner: str, ttl: float) -> Lea
                                   Item.status == ItemStatus.PENDING)
                .values(status=ItemStatus.RUNNING))
     session.execute(update(Job).where(Job.id == job_id, Job.state == JobState.QUEUED)
-               .values(state=JobState.RUNNING, started_at=now))
+               .values(state=JobState.RUNNING, started_at=func.coalesce(Job.started_at, now)))
     deliveries = session.scalar(select(Chunk.deliveries).where(Chunk.job_id == job_id,
                                                           Chunk.seq == seq))
     return Lease(job_id, seq, owner, int(deliveries or 0))

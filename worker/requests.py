@@ -54,8 +54,11 @@ ANSWER = Purpose()
 
 
 def ask(chunk: ChunkRun, run: ItemRun, plan: Plan | None) -> Future[Any]:
-    """Submit the item's next attempt: the first when `plan` is None."""
+    """Submit the item's next attempt: the first when `plan` is None (for an item run
+    again, the plan of `retries.reopened`)."""
     number = run.earlier + len(run.tries) + 1
+    if plan is None and run.earlier:
+        plan = retries.reopened(chunk.spec, run.chosen.model_dump(exclude_none=True))
     prompt = run.prompt
     if plan is not None and (plan.feedback or plan.instruction):
         prompt = _reworded(chunk, run, plan) or prompt
@@ -74,12 +77,12 @@ def _sampling(chunk: ChunkRun, run: ItemRun, plan: Plan | None, number: int, pro
               ) -> dict[str, Any]:
     """The attempt's sampling: the item's own for the first, then the last one's as the
     plan changes it, always with the attempt's own seed (reproducible run to run)."""
+    own = run.chosen.model_dump(exclude_none=True)
     if plan is None:
-        sampling = run.chosen.model_dump(exclude_none=True)
-        if run.earlier:  # retried: a little warmer, or a greedy answer repeats itself
-            sampling.update(retries.warmer(sampling))
-    else:
-        sampling = {k: v for k, v in run.last.sampling.items() if k in GENERATE_FIELDS}
+        sampling = own
+    else:  # after the last answer, or the item's own when this run has none yet (retried)
+        base = run.last.sampling if run.tries else own
+        sampling = {k: v for k, v in base.items() if k in GENERATE_FIELDS}
         sampling["n"] = run.chosen.n
         sampling.update(plan.sampling)
         if plan.step == Step.REPLACE_DUPLICATES:

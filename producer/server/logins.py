@@ -27,6 +27,7 @@ def start(db_url: str, key: str) -> str | None:
         return None
     token = secrets.token_urlsafe(32)
     with db.session(db_url) as session, session.begin():
+        session.execute(delete(Login).where(Login.expires_at < utcnow()))  # the ended ones
         session.add(Login(digest=keys.digest(token), key_id=caller.key_id,
                           expires_at=utcnow() + LASTS))
     return token

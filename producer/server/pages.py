@@ -25,7 +25,7 @@ from schemas import db
 from schemas.errors import NightshiftError
 from schemas.settings import Settings
 from schemas.spec import JobSpec
-from schemas.states import JobState
+from schemas.states import JobState, ReviewVerdict
 from schemas.tables import Attempt, Batch, Item, Job, Piece, Result, Review
 
 PAGE_ROWS = 50
@@ -85,7 +85,8 @@ def mount(app: FastAPI, settings: Settings) -> None:
         done = RedirectResponse("/jobs", status_code=303)
         done.set_cookie(logins.COOKIE, token, max_age=int(logins.LASTS.total_seconds()),
                         httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+                        secure="https" in (request.url.scheme,
+                                           request.headers.get("x-forwarded-proto")))
         return done
 
     @app.post("/logout")
@@ -140,7 +141,15 @@ def mount(app: FastAPI, settings: Settings) -> None:
         if who is None:
             return to_login()
         _visible(url, who, job_id)
-        stopped, _ = status.cancel(url, job_id)
+        batch = _batch_of(url, job_id)
+        if batch is not None:  # as the Batch API cancels it, so that the batch says so too
+            from producer.server import batches
+
+            before = status.status(url, job_id)["state"]
+            batches.cancel(settings, who, batch)
+            stopped = before not in JobState.FINAL
+        else:
+            stopped, _ = status.cancel(url, job_id)
         notice = "Cancelled." if stopped else "The job had already ended."
         return RedirectResponse(f"/jobs/{job_id}?notice={quote(notice)}", status_code=303)
 
@@ -157,6 +166,9 @@ def mount(app: FastAPI, settings: Settings) -> None:
         if who is None:
             return to_login()
         _visible(url, who, job_id)
+        if not (failed or needs_review):
+            notice = "Tick what to run again: the failed answers, those kept for review, or both."
+            return RedirectResponse(f"/jobs/{job_id}?notice={quote(notice)}", status_code=303)
         try:
             budget = int(max_attempts) if max_attempts.strip() else None
             done = run_again(url, settings.broker_url, job_id, failed=failed,
@@ -227,7 +239,9 @@ def mount(app: FastAPI, settings: Settings) -> None:
             return to_login()
         _visible(url, who, job_id)
         try:
-            reviews.record(url, job_id, seq, verdict, correction=correction, note=note,
+            # The form sends its correction field with every button: it counts for one.
+            corrected = correction if verdict == ReviewVerdict.CORRECTED else None
+            reviews.record(url, job_id, seq, verdict, correction=corrected, note=note,
                            reviewer=keys.name_of(url, who.key_id))
             notice, after = f"Item {seq}: {verdict}.", seq
         except NightshiftError as exc:

@@ -197,3 +197,28 @@ def test_the_cli_says_what_runs_again_and_when_nothing_does(run: Invoke, stack: 
     write(stack.db_url, lease(stack.db_url, job, 1), [Outcome(2, "succeeded", output="c")])
     assert "nothing to run again" in run("retry", job[:8], "--failed").stdout
     assert "no job 'nope-job'" in run("retry", "nope-job", code=4).output
+
+
+def test_a_reviewed_label_stays_and_a_replaced_answer_loses_its_verdict(
+        stack: Stack, tmp_path: Path) -> None:
+    from producer import reviews
+
+    job = _job(stack, tmp_path)
+    _ran(stack, job)
+    reviews.record(stack.db_url, job, 3, "accepted", reviewer="ana")  # kept for review
+    reviews.record(stack.db_url, job, 2, "rejected", reviewer="ana")  # failed
+    done = retry(stack.db_url, stack.broker_url, job)
+    assert done.items == 1  # item 2 only: a person settled item 3
+    assert reviews.of_item(stack.db_url, job, 2) is None
+    assert reviews.of_item(stack.db_url, job, 3) is not None
+
+
+def test_a_poison_item_is_not_run_again(stack: Stack, tmp_path: Path) -> None:
+    from worker.leases import MAX_ITEM_DEATHS
+
+    job = _job(stack, tmp_path)
+    _ran(stack, job)
+    with db.session(stack.db_url) as session, session.begin():
+        session.execute(update(Item).where(Item.job_id == job, Item.seq == 2)
+                        .values(deaths=MAX_ITEM_DEATHS))
+    assert retry(stack.db_url, stack.broker_url, job, failed=True).items == 0

@@ -126,3 +126,18 @@ def test_a_bad_verdict_is_refused_naming_it_and_nothing_is_kept(
     with pytest.raises(InputError, match="item 99 of job .* has no answer"):
         reviews.record(stack.db_url, job, 99, "accepted", reviewer="ana")
     assert reviews.of_item(stack.db_url, job, 3) is None
+
+
+def test_a_corrected_failed_answer_exports_as_a_success(stack: Stack, tmp_path: Path) -> None:
+    job = _classified(stack, tmp_path)
+    reviews.record(stack.db_url, job, 5, "corrected", correction="negative", reviewer="ana")
+    lines = io.StringIO()
+    export.write(stack.db_url, job, "jsonl", lines)
+    row = next(r for r in map(json.loads, lines.getvalue().splitlines()) if r["id"] == "r5")
+    assert (row["status"], row["label"]) == ("succeeded", "negative")
+    output, errors = io.StringIO(), io.StringIO()
+    export.write(stack.db_url, job, "openai", output, errors=errors)
+    assert "r5" not in errors.getvalue()
+    line = next(json.loads(x) for x in output.getvalue().splitlines()
+                if json.loads(x)["custom_id"] == "r5")
+    assert line["response"]["body"]["choices"][0]["message"]["content"] == "negative"

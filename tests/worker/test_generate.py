@@ -261,3 +261,29 @@ def test_a_tied_vote_goes_to_the_greedy_answers_label(tokenizer: Any) -> None:
     host = Voter(tokenizer, 0.55, ["negative", "positive", "negative", "positive"])
     [outcome] = run_items(host, spec, _items("meh"), "job:0")  # type: ignore[arg-type]
     assert outcome.tries[1].label == "positive" and outcome.quality == "needs_review"
+
+
+def test_a_label_run_again_starts_with_self_consistency_numbered_after_the_night(
+        tokenizer: Any) -> None:
+    host = Voter(tokenizer, 0.55, ["negative", "negative", "positive", "negative"])
+    spec = JobSpec(kind="classify", labels=["positive", "negative"],
+                   checks=["confidence:min=0.7,samples=4"], max_attempts=1)
+    [outcome] = run_items(host, spec, _items("meh"), "job:0",  # type: ignore[arg-type]
+                          earlier={0: 2})
+    [retried] = outcome.tries
+    assert (retried.attempt, retried.step) == (3, "self_consistency")
+    assert host.params[0].n == 4 and host.params[0].temperature == 0.7
+    assert (outcome.label, outcome.quality, outcome.attempts, outcome.attempt) == (
+        "negative", "passed", 3, 3)
+
+
+def test_an_answer_run_again_is_asked_warmer_with_its_own_seed(tokenizer: Any) -> None:
+    host = ScriptedHost(tokenizer, lambda prompt, attempt: ("An answer.", "stop", 0))
+    spec = JobSpec(checks=["non_empty"], sampling={"temperature": 0.0})  # type: ignore[arg-type,list-item]
+    [night] = run_items(host, spec, _items("Say hi."), "job:0")  # type: ignore[arg-type]
+    [again] = run_items(host, spec, _items("Say hi."), "job:0",  # type: ignore[arg-type]
+                        earlier={0: 1})
+    first, retried = night.tries[0], again.tries[0]
+    assert (retried.attempt, retried.step) == (2, "resample")
+    assert retried.sampling["temperature"] > first.sampling["temperature"] == 0.0
+    assert retried.sampling["seed"] != first.sampling["seed"]

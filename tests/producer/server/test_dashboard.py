@@ -264,9 +264,11 @@ def test_a_review_needs_the_form_token_and_a_job_the_key_may_see(
         assert forged.headers["location"] == "/login"
         with db.session(stack.db_url) as session:
             assert session.scalar(select(Review.verdict).where(Review.job_id == job)) is None
-        done = client.post(review, data={"verdict": "accepted",
+        # The form sends its correction field (the answer, to edit) with every button.
+        done = client.post(review, data={"verdict": "accepted", "correction": "a",
                                          "form_token": logins.form_token(operator)})
         assert done.status_code == 303
         with db.session(stack.db_url) as session:
-            assert session.scalar(select(Review.reviewer).where(Review.job_id == job)) \
-                .startswith("ops-")
+            kept = session.execute(select(Review.verdict, Review.correction, Review.reviewer)
+                                   .where(Review.job_id == job)).one()
+        assert kept[:2] == ("accepted", None) and kept.reviewer.startswith("ops-")
