@@ -6,6 +6,8 @@ Pages of a running job reload themselves every few seconds; there is no front-en
 
 from __future__ import annotations
 
+import hmac
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -33,6 +35,8 @@ QUEUE_TITLES = {"needs_review": "Labels kept for review", "failed": "Failed answ
                 "sample": "A spot check of passed answers"}
 STATES = (JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING, *JobState.FINAL)
 REFRESH_SECONDS = 5
+# The login form's own cookie: its token, brought back with the key.
+PRE_LOGIN = "nightshift_login_form"
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.globals["pct"] = lambda v: "-" if v is None else f"{v:.1%}"
 templates.env.filters["duration"] = lambda s: f"{s} s" if s < 90 else (
@@ -74,19 +78,34 @@ def mount(app: FastAPI, settings: Settings) -> None:
 
     @app.get("/login", response_class=HTMLResponse)
     def login_form(request: Request) -> HTMLResponse:
-        return page(request, "login.html", None, error=None)
+        return login_page(request)
+
+    def login_page(request: Request, *, error: str | None = None, status_code: int = 200
+                   ) -> HTMLResponse:
+        """The form, with a token that its post must bring back in a cookie of this site:
+        another site's page cannot log the browser in with a key of its choosing."""
+        pre = secrets.token_urlsafe(16)
+        shown = page(request, "login.html", None, error=error, login_token=pre,
+                     status_code=status_code)
+        shown.set_cookie(PRE_LOGIN, pre, httponly=True, samesite="strict",
+                         secure=_https(request))
+        return shown
 
     @app.post("/login")
-    def login(request: Request, key: Annotated[str, Form()]) -> Response:
+    def login(request: Request, key: Annotated[str, Form()],
+              login_token: Annotated[str, Form()] = "") -> Response:
+        pre = request.cookies.get(PRE_LOGIN) or ""
+        if not (pre and hmac.compare_digest(pre, login_token)):
+            return login_page(request, status_code=400,
+                              error="The form had expired: log in again.")
         token = logins.start(url, key.strip())
         if token is None:
-            return page(request, "login.html", None, status_code=401,
-                        error="That key is not a live API key (nightshift keys list).")
+            return login_page(request, status_code=401,
+                              error="That key is not a live API key (nightshift keys list).")
         done = RedirectResponse("/jobs", status_code=303)
         done.set_cookie(logins.COOKIE, token, max_age=int(logins.LASTS.total_seconds()),
-                        httponly=True, samesite="strict",
-                        secure="https" in (request.url.scheme,
-                                           request.headers.get("x-forwarded-proto")))
+                        httponly=True, samesite="strict", secure=_https(request))
+        done.delete_cookie(PRE_LOGIN)
         return done
 
     @app.post("/logout")
@@ -280,6 +299,11 @@ def _results(session: Any, job_id: str, after: int, *, status: str, quality: str
             "AND json_extract(v.value, '$.passed') = 0)")
         query = query.where(sql_text(failed).bindparams(check=check))
     return query
+
+
+def _https(request: Request) -> bool:
+    """Whether the browser came over https (here, or to a proxy in front)."""
+    return "https" in (request.url.scheme, request.headers.get("x-forwarded-proto"))
 
 
 def _item(url: str, job_id: str, seq: int) -> dict[str, Any]:

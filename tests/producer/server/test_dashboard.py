@@ -272,3 +272,18 @@ def test_a_review_needs_the_form_token_and_a_job_the_key_may_see(
             kept = session.execute(select(Review.verdict, Review.correction, Review.reviewer)
                                    .where(Review.job_id == job)).one()
         assert kept[:2] == ("accepted", None) and kept.reviewer.startswith("ops-")
+
+
+def test_a_login_needs_the_forms_own_token(server: Server, stack: Stack) -> None:
+    from producer.server.pages import PRE_LOGIN
+
+    key = server.key("ops")
+    with httpx.Client(base_url=server.url, follow_redirects=False) as visitor:
+        # Another site's page posting a key of its choosing: no cookie of this site's form.
+        forged = visitor.post("/login", data={"key": key, "login_token": "guessed"})
+        assert forged.status_code == 400 and logins.COOKIE not in forged.cookies
+        form = visitor.get("/login")
+        pre = form.cookies[PRE_LOGIN]
+        assert f'value="{pre}"' in form.text
+        done = visitor.post("/login", data={"key": key, "login_token": pre})
+        assert done.status_code == 303 and done.cookies[logins.COOKIE]
