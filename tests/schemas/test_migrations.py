@@ -27,7 +27,7 @@ from schemas.db import counters
 from schemas.tables import Base, Item, Job, JobCount, Result
 
 TABLES = {"jobs", "items", "chunks", "results", "attempts", "pieces", "job_counts", "workers",
-          "api_keys", "files", "batches"}
+          "api_keys", "files", "batches", "logins", "reviews"}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
