@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import redis
 from fastapi.testclient import TestClient
 
-from bench.dataplane import BIN, RESULTS, WRITE_BATCH, make_input, submit
+from bench.dataplane import BIN, RESULTS, WRITE_BATCH, make_input, scratch_database, submit
 from schemas import db
 from schemas.settings import load
 
@@ -110,17 +109,8 @@ def main() -> None:
         print("sqlite", flush=True)
         out["sqlite"] = run(f"sqlite:///{work / 'dashboard.db'}", args.broker, path, args.rows)
         print("postgres", flush=True)
-        name = f"nightshift_dashboard_{os.getpid()}"
-        with psycopg.connect(args.postgres, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        url = args.postgres.rsplit("/", 1)[0] + "/" + name
-        try:
-            db.upgrade(url)
+        with scratch_database(args.postgres, "nightshift_dashboard") as url:
             out["postgres"] = run(url, args.broker, path, args.rows)
-        finally:
-            db.engine_for(url).dispose()
-            with psycopg.connect(args.postgres, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "dashboard.json").write_text(json.dumps(out, indent=2) + "\n")
     names = [k for k in out["sqlite"] if k.endswith("_ms")]

@@ -22,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -280,23 +282,30 @@ def _write(out: dict[str, Any]) -> None:
     (RESULTS / "dataplane.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
-def _on_postgres(args: argparse.Namespace, path: Path, work: Path) -> dict[str, Any]:
-    name = f"nightshift_bench_{os.getpid()}"
-    with psycopg.connect(args.postgres, autocommit=True) as conn:
+@contextmanager
+def scratch_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """A PostgreSQL database of the benchmark's own, at the schema's head; dropped after."""
+    name = f"{prefix}_{os.getpid()}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = args.postgres.rsplit("/", 1)[0] + "/" + name
+    url = admin_url.rsplit("/", 1)[0] + "/" + name
     try:
         db.upgrade(url)
+        yield url
+    finally:
+        db.engine_for(url).dispose()
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _on_postgres(args: argparse.Namespace, path: Path, work: Path) -> dict[str, Any]:
+    with scratch_database(args.postgres, "nightshift_bench") as url:
         copy_rate = round(plain_copy_writes(url, args.write_rows))
         print(f"plain psycopg COPY: result rows at {copy_rate:,}/s", flush=True)
         figures = run(url, args.broker, path, args.rows, args.write_rows, work)
         figures["plain_copy_writes_rows_per_s"] = copy_rate
         figures["writes_vs_plain_copy"] = round(figures["result_rows_per_s"] / copy_rate, 2)
         return figures
-    finally:
-        db.engine_for(url).dispose()
-        with psycopg.connect(args.postgres, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def table(out: dict[str, Any]) -> str:
