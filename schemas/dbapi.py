@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from schemas.errors import DatabaseUnreachable
+from schemas.errors import DatabaseUnreachable, SchemaOutdated
 from schemas.settings import redact
 
+# PostgreSQL's codes for an undefined table and an undefined column.
+_MISSING = ("42P01", "42703")
 # A timestamp as SQLAlchemy keeps it in SQLite (naive, UTC), for comparisons in SQL.
 SQLITE_STAMP = "%Y-%m-%d %H:%M:%S.%f"
 
@@ -23,14 +25,22 @@ SQLITE_STAMP = "%Y-%m-%d %H:%M:%S.%f"
 class Reader:
     """One connection, read from: rows of SQL written with `?` marks, whatever the driver."""
 
-    def __init__(self, conn: Any, *, sqlite: bool, postgres: bool, qmark: bool) -> None:
-        self.conn, self.sqlite, self.postgres, self.qmark = conn, sqlite, postgres, qmark
+    def __init__(self, conn: Any, url: str, *, sqlite: bool, postgres: bool,
+                 qmark: bool) -> None:
+        self.conn, self.url = conn, url
+        self.sqlite, self.postgres, self.qmark = sqlite, postgres, qmark
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         cursor = self.conn.cursor()
         try:
             cursor.execute(sql if self.qmark else sql.replace("?", "%s"), params)
             return list(cursor.fetchall())
+        except Exception as exc:
+            if not _missing(exc):
+                raise
+            raise SchemaOutdated(f"the database at {redact(self.url)} has no nightshift "
+                                 f"tables, or older ones ({_first_line(exc)}): run "
+                                 "`nightshift db upgrade`") from None
         finally:
             cursor.close()
 
@@ -59,7 +69,7 @@ def reader(url: str) -> Iterator[Reader]:
     """A connection that only reads; fails with one line naming the URL."""
     conn, kind = _connect(url)
     try:
-        yield Reader(conn, sqlite=kind == "sqlite", postgres=kind == "postgresql",
+        yield Reader(conn, url, sqlite=kind == "sqlite", postgres=kind == "postgresql",
                      qmark=kind == "sqlite" or getattr(conn, "paramstyle", "") == "qmark")
     finally:
         conn.close()
@@ -100,6 +110,13 @@ def _sqlite(url: str) -> sqlite3.Connection:
                            isolation_level=None)
     conn.execute("PRAGMA busy_timeout=60000")
     return conn
+
+
+def _missing(exc: BaseException) -> bool:
+    """A table or column the query names is not in the database."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return str(exc).startswith(("no such table", "no such column"))
+    return getattr(exc, "sqlstate", None) in _MISSING
 
 
 def _first_line(exc: BaseException) -> str:

@@ -29,6 +29,13 @@ class DatabaseUnreachable(NightshiftError):
     exit_code = 3
 
 
+class SchemaOutdated(NightshiftError):
+    """The database has no nightshift tables, or an older version of them, than this
+    nightshift reads: `nightshift db upgrade` brings them up to date."""
+
+    exit_code = 3
+
+
 class BrokerUnreachable(NightshiftError):
     exit_code = 3
 

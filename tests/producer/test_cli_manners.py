@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import click
+import psycopg
 import pytest
 from click.testing import CliRunner
-from conftest import Stack
+from conftest import PG_ADMIN, Stack
 
 from producer.cli import cli
 
@@ -114,6 +117,31 @@ def test_exit_codes_say_what_kind_of_error(env: Stack, args: list[str], code: in
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database nightshift has never written to: no tables at all."""
+    if request.param == "sqlite":
+        sqlite3.connect(tmp_path / "empty.db").close()
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    name = f"nightshift_empty_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_status_of_a_job_in_a_database_without_tables_says_to_upgrade(
+        env: Stack, empty_database: str) -> None:
+    """The one-job read goes straight to the tables: where there are none, one line
+    names the fix, not a driver's traceback."""
+    result = CliRunner().invoke(cli, ["status", "abcdef123", "--database-url", empty_database])
+    assert result.exit_code == 3, result.output
+    assert "Traceback" not in result.output
+    assert "no nightshift tables" in result.output and "nightshift db upgrade" in result.output
 
 
 def test_errors_are_red_on_a_terminal_and_plain_with_no_color(

@@ -123,3 +123,20 @@ def test_replace_rows_replaces_each_row_whole_once_per_key(stack: Stack) -> None
     assert [(r.item_seq, r.status, r.output, r.error) for r in rows] == [
         (0, "succeeded", "o0", None), (1, "failed", None, "e1"), (2, "succeeded", "o2", None)]
     assert rows[2].sampling == {"seed": 2} and rows[2].attempts == 1
+
+
+def test_copy_keeps_every_character_and_null_apart(stack: Stack) -> None:
+    """Tabs, line ends, backslashes and a literal \\N survive COPY's text format; None is
+    NULL and the empty string stays empty."""
+    job_id = _job(stack)
+    texts = ["a\tb", "line\nnext\r\n", "back\\slash \\N", "", None, "naïve ✓"]
+    rows = [{"job_id": job_id, "item_seq": n, "status": "succeeded", "output": text,
+             "error": "\\N" if text is None else None, "prompt_tokens": n}
+            for n, text in enumerate(texts)]
+    with db.session(stack.db_url) as session, session.begin():
+        bulk.replace_rows(session.connection(), Result.__table__, ["job_id", "item_seq"], rows)
+    with db.session(stack.db_url) as session:
+        stored = session.execute(select(Result.output, Result.error, Result.prompt_tokens)
+                                 .where(Result.job_id == job_id).order_by(Result.item_seq)).all()
+    assert [tuple(r) for r in stored] == [
+        (text, "\\N" if text is None else None, n) for n, text in enumerate(texts)]
