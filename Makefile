@@ -59,7 +59,8 @@ chaos-short: model
 
 bench: model
 	$(PY) -m bench.run $(if $(INPUT),--input $(INPUT),) $(if $(WORKLOAD),--workload $(WORKLOAD),) \
-		$(if $(KV_CACHE_GIB),--kv-cache-gib $(KV_CACHE_GIB),) $(if $(DUPLICATES),--duplicates $(DUPLICATES),)
+		$(if $(KV_CACHE_GIB),--kv-cache-gib $(KV_CACHE_GIB),) $(if $(DUPLICATES),--duplicates $(DUPLICATES),) \
+		$(if $(DTYPE),--dtype $(DTYPE),)
 
 # The quality bar on the demo model: first-try vs after-retries pass rate (bench/quality.py).
 bench-quality: model
@@ -91,7 +92,7 @@ bench-engine: model
 # schemas, one way), and the docker files. CI runs it before the tests.
 lint: install lint-docker
 	$(VENV)/bin/ruff check producer worker schemas quality tests bench
-	$(VENV)/bin/mypy producer worker schemas quality
+	$(VENV)/bin/mypy producer worker schemas quality bench
 	$(VENV)/bin/lint-imports
 
 # hadolint on each image, and Docker Compose v2's `config` on the compose file with every

@@ -42,9 +42,11 @@ BIN = Path(sys.executable).parent
 RESULTS = Path(__file__).parent / "results"
 
 
-def engine_kwargs(args: argparse.Namespace, kv_cache_gib: float | None) -> dict[str, Any]:
+def engine_kwargs(args: argparse.Namespace, *, kv_cache_gib: float | None = None,
+                  dtype: str = "auto") -> dict[str, Any]:
     options = EngineOptions(
         gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len,
+        dtype=dtype,
         kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * 2**30))
     from vllm.platforms import current_platform
 
@@ -192,6 +194,9 @@ def main() -> None:
                              "shared-prefix, a third of the documents' tokens]")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.5)
     parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="of all three runs [default: the worker's choice: bf16 where "
+                             "the CPU has AVX512-BF16 or AMX, else float32]")
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--duplicates", type=float, default=0.0, metavar="SHARE",
                         help="This share of the generated prompts repeats others [default: 0]")
@@ -211,7 +216,7 @@ def main() -> None:
                 work / "shared_prefix.jsonl", AutoTokenizer.from_pretrained(model),
                 documents=args.documents)
             if kv_cache_gib is None:
-                dtype = engine_kwargs(args, None).get("dtype", "auto")
+                dtype = engine_kwargs(args, dtype=args.dtype)["dtype"]
                 # A third of the documents, and never below one whole request's room.
                 tokens = max(prefix_tokens / 3, args.max_model_len * 1.1)
                 kv_cache_gib = tokens * kv_bytes_per_token(model, dtype) / 2**30
@@ -219,7 +224,7 @@ def main() -> None:
                   flush=True)
         else:
             path = make_batch_file(work / "prompts.jsonl", duplicates=args.duplicates)
-        kwargs = engine_kwargs(args, kv_cache_gib)
+        kwargs = engine_kwargs(args, kv_cache_gib=kv_cache_gib, dtype=args.dtype)
         print(f"prompts: {path}  model: {model}  engine: {kwargs}", flush=True)
         offline = run_offline(path, model, kwargs)
         print(f"(a) offline: {offline}", flush=True)
