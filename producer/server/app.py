@@ -11,10 +11,11 @@ from fastapi import Body, Depends, FastAPI, File, Form, Header, Query, Request, 
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
-from producer.server import batches, keys, pages, storage
-from producer.server.errors import ApiError, not_found
+from producer.server import batches, intake, keys, pages, storage
+from producer.server.errors import ApiError, not_found, refused
 from schemas import db
 from schemas.errors import NightshiftError
 from schemas.settings import Settings
@@ -23,13 +24,12 @@ from schemas.tables import StoredFile
 
 def caller(request: Request, authorization: Annotated[str | None, Header()] = None
            ) -> keys.Caller:
-    """The key a request carries (`Authorization: Bearer KEY`), live, or a 401."""
-    scheme, _, key = (authorization or "").partition(" ")
-    found = (keys.authenticate(request.app.state.settings.database_url, key.strip())
-             if scheme.lower() == "bearer" else None)
+    """The live key a request carries (`Authorization: Bearer KEY`), or a 401; a request
+    with a body had it checked before its body was read (producer.server.intake)."""
+    found = getattr(request.state, "caller", None) or intake.bearer(
+        request.app.state.settings.database_url, authorization)
     if found is None:
-        raise ApiError(401, "Incorrect API key provided: create one with `nightshift keys "
-                            "create NAME`", code="invalid_api_key")
+        raise ApiError(401, intake.NO_KEY, code="invalid_api_key")
     return found
 
 
@@ -39,6 +39,7 @@ Caller = Annotated[keys.Caller, Depends(caller)]
 def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="nightshift", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
+    app.add_middleware(intake.Intake, settings=settings)
     url = settings.database_url
 
     @app.exception_handler(ApiError)
@@ -46,12 +47,9 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse(exc.body(), status_code=exc.status)
 
     @app.exception_handler(NightshiftError)
-    def _refused(_: Request, exc: NightshiftError) -> JSONResponse:
-        """What the CLI would say in one line: 503 for an unreachable database or broker
-        (its exit code 3: retry later), 400 for anything to fix in the request."""
-        unreachable = exc.exit_code == 3
-        error = ApiError(503 if unreachable else 400, str(exc),
-                         kind="server_error" if unreachable else "invalid_request_error")
+    @app.exception_handler(OperationalError)
+    def _refused(_: Request, exc: NightshiftError | OperationalError) -> JSONResponse:
+        error = refused(exc)
         return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(RequestValidationError)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
+from schemas.errors import NightshiftError
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None,
@@ -20,3 +24,14 @@ class ApiError(Exception):
 def not_found(what: str, given: str, param: str | None = None) -> ApiError:
     """Another key's object is not found either: its existence is not told."""
     return ApiError(404, f"No such {what}: {given!r}", param=param, code="not_found")
+
+
+def refused(exc: NightshiftError | OperationalError) -> ApiError:
+    """What the CLI would say in one line: 503 for an unreachable database or broker (its
+    exit code 3: retry later), 400 for anything to fix in the request."""
+    if isinstance(exc, OperationalError):  # the database went away under a request
+        first = (str(exc.orig or exc).strip().splitlines() or ["unreachable"])[0]
+        return ApiError(503, f"database: {first}", kind="server_error")
+    unreachable = exc.exit_code == 3
+    return ApiError(503 if unreachable else 400, str(exc),
+                    kind="server_error" if unreachable else "invalid_request_error")
