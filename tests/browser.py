@@ -45,8 +45,8 @@ def login(browser: Any, server: Server, key: str) -> None:
 def go(browser: Any, element: Any, *, keys: str | None = None) -> None:
     """Click what leads to another page (or type `keys` there), and wait for it: the
     click returns before the page is there."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = browser.find_element(By.TAG_NAME, "html")
@@ -54,7 +54,17 @@ def go(browser: Any, element: Any, *, keys: str | None = None) -> None:
         element.click()
     else:
         element.send_keys(keys)
-    WebDriverWait(browser, 20).until(expected_conditions.staleness_of(page))
+
+    def left(_: Any) -> bool:
+        """The old page is gone. Mid-navigation chromedriver may say so with an inspector
+        error ("Node ... does not belong to the document") instead of a stale element."""
+        try:
+            page.is_enabled()
+        except WebDriverException:
+            return True
+        return False
+
+    WebDriverWait(browser, 20).until(left)
     WebDriverWait(browser, 20).until(
         lambda b: b.execute_script("return document.readyState") == "complete")
 
