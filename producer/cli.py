@@ -15,7 +15,7 @@ import click
 from pydantic import ValidationError
 
 from producer import formats, status
-from schemas.errors import ConfigError, NightshiftError, reason
+from schemas.errors import ConfigError, NightshiftError, first_line, reason
 from schemas.settings import Settings, load, redact
 from schemas.states import JobState, minutes
 
@@ -46,8 +46,7 @@ class Group(click.Group):
 
             if not isinstance(exc, OperationalError):
                 raise
-            first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            click.secho(f"error: database: {first}", err=True, fg="red")
+            click.secho(f"error: database: {first_line(exc)}", err=True, fg="red")
             ctx.exit(3)
 
 

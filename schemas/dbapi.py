@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from schemas.errors import DatabaseUnreachable, SchemaOutdated
+from schemas.errors import DatabaseUnreachable, SchemaOutdated, first_line
 from schemas.settings import redact
 
 # PostgreSQL's codes for an undefined table and an undefined column.
@@ -39,7 +39,7 @@ class Reader:
             if not _missing(exc):
                 raise
             raise SchemaOutdated(f"the database at {redact(self.url)} has no nightshift "
-                                 f"tables, or older ones ({_first_line(exc)}): run "
+                                 f"tables, or older ones ({first_line(exc)}): run "
                                  "`nightshift db upgrade`") from None
         finally:
             cursor.close()
@@ -88,11 +88,11 @@ def _connect(url: str) -> tuple[Any, str]:
                                    autocommit=True), "postgresql"
     except (sqlite3.Error, ImportError, OSError) as exc:
         raise DatabaseUnreachable(f"cannot reach the database at {redact(url)}: "
-                                  f"{_first_line(exc)}") from None
+                                  f"{first_line(exc)}") from None
     except Exception as exc:  # psycopg's OperationalError, imported only when needed
         if type(exc).__module__.startswith("psycopg"):
             raise DatabaseUnreachable(f"cannot reach the database at {redact(url)}: "
-                                      f"{_first_line(exc)}") from None
+                                      f"{first_line(exc)}") from None
         raise
     from schemas import db
 
@@ -117,7 +117,3 @@ def _missing(exc: BaseException) -> bool:
     if isinstance(exc, sqlite3.OperationalError):
         return str(exc).startswith(("no such table", "no such column"))
     return getattr(exc, "sqlstate", None) in _MISSING
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -64,6 +64,12 @@ class ModelError(NightshiftError):
     exit_code = 2
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's first line: the driver's own error where a library wrapped one."""
+    return (str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            or [type(exc).__name__])[0]
+
+
 def reason(exc: ValidationError | ValueError) -> str:
     """A validation failure as one line a person can act on."""
     if not isinstance(exc, ValidationError):

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from schemas import db
+from schemas.errors import first_line
 from schemas.tables import Worker, WorkerState
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class Presence:
             self.register()
         except Exception as exc:  # workers run without it; the beats register it later
             log.warning("could not record this worker in the database (`nightshift "
-                        "workers` will not list it until a beat does): %s", _first_line(exc))
+                        "workers` will not list it until a beat does): %s", first_line(exc))
         self._thread.start()
         return self
 
@@ -81,7 +82,7 @@ class Presence:
                     state=WorkerState.STOPPED, last_heartbeat_at=db.clock(conn),
                     tokens_per_s=0.0))
         except Exception as exc:
-            log.warning("could not mark this worker stopped: %s", _first_line(exc))
+            log.warning("could not mark this worker stopped: %s", first_line(exc))
 
     def register(self) -> None:
         with _bounded(self.db_url) as conn:
@@ -118,7 +119,7 @@ class Presence:
             try:
                 self.beat()
             except Exception as exc:
-                log.warning("worker heartbeat missed: %s", _first_line(exc))
+                log.warning("worker heartbeat missed: %s", first_line(exc))
 
 
 @contextmanager
@@ -142,8 +143,6 @@ def _bounded(db_url: str) -> Iterator[Connection]:
             raw.execute(f"PRAGMA busy_timeout={int(usual)}")
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [repr(exc)])[0]
 
 
 def listed(db_url: str, *, everyone: bool = False) -> list[dict[str, Any]]:

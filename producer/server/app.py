@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
 from producer.server import batches, intake, keys, pages, storage
-from producer.server.errors import ApiError, not_found, refused
+from producer.server.errors import ApiError, no_key, not_found, refused
 from schemas import db
 from schemas.errors import NightshiftError
 from schemas.settings import Settings
@@ -29,7 +29,7 @@ def caller(request: Request, authorization: Annotated[str | None, Header()] = No
     found = getattr(request.state, "caller", None) or intake.bearer(
         request.app.state.settings.database_url, authorization)
     if found is None:
-        raise ApiError(401, intake.NO_KEY, code="invalid_api_key")
+        raise no_key()
     return found
 
 

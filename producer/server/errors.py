@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
-from schemas.errors import NightshiftError
+from schemas.errors import NightshiftError, first_line
 
 
 class ApiError(Exception):
@@ -26,12 +26,16 @@ def not_found(what: str, given: str, param: str | None = None) -> ApiError:
     return ApiError(404, f"No such {what}: {given!r}", param=param, code="not_found")
 
 
+def no_key() -> ApiError:
+    return ApiError(401, "Incorrect API key provided: create one with `nightshift keys "
+                         "create NAME`", code="invalid_api_key")
+
+
 def refused(exc: NightshiftError | OperationalError) -> ApiError:
     """What the CLI would say in one line: 503 for an unreachable database or broker (its
     exit code 3: retry later), 400 for anything to fix in the request."""
     if isinstance(exc, OperationalError):  # the database went away under a request
-        first = (str(exc.orig or exc).strip().splitlines() or ["unreachable"])[0]
-        return ApiError(503, f"database: {first}", kind="server_error")
+        return ApiError(503, f"database: {first_line(exc)}", kind="server_error")
     unreachable = exc.exit_code == 3
     return ApiError(503 if unreachable else 400, str(exc),
                     kind="server_error" if unreachable else "invalid_request_error")

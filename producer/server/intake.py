@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from producer.server import keys
-from producer.server.errors import ApiError, refused
+from producer.server.errors import ApiError, no_key, refused
 from schemas.errors import NightshiftError
 from schemas.settings import Settings
 
@@ -22,7 +22,6 @@ UPLOADS = "/v1/files"
 FORM_ROOM = 1 << 20
 # Any other body: a batch to create, a dashboard form.
 BODY_LIMIT = 1 << 20
-NO_KEY = "Incorrect API key provided: create one with `nightshift keys create NAME`"
 
 
 def bearer(db_url: str, authorization: str | None) -> keys.Caller | None:
@@ -54,7 +53,7 @@ class Intake:
                 await _answer(scope, receive, send, refused(exc))
                 return
             if found is None:
-                await _answer(scope, receive, send, ApiError(401, NO_KEY, code="invalid_api_key"))
+                await _answer(scope, receive, send, no_key())
                 return
             scope.setdefault("state", {})["caller"] = found
         limit = self.settings.max_file_bytes + FORM_ROOM if path == UPLOADS else BODY_LIMIT

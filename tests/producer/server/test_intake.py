@@ -6,7 +6,7 @@ would send the whole body before it reads the answer."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,7 +23,7 @@ def small_server(stack: Stack) -> Iterator[Server]:
     s.stop()
 
 
-def _exchange(server: Server, head: str, body: bytes = b"", *, chunked: list[bytes] = ()
+def _exchange(server: Server, head: str, body: bytes = b"", *, chunked: Sequence[bytes] = ()
               ) -> str:
     """What the server answers to `head` and the first part of a body, within 10 s: a
     server that waited for the rest of the body would answer nothing."""
