@@ -71,10 +71,12 @@ def submit(settings: Settings, spec: JobSpec, path: Path, *, fmt: str = "auto",
            on_invalid: Callable[[readers.RowError], None] | None = None,
            on_skipped: Callable[[readers.Skipped], None] | None = None,
            schedule: Schedule | None = None, reuse_results: bool = False,
-           max_document_bytes: int = documents.MAX_BYTES) -> Submitted:
+           max_document_bytes: int = documents.MAX_BYTES,
+           with_job: Callable[[Session, str], None] | None = None) -> Submitted:
     """With a `schedule` whose start is still ahead, the job is stored `scheduled` and
     nothing is enqueued: reconcile enqueues it once its start time has passed. A document
-    file over `max_document_bytes` is skipped unread."""
+    file over `max_document_bytes` is skipped unread. `with_job` adds rows that stand or
+    fall with the job (a Batch API batch) in the transaction that makes it visible."""
     schedule = schedule or Schedule()
     held = schedule.waits(utcnow())
     models.check_name(spec.model)
@@ -102,6 +104,8 @@ def submit(settings: Settings, spec: JobSpec, path: Path, *, fmt: str = "auto",
         with loading.last() as session:
             _write_job(session, job, spec, result, keyed=items.keyed,
                        reuse_results=reuse_results)
+            if with_job is not None:
+                with_job(session, job_id)
     result.scheduled = held
     if not held:
         broker.enqueue(settings.broker_url, spec.model, job_id, first,

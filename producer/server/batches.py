@@ -11,6 +11,7 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from producer import export, status
 from producer.readers import RowError
@@ -58,22 +59,26 @@ def create(settings: Settings, caller: Caller, body: dict[str, Any]) -> dict[str
     spec, schedule = _job(settings, labels, now + WINDOWS[window])
     path = storage.path_of(settings, stored.name)
     refused: list[RowError] = list(_other_endpoints(path, endpoint))
-    job_id: str | None = None
+    batch = Batch(owner=caller.key_id, created_at=now, input_file_id=file_id,
+                  endpoint=endpoint, completion_window=window, labels=labels or None)
+
+    def with_job(session: Session, job_id: str) -> None:
+        # In the job's own transaction: no job runs that its batch does not show.
+        batch.id, batch.job_id = f"batch_{job_id}", job_id
+        session.add(batch)
+
     if not refused:
         from producer.submit import submit
 
         try:
-            job_id = submit(settings, spec, path, fmt="openai", schedule=schedule,
-                            on_invalid=refused.append).job_id
+            submit(settings, spec, path, fmt="openai", schedule=schedule,
+                   on_invalid=refused.append, with_job=with_job)
         except InputError as exc:  # said of the stored file: named by its id instead
             refused = refused or [RowError(0, str(exc).replace(str(path), file_id))]
-    batch = Batch(id=f"batch_{job_id or _hex()}", owner=caller.key_id, job_id=job_id,
-                  created_at=now,
-                  input_file_id=file_id, endpoint=endpoint, completion_window=window,
-                  labels=labels or None, errors=_errors(refused) if refused else None,
-                  failed_at=now if refused else None)
-    with db.session(settings.database_url) as session, session.begin():
-        session.add(batch)
+    if refused:
+        batch.id, batch.errors, batch.failed_at = f"batch_{_hex()}", _errors(refused), now
+        with db.session(settings.database_url) as session, session.begin():
+            session.add(batch)
     return shape(settings, batch)
 
 

@@ -75,6 +75,26 @@ def test_a_bad_row_creates_no_job_unless_skipped(stack: Stack, tmp_path: Path) -
     assert "broken" not in keys and len(keys) == 4
 
 
+def test_rows_written_with_the_job_stand_or_fall_with_it(stack: Stack, tmp_path: Path) -> None:
+    """A Batch API batch is written in the job's own transaction: a failure there leaves
+    neither the job, nor its items, nor a message; a success leaves both."""
+    settings = load(database_url=stack.db_url, broker_url=stack.broker_url)
+    jobs_before, items_before = _count(stack, Job), _count(stack, Item)
+
+    def refuse(_session: object, _job_id: str) -> None:
+        raise RuntimeError("the batch row could not be written")
+
+    with pytest.raises(RuntimeError, match="the batch row"):
+        submit(settings, JobSpec(), _jsonl(tmp_path, 3), with_job=refuse)
+    assert (_count(stack, Job), _count(stack, Item)) == (jobs_before, items_before)
+    assert _queued(stack) == []
+
+    seen: list[str] = []
+    done = submit(settings, JobSpec(), _jsonl(tmp_path, 3),
+                  with_job=lambda session, job_id: seen.append(job_id))
+    assert seen == [done.job_id]
+
+
 def test_duplicate_ids_are_invalid_rows(stack: Stack, tmp_path: Path) -> None:
     path = tmp_path / "dup.jsonl"
     path.write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n')
