@@ -115,7 +115,9 @@ def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path, broker_url
     ready_at = None
     try:
         submitted = subprocess.run([ns, "submit", str(path), "--json", *submit_args],
-                                   env=env, check=True, capture_output=True, text=True)
+                                   env=env, capture_output=True, text=True)
+        if submitted.returncode != 0:
+            raise RuntimeError(f"submit failed:\n{submitted.stderr[-2000:]}")
         submit_s = time.perf_counter() - start
         job = json.loads(submitted.stdout)
         while True:
@@ -138,7 +140,7 @@ def run_nightshift(path: Path, kwargs: dict[str, Any], workdir: Path, broker_url
         last = session.scalar(select(func.max(Result.created_at))
                               .where(Result.job_id == job["job_id"]))
         finished = session.get_one(Job, job["job_id"]).finished_at
-    if finished is not None:  # submit to the last result committed, not to the poll after it
+    if finished is not None:  # launch to the last result committed, not to the poll after it
         wall = (finished - started).total_seconds()
     overhead_ms, overhead_cpu_ms, chunk_items, overhead_parts = _overhead(log)
     cached, prompt = _prefix_cache(log)
