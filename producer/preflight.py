@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from producer import documents, readers
 from schemas import db
+from schemas.errors import first_line
 from schemas.spec import JobSpec
 from schemas.tables import Job, Result
 from worker import models
@@ -166,8 +167,7 @@ def calibrate(db_url: str, model: str) -> tuple[Calibration | None, str]:
                                    .order_by(Result.created_at.desc())
                                    .limit(CALIBRATION_RESULTS)).all()
     except SQLAlchemyError as exc:
-        first = str(getattr(exc, "orig", exc) or exc).strip().splitlines()[0]
-        return None, f"no calibration (database: {first})"
+        return None, f"no calibration (database: {first_line(exc)})"
     if not rows:
         return None, "no calibration yet (no results for this model)"
     newest = rows[0][1]

@@ -13,6 +13,7 @@ from celery.signals import setup_logging
 
 from quality import registry
 from schemas import db
+from schemas.errors import first_line
 from schemas.settings import Settings, redact
 from worker import leases, logs, metrics, models, presence, tasks
 from worker.app import broker_settings, celery_app
@@ -91,7 +92,7 @@ def _runtime(settings: Settings, host: EngineHost, owner: str) -> Runtime:
         rehearse(runtime)
     except Exception as exc:  # a head start, no more: the chunks themselves will tell
         log.warning("could not rehearse a chunk before taking messages, the first ones "
-                    "start cold: %s", str(exc).splitlines()[0])
+                    "start cold: %s", first_line(exc))
     return runtime
 
 

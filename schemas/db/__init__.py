@@ -17,7 +17,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from schemas.db import counters
-from schemas.errors import ConfigError, DatabaseUnreachable
+from schemas.errors import ConfigError, DatabaseUnreachable, first_line
 from schemas.settings import redact
 
 log = logging.getLogger(__name__)
@@ -148,8 +148,8 @@ def check_reachable(url: str) -> None:
         with engine_for(url).connect():
             pass
     except OperationalError as exc:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "unreachable"
-        raise DatabaseUnreachable(f"cannot reach the database at {redact(url)}: {reason}") from None
+        raise DatabaseUnreachable(
+            f"cannot reach the database at {redact(url)}: {first_line(exc)}") from None
 
 
 def clock(session: Session | Connection) -> datetime:
