@@ -89,10 +89,10 @@ def test_rows_written_with_the_job_stand_or_fall_with_it(stack: Stack, tmp_path:
     assert (_count(stack, Job), _count(stack, Item)) == (jobs_before, items_before)
     assert _queued(stack) == []
 
-    seen: list[str] = []
-    done = submit(settings, JobSpec(), _jsonl(tmp_path, 3),
-                  with_job=lambda session, job_id: seen.append(job_id))
-    assert seen == [done.job_id]
+    seen: list[tuple[str, int]] = []  # the job as the hook's transaction sees it
+    done = submit(settings, JobSpec(), _jsonl(tmp_path, 3), with_job=lambda session, job_id:
+                  seen.append((job_id, session.get_one(Job, job_id).total)))
+    assert seen == [(done.job_id, 3)]
 
 
 def test_duplicate_ids_are_invalid_rows(stack: Stack, tmp_path: Path) -> None:
