@@ -6,8 +6,9 @@ bench/results/dataplane.json.
     python -m bench.dataplane --rows 100000   # a quicker look
 
 Beside nightshift's figures it times plain `sqlite3` parsing and inserting the same
-file, and plain psycopg COPY writing result rows, so a run on a busy or slow machine can
-be read against those yardsticks.
+file, plain psycopg COPY writing result rows, and plain psycopg sending the statements
+a chunk's write sends, so a run on a busy or slow machine can be read against those
+yardsticks.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def plain_copy_writes(url: str, rows: int) -> float:
         conn.execute("CREATE TABLE plain_results (job_id TEXT, item_seq INTEGER, "
                      "status TEXT, output TEXT, PRIMARY KEY (job_id, item_seq))")
         conn.commit()
+        _settle(url)
         start = time.perf_counter()
         for first in range(0, rows, WRITE_BATCH):
             with conn.cursor().copy("COPY plain_results FROM STDIN") as copy:
@@ -171,21 +173,11 @@ def result_write_rate(db_url: str, job_id: str, rows: int) -> float:
     transaction per 1,000 rows of 600 characters, as a worker writes a finished chunk.
     Only `write` is timed: the worker has its outcomes in hand, and its items running
     (claimed, worker.leases), before it writes."""
-    from sqlalchemy import update
-
-    from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus
     from worker.attempts import Outcome
     from worker.chunks import write
     from worker.leases import Lease
 
-    with db.engine_for(db_url).begin() as conn:
-        conn.execute(update(Item).where(Item.job_id == job_id)
-                     .values(status=ItemStatus.RUNNING))
-        conn.execute(update(Chunk).where(Chunk.job_id == job_id)
-                     .values(status=ChunkStatus.LEASED, lease_owner="bench", deliveries=1))
-
-    gc.freeze()  # as `nightshift worker` does with what it imported (worker.main)
-    os.sync()  # the submits' pages written out first, not during the timed writes
+    _claim_all(db_url, job_id)
     sampling = {"temperature": 0.0, "max_tokens": 128, "seed": 1}
     elapsed = 0.0
     for chunk, first in enumerate(range(0, rows, WRITE_BATCH)):
@@ -196,6 +188,91 @@ def result_write_rate(db_url: str, job_id: str, rows: int) -> float:
         write(db_url, Lease(job_id, chunk, "bench", 1), outcomes)
         elapsed += time.perf_counter() - start
     return rows / elapsed
+
+
+# A chunk's write by hand: what worker.chunks.write sends, with no SQLAlchemy and no
+# column picking in Python (created_at from the server), the floor for the same work.
+SAME_WORK = (
+    ("SELECT id FROM jobs WHERE id = %(job)s FOR UPDATE", False),
+    ("UPDATE chunks SET status = 'done', lease_owner = NULL, lease_expires_at = NULL "
+     "WHERE job_id = %(job)s AND seq = %(seq)s AND lease_owner = 'bench' AND deliveries = 1 "
+     "AND status = 'leased'", True),
+    ("DELETE FROM results WHERE job_id = %(job)s AND item_seq BETWEEN %(low)s AND %(high)s",
+     False),
+    ("COPY", False),
+    ("UPDATE items SET status = 'succeeded', writes = writes + 1 WHERE job_id = %(job)s "
+     "AND status = 'running' AND seq BETWEEN %(low)s AND %(high)s", True),
+    ("SELECT seq FROM items WHERE job_id = %(job)s AND same_as BETWEEN %(low)s AND %(high)s",
+     False),
+    ("INSERT INTO job_counts (job_id, status, items, prompt_tokens, completion_tokens) "
+     "VALUES (%(job)s, 'running', -%(n)s, 0, 0), (%(job)s, 'succeeded', %(n)s, 20 * %(n)s, "
+     "100 * %(n)s) ON CONFLICT (job_id, status) DO UPDATE SET "
+     "items = job_counts.items + excluded.items, "
+     "prompt_tokens = job_counts.prompt_tokens + excluded.prompt_tokens, "
+     "completion_tokens = job_counts.completion_tokens + excluded.completion_tokens", False),
+    ("SELECT coalesce(sum(items), 0) FROM job_counts WHERE job_id = %(job)s "
+     "AND status IN ('pending', 'running')", False),
+)
+
+
+def plain_same_work_writes(db_url: str, job_id: str, rows: int) -> float:
+    """The second PostgreSQL yardstick: rows/s of plain psycopg sending, for each 1,000
+    results, the statements worker.chunks.write sends, on a job nightshift submitted."""
+    _claim_all(db_url, job_id)
+    sampling = json.dumps({"temperature": 0.0, "max_tokens": 128, "seed": 1})
+    copy = ("COPY results (job_id, item_seq, status, output, finish_reason, prompt_tokens, "
+            "completion_tokens, sampling, worker, attempts) FROM STDIN")
+    with psycopg.connect(db_url) as conn:
+        conn.execute("ALTER TABLE results ALTER COLUMN created_at SET DEFAULT now()")
+        conn.commit()
+        start = time.perf_counter()
+        for seq, low in enumerate(range(0, rows, WRITE_BATCH)):
+            high = min(low + WRITE_BATCH, rows) - 1
+            params = {"job": job_id, "seq": seq, "low": low, "high": high,
+                      "n": high - low + 1}
+            cursor = conn.cursor()
+            for statement, must_change in SAME_WORK:
+                if statement == "COPY":
+                    with cursor.copy(copy) as rows_in:
+                        for i in range(low, high + 1):
+                            rows_in.write_row((job_id, i, "succeeded", OUTPUT, "stop", 20,
+                                               100, sampling, "bench", 1))
+                    continue
+                cursor.execute(statement, params)
+                assert cursor.rowcount or not must_change, statement
+                if cursor.description:
+                    cursor.fetchall()
+            conn.commit()
+        elapsed = time.perf_counter() - start
+        conn.execute("ALTER TABLE results ALTER COLUMN created_at DROP DEFAULT")
+        conn.commit()
+    return rows / elapsed
+
+
+def _claim_all(db_url: str, job_id: str) -> None:
+    """The job's items running and its chunks leased to "bench", as a claim leaves them;
+    the process's objects frozen and the disk synced, so that neither lands in a timing."""
+    from sqlalchemy import update
+
+    from schemas.tables import Chunk, ChunkStatus, Item, ItemStatus
+
+    with db.engine_for(db_url).begin() as conn:
+        conn.execute(update(Item).where(Item.job_id == job_id)
+                     .values(status=ItemStatus.RUNNING))
+        conn.execute(update(Chunk).where(Chunk.job_id == job_id)
+                     .values(status=ChunkStatus.LEASED, lease_owner="bench", deliveries=1))
+    gc.freeze()  # as `nightshift worker` does with what it imported (worker.main)
+    _settle(db_url)
+
+
+def _settle(db_url: str) -> None:
+    """The submits' pages written out first, not during the timed writes; on PostgreSQL a
+    checkpoint too, so that each timed phase starts with none due (runs of 200,000 rows
+    moved by a third with where one fell)."""
+    os.sync()
+    if db_url.startswith("postgresql"):
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("CHECKPOINT")
 
 
 def run(db_url: str, broker: str, path: Path, rows: int, write_rows: int,
@@ -303,8 +380,18 @@ def _on_postgres(args: argparse.Namespace, path: Path, work: Path) -> dict[str, 
         copy_rate = round(plain_copy_writes(url, args.write_rows))
         print(f"plain psycopg COPY: result rows at {copy_rate:,}/s", flush=True)
         figures = run(url, args.broker, path, args.rows, args.write_rows, work)
+        env = {**os.environ, "NIGHTSHIFT_DATABASE_URL": url,
+               "NIGHTSHIFT_BROKER_URL": args.broker}
+        same = submit(env, work / "writes.jsonl", WRITE_BATCH)
+        redis.Redis.from_url(args.broker).flushdb()
+        same_rate = round(plain_same_work_writes(url, same["job_id"], args.write_rows))
+        print(f"plain psycopg, a write's statements: result rows at {same_rate:,}/s",
+              flush=True)
         figures["plain_copy_writes_rows_per_s"] = copy_rate
         figures["writes_vs_plain_copy"] = round(figures["result_rows_per_s"] / copy_rate, 2)
+        figures["plain_same_work_rows_per_s"] = same_rate
+        figures["same_work_vs_plain_copy"] = round(same_rate / copy_rate, 2)
+        figures["writes_vs_same_work"] = round(figures["result_rows_per_s"] / same_rate, 2)
         return figures
 
 
@@ -316,6 +403,10 @@ def table(out: dict[str, Any]) -> str:
             ("writes / plain sqlite3", lambda f: f"{f['writes_vs_plain_sqlite3']}x"),
             ("writes / plain COPY", lambda f: f"{f['writes_vs_plain_copy']}x"
              if "writes_vs_plain_copy" in f else "-"),
+            ("same work by hand / COPY", lambda f: f"{f['same_work_vs_plain_copy']}x"
+             if "same_work_vs_plain_copy" in f else "-"),
+            ("writes / same work", lambda f: f"{f['writes_vs_same_work']}x"
+             if "writes_vs_same_work" in f else "-"),
             ("status query ms", lambda f: f"{f['status_query_ms']}"),
             ("status CLI ms", lambda f: f"{f['status_cli_ms']}")]
     backends = [b for b in ("sqlite", "postgres") if b in out]

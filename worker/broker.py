@@ -13,10 +13,10 @@ import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+import sqlalchemy as sa
 from kombu import Connection
 from kombu.exceptions import ChannelError, OperationalError
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import update
 
 from schemas.errors import BrokerUnreachable
 from schemas.settings import redact
@@ -95,14 +95,14 @@ def first_window(chunks: int, window: int) -> range:
     return range(min(chunks, window))
 
 
-def next_chunk(session: Session, job_id: str) -> tuple[str, int, int] | None:
+def next_chunk(conn: sa.Connection, job_id: str) -> tuple[str, int, int] | None:
     """Count the job's next chunk as sent; (model, seq, priority) to send it with after the
     transaction commits, or None when every chunk has been sent or the job has ended."""
-    moved = session.execute(update(Job).where(Job.id == job_id, Job.enqueued < Job.chunks,
-                                        Job.state.in_((JobState.QUEUED, JobState.RUNNING)))
-                      .values(enqueued=Job.enqueued + 1))
-    if not moved.rowcount:  # type: ignore[attr-defined]
+    moved = conn.execute(update(Job).where(Job.id == job_id, Job.enqueued < Job.chunks,
+                                           Job.state.in_((JobState.QUEUED, JobState.RUNNING)))
+                         .values(enqueued=Job.enqueued + 1)
+                         .returning(Job.model, Job.enqueued, Job.priority)).one_or_none()
+    if moved is None:
         return None
-    model, enqueued, priority = session.execute(select(Job.model, Job.enqueued, Job.priority)
-                                          .where(Job.id == job_id)).one()
+    model, enqueued, priority = moved
     return model, enqueued - 1, priority

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from quality import checks
@@ -46,6 +46,16 @@ from worker.generate import run_items
 from worker.prompts import encode_many
 
 log = logging.getLogger(__name__)
+
+# A chunk's write sends these every time: built once (built anew, 0.2 ms more a write).
+_LOCK_JOB = select(Job.id).where(Job.id == bindparam("job_id")).with_for_update()
+# The job's open items by its counters (schemas.db.counters), current within the write's
+# transaction: counting the items themselves would cost every chunk of a big job a pass
+# over its index.
+_OPEN_ITEMS = select(func.coalesce(func.sum(JobCount.items), 0)).where(
+    JobCount.job_id == bindparam("job_id"),
+    or_(JobCount.status == ItemStatus.PENDING, JobCount.status == ItemStatus.RUNNING))
+
 
 @dataclass
 class Runtime:
@@ -150,7 +160,8 @@ def rehearse(rt: Runtime) -> None:
         assert lease is not None
         _load(session, job_id, 0)
         encode_many(rt.host.tokenizer, spec, [payload])
-        _store(session, lease, [Outcome(0, ItemStatus.SUCCEEDED, output="")], last=True, moves=True)
+        _store(session.connection(), lease, [Outcome(0, ItemStatus.SUCCEEDED, output="")],
+               last=True, moves=True)
         rehearsal.rollback()
 
 
@@ -196,8 +207,9 @@ def write(db_url: str, lease: leases.Lease, outcomes: list[Outcome], *, last: bo
     transaction; with `last`, the chunk is done, the job completes if nothing is open, and
     (given a broker) the job's next chunk is sent: its window moves on. Raises LeaseLost,
     having changed nothing, when `lease` no longer holds the chunk."""
-    with db.session(db_url) as session, session.begin():
-        following = _store(session, lease, outcomes, last=last, moves=broker_url is not None)
+    # A connection, not a session: the ORM's bookkeeping cost 0.4 ms a chunk.
+    with db.engine_for(db_url).begin() as conn:
+        following = _store(conn, lease, outcomes, last=last, moves=broker_url is not None)
     db.checkpoint_soon(db_url)
     if following is not None and broker_url:
         model, next_seq, priority = following
@@ -206,21 +218,20 @@ def write(db_url: str, lease: leases.Lease, outcomes: list[Outcome], *, last: bo
     metrics.observe(outcomes)  # once written: every path (batch, isolated, poison) ends here
 
 
-def _store(session: Session, lease: leases.Lease, outcomes: list[Outcome], *, last: bool,
+def _store(conn: Connection, lease: leases.Lease, outcomes: list[Outcome], *, last: bool,
            moves: bool) -> tuple[str, int, int] | None:
     """`write` within the caller's transaction; the job's next chunk to send, if it `moves`."""
-    conn = session.connection()  # Core statements: the ORM's bookkeeping cost 0.3 ms a chunk
     job_id = lease.job_id
     # Chunks of one job finish one at a time, so the last one sees every other's items
     # final and marks the job completed (PostgreSQL; SQLite already serializes writers).
-    conn.execute(select(Job.id).where(Job.id == job_id).with_for_update())
+    conn.execute(_LOCK_JOB, {"job_id": job_id})
     leases.fence(conn, lease, done=last)
     if outcomes:
         _record(conn, job_id, lease.owner, outcomes)
     if not last:
         return None
     _maybe_complete(conn, job_id)
-    return broker.next_chunk(session, job_id) if moves else None
+    return broker.next_chunk(conn, job_id) if moves else None
 
 
 def _record(conn: Connection, job_id: str, owner: str, outcomes: list[Outcome]) -> None:
@@ -273,12 +284,7 @@ def _finish_cancelled(db_url: str, lease: leases.Lease) -> None:
 
 
 def _maybe_complete(conn: Connection, job_id: str) -> None:
-    # The job's counters (schemas.db.counters), current within this transaction: counting
-    # the items themselves would cost every chunk of a big job a pass over its index.
-    open_items = conn.execute(select(func.coalesce(func.sum(JobCount.items), 0)).where(
-        JobCount.job_id == job_id,
-        JobCount.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING)))).scalar()
-    if open_items == 0:
+    if conn.execute(_OPEN_ITEMS, {"job_id": job_id}).scalar() == 0:
         conn.execute(update(Job).where(Job.id == job_id, Job.state.in_(
             (JobState.QUEUED, JobState.RUNNING))).values(state=JobState.COMPLETED,
                                                          finished_at=utcnow()))
