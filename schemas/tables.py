@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    func,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -164,7 +165,9 @@ class Result(Base):
     prompt: Mapped[str | None] = mapped_column(Text)
     sampling: Mapped[dict[str, Any] | None]
     worker: Mapped[str | None] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # PostgreSQL's clock fills it in a chunk's COPY (migration 0017); SQLite's writers
+    # give it.
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
 
 
 class Attempt(Base):

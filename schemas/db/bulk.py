@@ -106,7 +106,8 @@ def replace_rows(conn: Connection, table: Any, keys: Sequence[str], rows: Sequen
     for name, value in shared.items():
         given.append(name)
         columns.append(repeat(_encoded(conn, table.c[name], [value])[0], len(rows)))
-    for name, value in _defaults(conn, table, given):
+    for name, value in _defaults(conn, table, given,
+                                 server=conn.dialect.name == "postgresql"):
         given.append(name)
         columns.append(repeat(value, len(rows)))
     insert_rows(conn, table, given, list(zip(*columns, strict=True)))
@@ -171,10 +172,16 @@ def _recordset(table: Any) -> str:
     return f"json_populate_recordset(NULL::{table.name}, %s::json) AS d"
 
 
-def _defaults(conn: Connection, table: Any, present: Collection[str]) -> list[tuple[str, Any]]:
+def _defaults(conn: Connection, table: Any, present: Collection[str], *,
+              server: bool = False) -> list[tuple[str, Any]]:
+    """The Python-side defaults of the columns not `present`, once for a batch; with
+    `server`, a column the server fills is left to it (a COPY parses each value it is
+    sent: the same timestamp a thousand times took 0.4 ms of a chunk's results)."""
     filled = []
     for column in table.columns:
         default = column.default
+        if server and column.server_default is not None:
+            continue
         if column.name not in present and default is not None:
             value = default.arg(None) if default.is_callable else default.arg
             encode = _encoder(conn, column)

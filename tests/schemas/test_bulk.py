@@ -108,8 +108,10 @@ def test_update_among_finds_rows_by_a_text_key(stack: Stack) -> None:
 
 def test_replace_rows_replaces_each_row_whole_once_per_key(stack: Stack) -> None:
     """PostgreSQL deletes and COPYs, SQLite upserts: the same rows either way, a column
-    None in every row included."""
+    None in every row included, and each stamped when it was written (by PostgreSQL's
+    clock where the COPY leaves the column out)."""
     job_id = _job(stack)
+    before = datetime.now(UTC)
     first = [{"job_id": job_id, "item_seq": n, "status": "failed", "output": None,
               "error": f"e{n}", "sampling": {"seed": n}} for n in range(3)]
     again = [{"job_id": job_id, "item_seq": n, "status": "succeeded", "output": f"o{n}",
@@ -123,6 +125,7 @@ def test_replace_rows_replaces_each_row_whole_once_per_key(stack: Stack) -> None
     assert [(r.item_seq, r.status, r.output, r.error) for r in rows] == [
         (0, "succeeded", "o0", None), (1, "failed", None, "e1"), (2, "succeeded", "o2", None)]
     assert rows[2].sampling == {"seed": 2} and rows[2].attempts == 1
+    assert all(before.replace(microsecond=0) <= r.created_at <= datetime.now(UTC) for r in rows)
 
 
 def test_copy_keeps_every_character_and_null_apart(stack: Stack) -> None:
