@@ -262,8 +262,8 @@ def _claim_all(db_url: str, job_id: str) -> None:
 
 def _settle(db_url: str) -> None:
     """The submits' pages written out first, not during the timed writes; on PostgreSQL a
-    checkpoint too, so that each timed phase starts with none due (runs of 200,000 rows
-    moved by a third with where one fell)."""
+    checkpoint too, so that each timed phase starts with none due (one falling inside a
+    phase moved its figure by up to a third)."""
     os.sync()
     if db_url.startswith("postgresql"):
         with psycopg.connect(db_url, autocommit=True) as conn:
