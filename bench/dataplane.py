@@ -377,7 +377,7 @@ def _on_postgres(args: argparse.Namespace, path: Path, work: Path) -> dict[str, 
         figures = run(url, args.broker, path, args.rows, args.write_rows, work)
         env = {**os.environ, "NIGHTSHIFT_DATABASE_URL": url,
                "NIGHTSHIFT_BROKER_URL": args.broker}
-        same = submit(env, work / "writes.jsonl", WRITE_BATCH)
+        same = submit(env, work / "writes.jsonl", WRITE_BATCH)  # the file run() wrote
         redis.Redis.from_url(args.broker).flushdb()
         same_rate = round(plain_same_work_writes(url, same["job_id"], args.write_rows))
         print(f"plain psycopg, a write's statements: result rows at {same_rate:,}/s",

@@ -167,7 +167,8 @@ class Result(Base):
     worker: Mapped[str | None] = mapped_column(String(128))
     # PostgreSQL's clock fills it in a chunk's COPY (migration 0017); SQLite's writers
     # give it.
-    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.now())
+    created_at: Mapped[datetime] = mapped_column(default=utcnow,
+                                                 server_default=func.statement_timestamp())
 
 
 class Attempt(Base):

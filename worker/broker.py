@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import sqlalchemy as sa
 from kombu import Connection
 from kombu.exceptions import ChannelError, OperationalError
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from schemas.errors import BrokerUnreachable
 from schemas.settings import redact
@@ -100,9 +100,9 @@ def next_chunk(conn: sa.Connection, job_id: str) -> tuple[str, int, int] | None:
     transaction commits, or None when every chunk has been sent or the job has ended."""
     moved = conn.execute(update(Job).where(Job.id == job_id, Job.enqueued < Job.chunks,
                                            Job.state.in_((JobState.QUEUED, JobState.RUNNING)))
-                         .values(enqueued=Job.enqueued + 1)
-                         .returning(Job.model, Job.enqueued, Job.priority)).one_or_none()
-    if moved is None:
+                         .values(enqueued=Job.enqueued + 1))
+    if not moved.rowcount:
         return None
-    model, enqueued, priority = moved
+    model, enqueued, priority = conn.execute(select(Job.model, Job.enqueued, Job.priority)
+                                             .where(Job.id == job_id)).one()
     return model, enqueued - 1, priority

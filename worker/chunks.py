@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, or_, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from quality import checks
@@ -54,7 +54,7 @@ _LOCK_JOB = select(Job.id).where(Job.id == bindparam("job_id")).with_for_update(
 # over its index.
 _OPEN_ITEMS = select(func.coalesce(func.sum(JobCount.items), 0)).where(
     JobCount.job_id == bindparam("job_id"),
-    or_(JobCount.status == ItemStatus.PENDING, JobCount.status == ItemStatus.RUNNING))
+    JobCount.status.in_((ItemStatus.PENDING, ItemStatus.RUNNING)))
 
 
 @dataclass

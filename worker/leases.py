@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, CursorResult, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from schemas import db
@@ -59,12 +59,15 @@ class Lease:
 _HELD = and_(Chunk.job_id == bindparam("held_job_id"), Chunk.seq == bindparam("held_seq"),
              Chunk.lease_owner == bindparam("held_owner"),
              Chunk.deliveries == bindparam("held_deliveries"), Chunk.status == ChunkStatus.LEASED)
-_FENCE = {False: update(Chunk).where(_HELD).values(lease_owner=bindparam("held_owner")),
-          True: update(Chunk).where(_HELD).values(status=ChunkStatus.DONE, lease_owner=None,
-                                                  lease_expires_at=None)}
-_RELEASE = update(Chunk).where(_HELD).values(status=ChunkStatus.PENDING, lease_owner=None,
-                                             lease_expires_at=None)
-_RENEW = update(Chunk).where(_HELD).values(lease_expires_at=bindparam("expires"))
+# Run in sessions too, which hold no chunks: nothing to synchronize (a session would
+# evaluate the WHERE against its objects with the parameters unbound).
+_UPDATE_HELD = update(Chunk).where(_HELD).execution_options(synchronize_session=False)
+_FENCE = {False: _UPDATE_HELD.values(lease_owner=bindparam("held_owner")),
+          True: _UPDATE_HELD.values(status=ChunkStatus.DONE, lease_owner=None,
+                                    lease_expires_at=None)}
+_RELEASE = _UPDATE_HELD.values(status=ChunkStatus.PENDING, lease_owner=None,
+                               lease_expires_at=None)
+_RENEW = _UPDATE_HELD.values(lease_expires_at=bindparam("expires"))
 
 
 class LeaseLost(Exception):
@@ -109,7 +112,7 @@ def take(session: Session, job_id: str, seq: int, owner: str, ttl: float) -> Lea
     return Lease(job_id, seq, owner, int(deliveries or 0))
 
 
-def fence(session: Session | Any, lease: Lease, *, done: bool) -> None:
+def fence(session: Session | Connection, lease: Lease, *, done: bool) -> None:
     """In the caller's write transaction, before anything else it writes: raise LeaseLost
     unless `lease` still holds the chunk. The row it updates stays locked until commit,
     so no one can take the chunk in between. With `done`, the chunk is finished too."""
