@@ -207,7 +207,7 @@ def write(db_url: str, lease: leases.Lease, outcomes: list[Outcome], *, last: bo
     transaction; with `last`, the chunk is done, the job completes if nothing is open, and
     (given a broker) the job's next chunk is sent: its window moves on. Raises LeaseLost,
     having changed nothing, when `lease` no longer holds the chunk."""
-    # A connection, not a session: the ORM's bookkeeping cost 0.4 ms a chunk.
+    # A connection, not a session: a session's set-up and commit cost 0.15 ms more a chunk.
     with db.engine_for(db_url).begin() as conn:
         following = _store(conn, lease, outcomes, last=last, moves=broker_url is not None)
     db.checkpoint_soon(db_url)
