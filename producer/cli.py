@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from pydantic import ValidationError
 
 from producer import formats, status
 from schemas.errors import ConfigError, NightshiftError, first_line, reason
@@ -55,13 +54,6 @@ def connection_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="SQLAlchemy URL [default: sqlite:///nightshift.db]")(f)
     return click.option("--broker-url", envvar="NIGHTSHIFT_BROKER_URL",
                         help="Celery broker URL [default: redis://localhost:6379/0]")(f)
-
-
-def settings_from(**given: Any) -> Settings:
-    try:
-        return load(**given)
-    except ValidationError as exc:
-        raise ConfigError(f"settings: {reason(exc)}") from None
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -149,7 +141,7 @@ def submit(**given: Any) -> None:
     from producer import grammar, schedule
 
     options = SubmitOptions(**given)
-    settings = settings_from(broker_url=options.broker_url, database_url=options.database_url,
+    settings = load(broker_url=options.broker_url, database_url=options.database_url,
                              model=options.model)
     spec = options.spec(settings.model)
     when = schedule.parse(options.start_at, options.deadline, priority=options.priority)
@@ -318,7 +310,7 @@ def status_command(job_id: str | None, as_json: bool, broker_url: str | None,
       nightshift status
       nightshift status 3f2a9c --json      # JOB: its id or a unique prefix (6+ characters)
     """
-    settings = settings_from(database_url=database_url)
+    settings = load(database_url=database_url)
     if job_id:  # the database's own driver, no SQLAlchemy: an answer at once
         job = status.resolve(settings.database_url, job_id)
         shown: Any = status.status(settings.database_url, job)
@@ -357,7 +349,7 @@ def watch(job_id: str, interval: float, as_json: bool, broker_url: str | None,
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    settings = settings_from(database_url=database_url)
+    settings = load(database_url=database_url)
     job_id = status.resolve(settings.database_url, job_id)
     first = status.status(settings.database_url, job_id)
     if as_json:
@@ -422,7 +414,7 @@ def results(job_id: str, fmt: str, output: Path | None, errors_path: Path | None
     """
     from schemas import db
 
-    settings = settings_from(database_url=database_url)
+    settings = load(database_url=database_url)
     db.check_reachable(settings.database_url)
     if as_json and output is None:
         raise ConfigError("--json describes the files written: pass -o FILE")
@@ -453,7 +445,7 @@ def cancel(job_id: str, as_json: bool, broker_url: str | None, database_url: str
       nightshift cancel JOB
       nightshift cancel JOB --json      # the job's status afterwards
     """
-    settings = settings_from(database_url=database_url)
+    settings = load(database_url=database_url)
     job_id = status.resolve(settings.database_url, job_id)
     stopped, shown = status.cancel(settings.database_url, job_id)
     if not stopped:
@@ -487,7 +479,7 @@ def retry(job_id: str, failed: bool, needs_review: bool, max_attempts: int | Non
     """
     from producer.retry import retry as run_again
 
-    settings = settings_from(database_url=database_url, broker_url=broker_url)
+    settings = load(database_url=database_url, broker_url=broker_url)
     job_id = status.resolve(settings.database_url, job_id)
     done = run_again(settings.database_url, settings.broker_url, job_id, failed=failed,
                      needs_review=needs_review, max_attempts=max_attempts, checks=list(checks))
@@ -518,7 +510,7 @@ def reconcile_command(as_json: bool, broker_url: str | None, database_url: str |
     from schemas import db
     from worker.reconcile import reconcile
 
-    settings = settings_from(broker_url=broker_url, database_url=database_url)
+    settings = load(broker_url=broker_url, database_url=database_url)
     db.check_reachable(settings.database_url)
     done = reconcile(settings.database_url, settings.broker_url, window=settings.window)
     if as_json:
@@ -560,7 +552,7 @@ def upgrade(as_json: bool, broker_url: str | None, database_url: str | None) -> 
 
     from schemas import db
 
-    settings = settings_from(database_url=database_url)
+    settings = load(database_url=database_url)
     db.upgrade(settings.database_url)
     with db.engine_for(settings.database_url).connect() as conn:
         revision = MigrationContext.configure(conn).get_current_revision()
@@ -628,11 +620,13 @@ def worker(model: str | None, slots: int, lease_seconds: float | None,
     from worker.engine import EngineOptions
     from worker.main import run_worker
 
-    settings = settings_from(broker_url=broker_url, database_url=database_url, model=model,
+    settings = load(broker_url=broker_url, database_url=database_url, model=model,
                              lease_seconds=lease_seconds, stall_seconds=stall_seconds)
     kv_gib = engine.pop("kv_cache_memory")
     if kv_gib is not None:
         engine["kv_cache_memory_bytes"] = int(kv_gib * 2**30)
+    from pydantic import ValidationError
+
     try:
         options = EngineOptions(**engine)
     except ValidationError as exc:
@@ -661,7 +655,7 @@ def report_command(job_id: str, as_json: bool, html_path: Path | None, broker_ur
     from quality import html, report
     from schemas import db
 
-    settings = settings_from(database_url=database_url)
+    settings = load(database_url=database_url)
     db.check_reachable(settings.database_url)
     shown = report.build(settings.database_url, status.resolve(settings.database_url, job_id))
     if html_path is not None:
@@ -691,7 +685,7 @@ def workers(everyone: bool, as_json: bool, broker_url: str | None,
     from schemas import db
     from worker import presence
 
-    settings = settings_from(database_url=database_url)
+    settings = load(database_url=database_url)
     db.upgrade(settings.database_url)
     shown = presence.listed(settings.database_url, everyone=everyone)
     if as_json:
@@ -773,7 +767,7 @@ def serve(host: str, port: int, files_dir: Path | None, broker_url: str | None,
     from schemas import db
     from worker import broker
 
-    settings = settings_from(database_url=database_url, broker_url=broker_url,
+    settings = load(database_url=database_url, broker_url=broker_url,
                              files_dir=files_dir)
     db.upgrade(settings.database_url)
     broker.check_reachable(settings.broker_url)
@@ -809,7 +803,7 @@ def keys_create(name: str, admin: bool, as_json: bool, broker_url: str | None,
     from producer.server import keys
     from schemas import db
 
-    settings = settings_from(database_url=database_url)
+    settings = load(database_url=database_url)
     db.upgrade(settings.database_url)
     key = keys.create(settings.database_url, name, admin=admin)
     if as_json:
@@ -831,7 +825,7 @@ def keys_revoke(name: str, broker_url: str | None, database_url: str | None) -> 
     """
     from producer.server import keys
 
-    settings = settings_from(database_url=database_url)
+    settings = load(database_url=database_url)
     if not keys.revoke(settings.database_url, name):
         raise ConfigError(f"no live key named {name!r} (nightshift keys list)")
     click.echo(f"key {name!r} revoked", err=True)
@@ -850,7 +844,7 @@ def keys_list(as_json: bool, broker_url: str | None, database_url: str | None) -
     """
     from producer.server import keys
 
-    settings = settings_from(database_url=database_url)
+    settings = load(database_url=database_url)
     listed = keys.listed(settings.database_url)
     if as_json:
         click.echo(json.dumps(listed))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class NightshiftError(Exception):
@@ -72,6 +75,8 @@ def first_line(exc: BaseException) -> str:
 
 def reason(exc: ValidationError | ValueError) -> str:
     """A validation failure as one line a person can act on."""
+    from pydantic import ValidationError  # imported by whoever raised one: no cost here
+
     if not isinstance(exc, ValidationError):
         return str(exc)
     first = exc.errors()[0]

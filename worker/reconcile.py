@@ -47,7 +47,7 @@ class Reconciled:
 
 
 def reconcile(db_url: str, broker_url: str, *, now: datetime | None = None,
-              window: int = Settings.model_fields["window"].default) -> Reconciled:
+              window: int = Settings.window) -> Reconciled:
     """Every pass's time is the database's (worker.leases reckons leases by it), unless
     given."""
     if now is None:

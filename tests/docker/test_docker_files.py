@@ -76,7 +76,7 @@ def test_entrypoint_is_the_console_script(dockerfile: Path) -> None:
 
 
 def test_compose_environment_names_are_settings() -> None:
-    known = {f"NIGHTSHIFT_{name.upper()}" for name in Settings.model_fields}
+    known = {f"NIGHTSHIFT_{name.upper()}" for name in Settings.__dataclass_fields__}
     named: set[str] = set()
     for svc in our_services().values():
         named |= {k for k in svc.get("environment", {}) if k.startswith("NIGHTSHIFT_")}

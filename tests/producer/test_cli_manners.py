@@ -119,6 +119,14 @@ def test_exit_codes_say_what_kind_of_error(env: Stack, args: list[str], code: in
     assert "Traceback" not in result.output
 
 
+def test_a_bad_setting_is_one_line_naming_its_variable(
+        env: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NIGHTSHIFT_WINDOW", "0")
+    result = CliRunner().invoke(cli, ["reconcile"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == "error: settings: NIGHTSHIFT_WINDOW: must be at least 1, not '0'\n"
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A database nightshift has never written to: no tables at all."""

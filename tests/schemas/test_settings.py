@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from schemas.errors import ConfigError
 from schemas.settings import DEMO_MODEL, load, redact
 
 
@@ -129,3 +130,58 @@ def test_redact_masks_passwords_in_the_query_string(url: str, shown: str) -> Non
                                  "redis://user@host:6379/0"])
 def test_redact_leaves_urls_without_a_password_as_they_are(url: str) -> None:
     assert redact(url) == url
+
+
+def test_check_modules_are_comma_separated_in_the_environment_and_a_list_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "nightshift.toml").write_text('check_modules = ["a.checks", "b"]\n')
+    assert load().check_modules == ["a.checks", "b"]
+    monkeypatch.setenv("NIGHTSHIFT_CHECK_MODULES", " ours.checks, theirs ,")
+    assert load().check_modules == ["ours.checks", "theirs"]
+
+
+def test_a_bad_value_names_the_variable_it_came_from(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NIGHTSHIFT_WINDOW", "many")
+    with pytest.raises(ConfigError, match="NIGHTSHIFT_WINDOW: must be a whole number, not 'many'"):
+        load()
+
+
+def test_a_bad_value_in_the_file_names_the_file_and_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(tmp_path, monkeypatch, "stall_seconds = 0\n")
+    with pytest.raises(ConfigError, match=r"custom.toml: stall_seconds: must be above 0, not 0"):
+        load()
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ({"window": 0}, "window: must be at least 1, not 0"),
+    ({"window": 2.5}, "window: must be a whole number, not 2.5"),
+    ({"lease_seconds": True}, "lease_seconds: must be a number, not True"),
+    ({"max_file_bytes": -1}, "max_file_bytes: must be above 0, not -1"),
+])
+def test_out_of_range_or_mistyped_overrides_are_refused(given: dict[str, object],
+                                                         message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(**given)
+
+
+def test_numbers_and_paths_from_the_environment_take_their_types(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NIGHTSHIFT_WINDOW", "8")
+    monkeypatch.setenv("nightshift_files_dir", "/srv/files")
+    settings = load()
+    assert settings.window == 8
+    assert settings.files_dir == Path("/srv/files")
+
+
+def test_unknown_keys_in_the_file_are_ignored_and_broken_toml_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(tmp_path, monkeypatch, 'model = "m"\n[server]\nport = 1\n')
+    assert load().model == "m"
+    (tmp_path / "conf" / "custom.toml").write_text("model = \n")
+    with pytest.raises(ConfigError, match="custom.toml is not valid TOML"):
+        load()
