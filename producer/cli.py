@@ -142,7 +142,7 @@ def submit(**given: Any) -> None:
 
     options = SubmitOptions(**given)
     settings = load(broker_url=options.broker_url, database_url=options.database_url,
-                             model=options.model)
+                    model=options.model)
     spec = options.spec(settings.model)
     when = schedule.parse(options.start_at, options.deadline, priority=options.priority)
     grammar.check(spec)
@@ -621,7 +621,7 @@ def worker(model: str | None, slots: int, lease_seconds: float | None,
     from worker.main import run_worker
 
     settings = load(broker_url=broker_url, database_url=database_url, model=model,
-                             lease_seconds=lease_seconds, stall_seconds=stall_seconds)
+                    lease_seconds=lease_seconds, stall_seconds=stall_seconds)
     kv_gib = engine.pop("kv_cache_memory")
     if kv_gib is not None:
         engine["kv_cache_memory_bytes"] = int(kv_gib * 2**30)
@@ -767,8 +767,7 @@ def serve(host: str, port: int, files_dir: Path | None, broker_url: str | None,
     from schemas import db
     from worker import broker
 
-    settings = load(database_url=database_url, broker_url=broker_url,
-                             files_dir=files_dir)
+    settings = load(database_url=database_url, broker_url=broker_url, files_dir=files_dir)
     db.upgrade(settings.database_url)
     broker.check_reachable(settings.broker_url)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
