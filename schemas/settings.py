@@ -68,11 +68,11 @@ def load(**overrides: Any) -> Settings:
 
 
 def _checked(setting: Field[Any], value: Any, where: str) -> Any:
-    kind = str(setting.type)
+    parse, expected = _KINDS[str(setting.type)]
     try:
-        parsed = _PARSERS[kind](value)
+        parsed = parse(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"settings: {where}: {_EXPECTED[kind]}, not {value!r}") from None
+        raise ConfigError(f"settings: {where}: must be {expected}, not {value!r}") from None
     if "above" in setting.metadata and not parsed > setting.metadata["above"]:
         raise ConfigError(f"settings: {where}: must be above {setting.metadata['above']}, "
                           f"not {value!r}")
@@ -111,12 +111,11 @@ def _names(value: Any) -> list[str]:
     return [_text(name) for name in value]
 
 
-_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "str": _text, "float": _number(float), "int": _number(int), "Path": _path,
-    "Path | None": _path, "list[str]": _names}
-_EXPECTED = {"str": "must be text", "float": "must be a number",
-             "int": "must be a whole number", "Path": "must be a path",
-             "Path | None": "must be a path", "list[str]": "must be a list of module names"}
+# How a field's annotation is read from text, TOML or a CLI value, and what it must be.
+_KINDS: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "str": (_text, "text"), "float": (_number(float), "a number"),
+    "int": (_number(int), "a whole number"), "Path": (_path, "a path"),
+    "Path | None": (_path, "a path"), "list[str]": (_names, "a list of module names")}
 
 
 def _from_file(path: Path) -> dict[str, Any]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 
 from schemas.errors import ConfigError
-from schemas.settings import DEMO_MODEL, load, redact
+from schemas.settings import DEMO_MODEL, Settings, load, redact
 
 
 @pytest.fixture(autouse=True)
@@ -185,3 +186,12 @@ def test_unknown_keys_in_the_file_are_ignored_and_broken_toml_is_named(
     (tmp_path / "conf" / "custom.toml").write_text("model = \n")
     with pytest.raises(ConfigError, match="custom.toml is not valid TOML"):
         load()
+
+
+def test_every_setting_can_be_given_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = load()
+    for setting in fields(Settings):
+        value = getattr(defaults, setting.name)
+        text = ",".join(value) if isinstance(value, list) else str(value or "/srv/x")
+        monkeypatch.setenv(f"NIGHTSHIFT_{setting.name.upper()}", text)
+    assert load() == replace(defaults, files_dir=Path("/srv/x"))
