@@ -261,3 +261,22 @@ def test_lines_parse_with_openais_own_sdk_types(stack: Stack, tmp_path: Path) ->
     assert Completion.model_validate(text).choices[0].text == " upon"
     [error] = read_jsonl(tmp_path / "o.errors.jsonl")
     assert ErrorObject.model_validate(error["response"]["body"]["error"]).type == "server_error"
+
+
+def test_a_job_longer_than_a_page_exports_every_item_in_order_with_its_own_result(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    from producer import export, reviews
+
+    monkeypatch.setattr(export, "PAGE", 4)  # pages of 4 items: 11 items end mid-page
+    job = make_job(stack.db_url, [(f"k{seq}", CHAT, None if seq % 3 == 0 else
+                                   {"output": f"answer {seq}"}) for seq in range(11)])
+    reviews.record(stack.db_url, job, 4, "corrected", correction="fixed 4", reviewer="ana")
+
+    lines = [json.loads(line) for line in run("results", job, "--format", "jsonl").splitlines()]
+
+    assert [line["id"] for line in lines] == [f"k{seq}" for seq in range(11)]
+    assert [line["output"] for line in lines] == [
+        None if seq % 3 == 0 else "fixed 4" if seq == 4 else f"answer {seq}"
+        for seq in range(11)]
+    assert [line["review"] for line in lines] == [
+        "corrected" if seq == 4 else None for seq in range(11)]
