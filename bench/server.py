@@ -1,5 +1,7 @@
 """`nightshift serve` under a big batch: the upload and the create of a 100,000-request
-file through the real `openai` SDK, timed, and the server's peak memory. No worker.
+file through the real `openai` SDK, timed, and the server's peak memory; then, its
+requests answered as a worker writes answers (no engine), its output file's size asked
+twice (`files.retrieve`: counted, then kept) and its content read.
 
     python -m bench.server                    # 100,000 requests, SQLite (make bench-server)
     python -m bench.server --database-url postgresql://postgres@127.0.0.1/test
@@ -14,12 +16,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 
 import openai
 import psutil
 
 BIN = Path(sys.executable).parent
+ANSWER = "A summary of the item, as long as a short answer runs. " * 4
 
 
 def batch_file(path: Path, requests: int) -> None:
@@ -70,13 +75,47 @@ def main() -> None:
             assert batch.request_counts is not None, batch
             assert batch.request_counts.total == args.requests, batch
             peak_mb = _peak_rss_mb(watched)
+            answer(env["NIGHTSHIFT_DATABASE_URL"], batch.id.removeprefix("batch_"))
+            output_id = client.batches.retrieve(batch.id).output_file_id
+            assert output_id is not None
+            asked = []
+            for _ in range(2):
+                asking = time.perf_counter()
+                size = client.files.retrieve(output_id).bytes
+                asked.append(time.perf_counter() - asking)
+            reading = time.perf_counter()
+            assert len(client.files.content(output_id).content) == size
+            read = time.perf_counter() - reading
         finally:
             server.terminate()
             server.wait(timeout=30)
     figures = {"requests": args.requests, "file_mb": round(size_mb, 1),
                "upload_s": round(uploaded - start, 2), "create_s": round(created - uploaded, 2),
-               "server_peak_rss_mb": peak_mb}
+               "server_peak_rss_mb": peak_mb, "output_mb": round(size / 1e6, 1),
+               "retrieve_counted_s": round(asked[0], 3), "retrieve_kept_s": round(asked[1], 3),
+               "content_s": round(read, 2)}
     print(json.dumps(figures))
+
+
+def answer(db_url: str, job_id: str) -> None:
+    """Every request answered, chunk by chunk, as a worker writes its answers."""
+    from sqlalchemy import select
+
+    from schemas import db
+    from schemas.tables import Item
+    from worker import leases
+    from worker.attempts import Outcome
+    from worker.chunks import write
+
+    with db.reader(db_url) as session:
+        items = session.execute(select(Item.chunk, Item.seq).where(Item.job_id == job_id)
+                                .order_by(Item.chunk)).all()
+    for chunk, rows in groupby(items, key=itemgetter(0)):
+        lease = leases.claim(db_url, job_id, chunk, "bench", 60)
+        assert lease is not None, chunk
+        write(db_url, lease, [Outcome(seq, "succeeded", output=ANSWER, prompt_tokens=12,
+                                      completion_tokens=48, finish_reason="stop")
+                              for _, seq in rows])
 
 
 def _wait(client: openai.OpenAI) -> None:

@@ -346,3 +346,6 @@ class Batch(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     failed_at: Mapped[datetime | None]
     cancelling_at: Mapped[datetime | None]
+    # The output and error files' sizes in bytes as last counted, and the reviews they
+    # were counted under (producer.server.batches.file_size).
+    file_sizes: Mapped[dict[str, Any] | None] = mapped_column(JSON)

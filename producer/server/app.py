@@ -122,7 +122,7 @@ def create_app(settings: Settings) -> FastAPI:
     def content(who: Caller, file_id: str) -> StreamingResponse:
         produced = batches.output_file(settings, who, file_id)
         if produced is not None:
-            return StreamingResponse(batches.lines(settings, *produced),
+            return StreamingResponse(batches.blocks(settings, *produced),
                                      media_type="application/jsonl")
         with db.reader(url) as session:
             stored = _stored(session, who, file_id)
