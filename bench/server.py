@@ -86,6 +86,7 @@ def main() -> None:
             reading = time.perf_counter()
             assert len(client.files.content(output_id).content) == size
             read = time.perf_counter() - reading
+            output_peak_mb = _peak_rss_mb(watched)
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -93,7 +94,8 @@ def main() -> None:
                "upload_s": round(uploaded - start, 2), "create_s": round(created - uploaded, 2),
                "server_peak_rss_mb": peak_mb, "output_mb": round(size / 1e6, 1),
                "retrieve_counted_s": round(asked[0], 3), "retrieve_kept_s": round(asked[1], 3),
-               "content_s": round(read, 2)}
+               "content_s": round(read, 2),
+               "server_peak_rss_mb_with_output": output_peak_mb}
     print(json.dumps(figures))
 
 

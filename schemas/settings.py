@@ -56,10 +56,15 @@ def load(**overrides: Any) -> Settings:
     """Settings with CLI values (None means "not given") laid over the environment, laid
     over the file. Raises ConfigError naming the setting at fault and where it was set."""
     known = {f.name: f for f in fields(Settings)}
-    config = Path(os.environ.get("NIGHTSHIFT_CONFIG", "nightshift.toml"))
-    given = {name: (value, f"{config}: {name}") for name, value in _from_file(config).items()
-             if name in known}
-    env = {name.upper(): value for name, value in os.environ.items()}
+    unknown = sorted(overrides.keys() - known.keys())
+    if unknown:
+        raise TypeError(f"load() has no setting {', '.join(unknown)}")
+    config = Path(os.environ.get("NIGHTSHIFT_CONFIG") or "nightshift.toml")
+    given = {name.lower(): (value, f"{config}: {name}")
+             for name, value in _from_file(config).items() if name.lower() in known}
+    # Names in any case, as on Windows; where two differ only in case, the upper-case wins.
+    env = {name.upper(): value for name, value in sorted(os.environ.items(),
+                                                         key=lambda kv: kv[0].isupper())}
     given.update({name: (env[ENV_PREFIX + name.upper()], ENV_PREFIX + name.upper())
                   for name in known if ENV_PREFIX + name.upper() in env})
     given.update({name: (value, name) for name, value in overrides.items() if value is not None})
@@ -89,12 +94,19 @@ def _text(value: Any) -> str:
 
 
 def _number(kind: type) -> Callable[[Any], Any]:
+    """`kind` from a number or its text; a whole number may be written 64.0 or 2e8."""
     def parse(value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise TypeError(value)
-        if kind is int and isinstance(value, float):
+        number = value
+        if isinstance(value, str):
+            try:
+                number = int(value)
+            except ValueError:
+                number = float(value)
+        if kind is int and not float(number).is_integer():
             raise ValueError(value)
-        return kind(value.strip() if isinstance(value, str) else value)
+        return kind(number)
     return parse
 
 
@@ -119,12 +131,14 @@ _KINDS: dict[str, tuple[Callable[[Any], Any], str]] = {
 
 
 def _from_file(path: Path) -> dict[str, Any]:
-    """A missing file is no settings; a file that is not TOML says where it is wrong."""
+    """No file there is no settings; a file that cannot be read, or is not TOML, says so."""
+    if not path.is_file():
+        return {}
     try:
         with path.open("rb") as file:
             return tomllib.load(file)
-    except FileNotFoundError:
-        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"settings: {path} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"settings: {path} is not valid TOML: {exc}") from None
 

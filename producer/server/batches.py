@@ -34,6 +34,8 @@ OPTIONS = ("nightshift.model", "nightshift.checks", "nightshift.max_attempts",
 # Refused lines listed in a failed batch's `errors`, at most.
 LISTED_ERRORS = 100
 OUTPUT, ERRORS = "out", "err"
+# How export.openai_line renders a batch's files: a new value whenever their bytes change.
+FILE_FORMAT = b"openai-batch-lines 1"
 
 
 def create(settings: Settings, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
@@ -217,7 +219,9 @@ def file_size(settings: Settings, batch: Batch, which: str) -> int:
 
 
 def _reviews_digest(session: Session, job_id: str) -> str:
-    digest = hashlib.sha256()
+    """The job's reviews, and how this version renders a file's lines (a kept size is
+    counted again after an upgrade that changes them: bump FILE_FORMAT)."""
+    digest = hashlib.sha256(FILE_FORMAT)
     for review in session.execute(select(Review.item_seq, Review.verdict, Review.correction)
                                   .where(Review.job_id == job_id).order_by(Review.item_seq)):
         digest.update(msgspec.json.encode(tuple(review)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from schemas.settings import DEMO_MODEL, Settings, load, redact
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No NIGHTSHIFT_* variable and no nightshift.toml leak in from the machine."""
     for name in list(os.environ):
-        if name.startswith("NIGHTSHIFT_"):
+        if name.upper().startswith("NIGHTSHIFT_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 
@@ -189,9 +189,46 @@ def test_unknown_keys_in_the_file_are_ignored_and_broken_toml_is_named(
 
 
 def test_every_setting_can_be_given_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    defaults = load()
-    for setting in fields(Settings):
-        value = getattr(defaults, setting.name)
-        text = ",".join(value) if isinstance(value, list) else str(value or "/srv/x")
-        monkeypatch.setenv(f"NIGHTSHIFT_{setting.name.upper()}", text)
-    assert load() == replace(defaults, files_dir=Path("/srv/x"))
+    given = {"broker_url": "redis://b:1/2", "database_url": "sqlite:///x.db", "model": "m",
+             "model_dir": "/srv/models", "lease_seconds": "7.5", "stall_seconds": "9",
+             "window": "3", "check_modules": "a,b", "files_dir": "/srv/files",
+             "max_file_bytes": "1000"}
+    assert set(given) == {setting.name for setting in fields(Settings)}
+    for name, text in given.items():
+        monkeypatch.setenv(f"NIGHTSHIFT_{name.upper()}", text)
+    assert load() == Settings(broker_url="redis://b:1/2", database_url="sqlite:///x.db",
+                              model="m", model_dir=Path("/srv/models"), lease_seconds=7.5,
+                              stall_seconds=9.0, window=3, check_modules=["a", "b"],
+                              files_dir=Path("/srv/files"), max_file_bytes=1000)
+
+
+def test_whole_numbers_may_be_written_as_decimals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_config(tmp_path, monkeypatch, "window = 64.0\nmax_file_bytes = 2e8\n")
+    monkeypatch.setenv("NIGHTSHIFT_STALL_SECONDS", "60")
+    settings = load()
+    assert (settings.window, settings.max_file_bytes, settings.stall_seconds) == (
+        64, 200_000_000, 60.0)
+
+
+def test_file_keys_are_read_in_any_case(tmp_path: Path) -> None:
+    (tmp_path / "nightshift.toml").write_text('Database_URL = "sqlite:///cased.db"\n')
+    assert load().database_url == "sqlite:///cased.db"
+
+
+@pytest.mark.parametrize("named", ["", "."])
+def test_a_config_variable_naming_no_file_reads_no_file(
+    named: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NIGHTSHIFT_CONFIG", named)
+    assert load().model == DEMO_MODEL
+
+
+def test_a_config_file_that_is_not_text_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "bad.toml").write_bytes(b"model = '\xff'\n")
+    monkeypatch.setenv("NIGHTSHIFT_CONFIG", str(tmp_path / "bad.toml"))
+    with pytest.raises(ConfigError, match="bad.toml"):
+        load()
