@@ -617,6 +617,8 @@ def worker(model: str | None, slots: int, lease_seconds: float | None,
     from worker import logs
 
     logs.configure(log_format, loglevel.upper())  # before vLLM is imported: it reads this
+    from pydantic import ValidationError
+
     from worker.engine import EngineOptions
     from worker.main import run_worker
 
@@ -625,8 +627,6 @@ def worker(model: str | None, slots: int, lease_seconds: float | None,
     kv_gib = engine.pop("kv_cache_memory")
     if kv_gib is not None:
         engine["kv_cache_memory_bytes"] = int(kv_gib * 2**30)
-    from pydantic import ValidationError
-
     try:
         options = EngineOptions(**engine)
     except ValidationError as exc:
