@@ -207,8 +207,9 @@ def file_size(settings: Settings, batch: Batch, which: str) -> int:
     assert batch.job_id is not None
     with db.reader(settings.database_url) as session:
         reviewed = _reviews_digest(session, batch.job_id)
-    kept = batch.file_sizes if batch.file_sizes and batch.file_sizes.get("reviewed") == reviewed \
-        else {"reviewed": reviewed}
+    kept = batch.file_sizes or {}
+    if kept.get("reviewed") != reviewed:
+        kept = {"reviewed": reviewed}
     if which not in kept:
         # Reviews given while this counts are in the count and not in the digest kept with
         # it: the next call counts again, never the other way round.

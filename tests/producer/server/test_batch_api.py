@@ -294,28 +294,9 @@ def test_cancelling_an_ended_batch_changes_nothing(server: Server) -> None:
     assert client.batches.retrieve(batch.id).status == "expired"
 
 
-def answer_every_request(db_url: str, job_id: str) -> None:
-    """The batch's job completed as a worker would complete it, with no engine."""
-    from sqlalchemy import select
-
-    from schemas import db
-    from schemas.tables import Item
-    from worker import leases
-    from worker.attempts import Outcome
-    from worker.chunks import write
-
-    with db.reader(db_url) as session:
-        items = session.execute(select(Item.chunk, Item.seq).where(Item.job_id == job_id)).all()
-    for chunk in sorted({c for c, _ in items}):
-        lease = leases.claim(db_url, job_id, chunk, "test-worker", 30)
-        assert lease is not None
-        write(db_url, lease, [Outcome(seq, "succeeded", output=f"answer {seq}", prompt_tokens=3,
-                                      completion_tokens=2, finish_reason="stop")
-                              for c, seq in items if c == chunk])
-
-
 def test_an_output_files_size_is_counted_once_and_again_after_a_review(
         server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.server import ANSWER, answer
     from producer import reviews
     from producer.server import batches
 
@@ -323,7 +304,7 @@ def test_an_output_files_size_is_counted_once_and_again_after_a_review(
     batch = client.batches.create(input_file_id=upload(client, batch_file(3)),
                                   endpoint="/v1/chat/completions", completion_window="24h")
     job_id = batch.id.removeprefix("batch_")
-    answer_every_request(server.stack.db_url, job_id)
+    answer(server.stack.db_url, job_id)
     output_id = client.batches.retrieve(batch.id).output_file_id
     assert output_id is not None
     rendered: list[str] = []
@@ -341,6 +322,6 @@ def test_an_output_files_size_is_counted_once_and_again_after_a_review(
     assert rendered == ["out", "out"]  # counted once, then the content itself
 
     reviews.record(server.stack.db_url, job_id, 1, "corrected", reviewer="ana",
-                   correction="a much longer answer, given by a person")
+                   correction=ANSWER + "and a longer one, given by a person")
     recounted = client.files.retrieve(output_id).bytes
     assert recounted == len(client.files.content(output_id).content) > counted
